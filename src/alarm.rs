@@ -1,0 +1,102 @@
+//! Active alarms (NOSPACE, CORRUPT): replicated through raft, persisted in the `meta` column
+//! family, and consulted on every write.
+
+use std::sync::Mutex;
+
+use prost::Message as _;
+
+use crate::proto::oxetcdpb::{AlarmList, AlarmRecord};
+use crate::storage::{Batch, Cf, Engine, StorageError};
+
+const KEY_ALARMS: &[u8] = b"alarms";
+
+/// etcd's alarm types, by their wire values.
+pub const ALARM_NOSPACE: i32 = 1;
+pub const ALARM_CORRUPT: i32 = 2;
+
+/// The set of active alarms of the cluster.
+#[derive(Default)]
+pub struct Alarms {
+    active: Mutex<Vec<(u64, i32)>>,
+}
+
+impl Alarms {
+    /// Loads the persisted alarms.
+    pub fn open(engine: &Engine) -> Result<Alarms, StorageError> {
+        let active = match engine.get(Cf::Meta, KEY_ALARMS)? {
+            Some(bytes) => AlarmList::decode(bytes.as_slice())
+                .map_err(|e| StorageError::Corrupt {
+                    cf: Cf::Meta.name(),
+                    key: KEY_ALARMS.to_vec(),
+                    reason: e.to_string(),
+                })?
+                .alarms
+                .into_iter()
+                .map(|a| (a.member_id, a.alarm))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Alarms {
+            active: Mutex::new(active),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, i32)>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn nospace_active(&self) -> bool {
+        self.lock().iter().any(|(_, a)| *a == ALARM_NOSPACE)
+    }
+
+    pub fn corrupt_active(&self) -> bool {
+        self.lock().iter().any(|(_, a)| *a == ALARM_CORRUPT)
+    }
+
+    /// All active alarms as (member ID, alarm type).
+    pub fn list(&self) -> Vec<(u64, i32)> {
+        self.lock().clone()
+    }
+
+    /// Raises `alarm` for `member_id` (apply path). Returns whether it was newly raised.
+    pub fn activate(&self, engine: &Engine, batch: &mut Batch, member_id: u64, alarm: i32) -> bool {
+        let mut active = self.lock();
+        if active.contains(&(member_id, alarm)) {
+            return false;
+        }
+        active.push((member_id, alarm));
+        persist(engine, batch, &active);
+        true
+    }
+
+    /// Clears `alarm` for `member_id` (0 = every member; alarm 0 = every type). Returns what was
+    /// cleared.
+    pub fn deactivate(
+        &self,
+        engine: &Engine,
+        batch: &mut Batch,
+        member_id: u64,
+        alarm: i32,
+    ) -> Vec<(u64, i32)> {
+        let mut active = self.lock();
+        let (cleared, kept): (Vec<_>, Vec<_>) = active
+            .iter()
+            .partition(|(m, a)| (member_id == 0 || *m == member_id) && (alarm == 0 || *a == alarm));
+        *active = kept;
+        persist(engine, batch, &active);
+        cleared
+    }
+}
+
+fn persist(engine: &Engine, batch: &mut Batch, active: &[(u64, i32)]) {
+    let list = AlarmList {
+        alarms: active
+            .iter()
+            .map(|(member_id, alarm)| AlarmRecord {
+                member_id: *member_id,
+                alarm: *alarm,
+            })
+            .collect(),
+    };
+    batch.put(engine, Cf::Meta, KEY_ALARMS, &list.encode_to_vec());
+}

@@ -1,0 +1,228 @@
+//! The one place where oxetcd's errors become gRPC statuses, with etcd's exact codes and messages.
+//!
+//! Clients (the Go client, etcdctl, etcd-client) match on the message text, so every string here is
+//! part of the wire contract.
+
+use tonic::{Code, Status};
+
+/// Every error a client can receive from the etcd API, by etcd's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    #[error("etcdserver: not capable")]
+    NotCapable,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: watch canceled")]
+    WatchCanceled,
+    /// Anything else: etcd sends these with code Unknown and the error's own text.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EtcdError {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | NotLeader | NotCapable | AuthNotEnabled | MemberNotLearner
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+            WatchCanceled => Code::Cancelled,
+            Other(_) => Code::Unknown,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::txn::TxnError> for EtcdError {
+    fn from(e: crate::txn::TxnError) -> EtcdError {
+        use crate::txn::TxnError as T;
+        match e {
+            T::KeyNotProvided => EtcdError::EmptyKey,
+            T::KeyNotFound => EtcdError::KeyNotFound,
+            T::ValueProvided => EtcdError::ValueProvided,
+            T::LeaseProvided => EtcdError::LeaseProvided,
+            T::TooManyOps => EtcdError::TooManyOps,
+            T::DuplicateKey => EtcdError::DuplicateKey,
+            T::InvalidSortOption => EtcdError::InvalidSortOption,
+            T::LeaseNotFound => EtcdError::LeaseNotFound,
+            T::Compacted => EtcdError::Compacted,
+            T::FutureRev => EtcdError::FutureRev,
+            other => EtcdError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::mvcc::MvccError> for EtcdError {
+    fn from(e: crate::mvcc::MvccError) -> EtcdError {
+        use crate::mvcc::MvccError as M;
+        match e {
+            M::Compacted { .. } => EtcdError::Compacted,
+            M::FutureRev { .. } => EtcdError::FutureRev,
+            other => EtcdError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::node::NodeError> for EtcdError {
+    fn from(e: crate::node::NodeError) -> EtcdError {
+        use crate::node::NodeError as N;
+        match e {
+            N::NoLeader => EtcdError::NoLeader,
+            N::Stopped => EtcdError::Stopped,
+            N::Timeout => EtcdError::Timeout,
+            N::TooManyRequests => EtcdError::TooManyRequests,
+            N::RequestTooLarge => EtcdError::RequestTooLarge,
+        }
+    }
+}
+
+impl From<crate::apply::ApplyError> for EtcdError {
+    fn from(e: crate::apply::ApplyError) -> EtcdError {
+        use crate::apply::ApplyError as A;
+        match e {
+            A::Dropped => EtcdError::NoLeader,
+            A::Txn(e) => e.into(),
+            A::Mvcc(e) => e.into(),
+            A::Lease(e) => e.into(),
+            A::NoSpace => EtcdError::NoSpace,
+            A::Corrupt => EtcdError::Corrupt,
+        }
+    }
+}
+
+impl From<crate::lease::LeaseError> for EtcdError {
+    fn from(e: crate::lease::LeaseError) -> EtcdError {
+        use crate::lease::LeaseError as L;
+        match e {
+            L::NotFound => EtcdError::LeaseNotFound,
+            L::Exists => EtcdError::LeaseExist,
+            L::TtlTooLarge => EtcdError::LeaseTtlTooLarge,
+            other => EtcdError::Other(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_match_etcd() {
+        let cases = [
+            (
+                EtcdError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                EtcdError::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                EtcdError::FutureRev,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                EtcdError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                EtcdError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                EtcdError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                EtcdError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (
+                EtcdError::MemberNotLearner,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                EtcdError::MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                EtcdError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+        ];
+        for (err, code, msg) in cases {
+            let status = Status::from(err);
+            assert_eq!((status.code(), status.message()), (code, msg));
+        }
+    }
+}

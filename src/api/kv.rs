@@ -1,0 +1,128 @@
+//! The KV service: Range, Put, DeleteRange, Txn and Compact.
+//!
+//! Writes are proposed through raft and answered once applied on this member; linearizable reads
+//! wait for a ReadIndex barrier, serializable ones read local state at once.
+
+use tonic::{Request, Response, Status};
+
+use super::{EtcdError, ServerCtx, blocking};
+use crate::apply;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::proto::oxetcdpb::internal_request::Request as Internal;
+use crate::txn;
+
+pub struct KvService {
+    ctx: ServerCtx,
+}
+
+impl KvService {
+    pub fn new(ctx: ServerCtx) -> KvService {
+        KvService { ctx }
+    }
+
+    async fn propose(&self, request: Internal) -> Result<apply::Response, EtcdError> {
+        Ok(self.ctx.node.propose(request).await??)
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    EtcdError::Other(format!("unexpected apply result for {what}")).into()
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        txn::check_range(&req).map_err(EtcdError::from)?;
+        if !req.serializable {
+            self.ctx
+                .node
+                .read_barrier()
+                .await
+                .map_err(EtcdError::from)?;
+        }
+        let mvcc = self.ctx.mvcc.clone();
+        let mut resp = blocking(move || txn::range(&mvcc, &req).map_err(EtcdError::from)).await?;
+        resp.header = self.ctx.fill_header(resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        txn::check_put(&req).map_err(EtcdError::from)?;
+        self.ctx.check_quota().await?;
+        match self.propose(Internal::Put(req)).await? {
+            apply::Response::Put(mut resp) => {
+                resp.header = self.ctx.fill_header(resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        txn::check_delete_range(&req).map_err(EtcdError::from)?;
+        match self.propose(Internal::DeleteRange(req)).await? {
+            apply::Response::DeleteRange(mut resp) => {
+                resp.header = self.ctx.fill_header(resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("delete range")),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        txn::check_txn(&req, self.ctx.config.txn_ops_max as usize).map_err(EtcdError::from)?;
+        if txn::has_writes(&req) {
+            self.ctx.check_quota().await?;
+        } else {
+            // A read-only txn is a set of reads: linearizable like Range, through raft so that
+            // its reads see one revision.
+            self.ctx
+                .node
+                .read_barrier()
+                .await
+                .map_err(EtcdError::from)?;
+        }
+        match self.propose(Internal::Txn(req)).await? {
+            apply::Response::Txn(mut resp) => {
+                resp.header = self.ctx.fill_header(resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let physical = req.physical;
+        match self.propose(Internal::Compaction(req)).await? {
+            apply::Response::Compaction {
+                mut response,
+                physical_done,
+            } => {
+                if physical {
+                    let _ = physical_done.await;
+                }
+                response.header = self.ctx.fill_header(response.header);
+                Ok(Response::new(response))
+            }
+            _ => Err(unexpected("compaction")),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The etcd v3 gRPC services, one file per service, sharing one [`ServerCtx`].
+//!
+//! Only this layer (and `apply`, which executes the etcd requests carried in raft entries) knows
+//! the client-facing etcd protos. Errors become gRPC statuses only in [`error`].
+
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::alarm::Alarms;
+use crate::config::Config;
+use crate::lease::Lessor;
+use crate::membership::Membership;
+use crate::mvcc::MvccStore;
+use crate::node::NodeHandle;
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::storage::Engine;
+use crate::watch::WatchHub;
+
+pub use error::EtcdError;
+
+/// Everything a service handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerCtx {
+    pub config: Arc<Config>,
+    pub node: NodeHandle,
+    pub engine: Arc<Engine>,
+    pub mvcc: Arc<MvccStore>,
+    pub lessor: Arc<Mutex<Lessor>>,
+    pub watch: Arc<WatchHub>,
+    pub alarms: Arc<Alarms>,
+    pub membership: Arc<RwLock<Membership>>,
+    pub quota: Arc<Quota>,
+}
+
+impl ServerCtx {
+    /// A response header for this member with the given store revision (0 for calls that do not
+    /// touch the key-value store).
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let status = self.node.status();
+        ResponseHeader {
+            cluster_id: status.cluster_id,
+            member_id: status.member_id,
+            revision,
+            raft_term: status.term,
+        }
+    }
+
+    /// Completes a header produced by apply (which sets only the revision) with this member's
+    /// identity and term; a missing header gets the current revision.
+    pub fn fill_header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let revision = match header {
+            Some(h) if h.revision != 0 => h.revision,
+            _ => self.mvcc.current_revision(),
+        };
+        Some(self.header(revision))
+    }
+
+    /// Rejects a write while NOSPACE is raised; raises it when the backend has outgrown its
+    /// quota (the request that finds it so is rejected too, as etcd does).
+    pub async fn check_quota(&self) -> Result<(), EtcdError> {
+        if self.alarms.nospace_active() {
+            return Err(EtcdError::NoSpace);
+        }
+        if !self.quota.exceeded() {
+            return Ok(());
+        }
+        let member_id = self.node.status().member_id;
+        tracing::warn!(
+            quota_bytes = self.quota.quota_bytes,
+            db_size_bytes = self.quota.db_size_bytes(),
+            "database space exceeded; raising NOSPACE"
+        );
+        let alarm = crate::proto::etcdserverpb::AlarmRequest {
+            action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id,
+            alarm: crate::alarm::ALARM_NOSPACE,
+        };
+        let _ = self
+            .node
+            .propose(crate::proto::oxetcdpb::internal_request::Request::Alarm(
+                alarm,
+            ))
+            .await;
+        Err(EtcdError::NoSpace)
+    }
+
+    /// A header carrying the current store revision.
+    pub fn header_now(&self) -> ResponseHeader {
+        self.header(self.mvcc.current_revision())
+    }
+}
+
+/// Runs blocking storage work off the async workers.
+pub async fn blocking<T, F>(f: F) -> Result<T, EtcdError>
+where
+    F: FnOnce() -> Result<T, EtcdError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EtcdError::Other(format!("internal task failed: {e}")))?
+}
+
+/// The backend quota and the last sampled database size (sampled off the request path).
+pub struct Quota {
+    pub quota_bytes: u64,
+    db_size_bytes: AtomicU64,
+}
+
+impl Quota {
+    pub fn new(quota_bytes: u64) -> Quota {
+        Quota {
+            quota_bytes,
+            db_size_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record_db_size(&self, bytes: u64) {
+        self.db_size_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn db_size_bytes(&self) -> u64 {
+        self.db_size_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.db_size_bytes() > self.quota_bytes
+    }
+}

@@ -1,0 +1,455 @@
+//! Applies committed raft entries, in log order, to the MVCC store, the lessor and the alarms,
+//! then answers the member's waiting proposers and feeds the watch hub.
+//!
+//! Each entry becomes one RocksDB write (not synced: the raft log is, and entries after the
+//! persisted `consistent_index` are re-applied on restart), written together with the new
+//! consistent index so the state machine and its position can never disagree.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+use tokio::sync::oneshot;
+
+use crate::alarm::{ALARM_NOSPACE, Alarms};
+use crate::lease::{LeaseError, Lessor};
+use crate::mvcc::{MvccError, MvccStore};
+use crate::proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, CompactionResponse, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
+    alarm_request::AlarmAction,
+};
+use crate::proto::mvccpb::{Event, event::EventType};
+use crate::proto::oxetcdpb::{InternalRequest, internal_request::Request};
+use crate::storage::{Batch, Cf, Engine, StorageError};
+use crate::txn::{self, TxnError};
+use crate::watch::WatchHub;
+
+const KEY_CONSISTENT_INDEX: &[u8] = b"consistent_index";
+
+/// What applying one request produced.
+#[derive(Debug)]
+pub enum Response {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    /// `physical_done` fires when the compacted revisions are gone from disk.
+    Compaction {
+        response: CompactionResponse,
+        physical_done: oneshot::Receiver<()>,
+    },
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
+    LeaseCheckpoint,
+}
+
+/// Why a committed request had no effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The proposal never entered the log (no leader to take it).
+    #[error("proposal dropped")]
+    Dropped,
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("database space exceeded")]
+    NoSpace,
+    #[error("corrupt cluster")]
+    Corrupt,
+}
+
+pub type Reply = Result<Response, ApplyError>;
+
+/// Proposers waiting for their request to be applied on this member, by request ID.
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, id: u64) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    pub fn cancel(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    pub fn trigger(&self, id: u64, reply: Reply) {
+        if let Some(tx) = self.lock().remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+/// The state machine side of the member.
+pub struct Applier {
+    engine: Arc<Engine>,
+    mvcc: Arc<MvccStore>,
+    lessor: Arc<Mutex<Lessor>>,
+    watch: Arc<WatchHub>,
+    alarms: Arc<Alarms>,
+    waiters: Arc<Waiters>,
+    applied_index: u64,
+}
+
+impl Applier {
+    pub fn new(
+        engine: Arc<Engine>,
+        mvcc: Arc<MvccStore>,
+        lessor: Arc<Mutex<Lessor>>,
+        watch: Arc<WatchHub>,
+        alarms: Arc<Alarms>,
+    ) -> Result<Applier, StorageError> {
+        let applied_index = read_consistent_index(&engine)?;
+        Ok(Applier {
+            engine,
+            mvcc,
+            lessor,
+            watch,
+            alarms,
+            waiters: Arc::new(Waiters::default()),
+            applied_index,
+        })
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn waiters(&self) -> Arc<Waiters> {
+        self.waiters.clone()
+    }
+
+    fn lessor(&self) -> std::sync::MutexGuard<'_, Lessor> {
+        self.lessor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `entries` in order and returns the new applied index.
+    pub fn apply_entries(&mut self, entries: Vec<Entry>) -> u64 {
+        for entry in entries {
+            if entry.index <= self.applied_index {
+                continue;
+            }
+            let mut batch = Batch::new();
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    match InternalRequest::decode(&entry.data[..]) {
+                        Ok(req) => Some((req.id, self.apply_request(req.request, &mut batch))),
+                        Err(e) => crate::fatal(
+                            "decoding a committed raft entry",
+                            &format!("entry {}: {e}", entry.index),
+                        ),
+                    }
+                }
+                // Empty entries (new leader) and configuration changes carry no state-machine
+                // change for a single member.
+                _ => None,
+            };
+            batch.put(
+                &self.engine,
+                Cf::Meta,
+                KEY_CONSISTENT_INDEX,
+                &[entry.index.to_be_bytes(), entry.term.to_be_bytes()].concat(),
+            );
+            let (id, pending) = match outcome {
+                Some((id, pending)) => (Some(id), Some(pending)),
+                None => (None, None),
+            };
+            if let Err(e) = self.engine.write(batch, false) {
+                crate::fatal("writing applied state", &e);
+            }
+            self.applied_index = entry.index;
+            if let (Some(id), Some(pending)) = (id, pending) {
+                let reply = pending.finish(self);
+                self.waiters.trigger(id, reply);
+            }
+        }
+        self.applied_index
+    }
+
+    fn apply_request(&mut self, request: Option<Request>, batch: &mut Batch) -> Pending {
+        let Some(request) = request else {
+            return Pending::Done(Err(ApplyError::Txn(TxnError::KeyNotFound)));
+        };
+        if self.alarms.corrupt_active() && !matches!(request, Request::Alarm(_)) {
+            return Pending::Done(Err(ApplyError::Corrupt));
+        }
+        let nospace = self.alarms.nospace_active();
+        match request {
+            Request::Put(req) => {
+                if nospace {
+                    return Pending::Done(Err(ApplyError::NoSpace));
+                }
+                self.write_txn(batch, |txn, lease_exists| {
+                    txn::apply_put(txn, &req, lease_exists).map(Response::Put)
+                })
+            }
+            Request::DeleteRange(req) => self.write_txn(batch, |txn, lease_exists| {
+                txn::apply_delete_range(txn, &req, lease_exists).map(Response::DeleteRange)
+            }),
+            Request::Txn(req) => {
+                if nospace && txn::has_writes(&req) {
+                    return Pending::Done(Err(ApplyError::NoSpace));
+                }
+                self.write_txn(batch, |txn, lease_exists| {
+                    txn::apply_txn(txn, &req, lease_exists).map(Response::Txn)
+                })
+            }
+            Request::Compaction(req) => match self.mvcc.compact(req.revision, batch) {
+                Ok(job) => Pending::Compaction(job),
+                Err(e) => Pending::Done(Err(e.into())),
+            },
+            Request::LeaseGrant(req) => {
+                if nospace {
+                    return Pending::Done(Err(ApplyError::NoSpace));
+                }
+                let now = std::time::Instant::now();
+                let engine = self.engine.clone();
+                let granted = self.lessor().grant(&engine, batch, req.id, req.ttl, now);
+                Pending::Done(granted.map_err(ApplyError::from).map(|ttl| {
+                    Response::LeaseGrant(LeaseGrantResponse {
+                        header: None,
+                        id: req.id,
+                        ttl,
+                        error: String::new(),
+                    })
+                }))
+            }
+            Request::LeaseRevoke(req) => {
+                let engine = self.engine.clone();
+                let keys = match self.lessor().revoke(&engine, batch, req.id) {
+                    Ok(keys) => keys,
+                    Err(e) => return Pending::Done(Err(e.into())),
+                };
+                self.write_txn(batch, move |txn, _| {
+                    for key in &keys {
+                        txn.delete_range(key, &[]).map_err(TxnError::from)?;
+                    }
+                    Ok(Response::LeaseRevoke(LeaseRevokeResponse { header: None }))
+                })
+            }
+            Request::LeaseCheckpoint(req) => {
+                let now = std::time::Instant::now();
+                let engine = self.engine.clone();
+                let mut lessor = self.lessor();
+                for cp in req.checkpoints {
+                    lessor.checkpoint(&engine, batch, cp.id, cp.remaining_ttl, now);
+                }
+                Pending::Done(Ok(Response::LeaseCheckpoint))
+            }
+            Request::Alarm(req) => {
+                Pending::Done(Ok(Response::Alarm(self.apply_alarm(&req, batch))))
+            }
+        }
+    }
+
+    fn apply_alarm(&self, req: &AlarmRequest, batch: &mut Batch) -> AlarmResponse {
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Activate) => {
+                if self
+                    .alarms
+                    .activate(&self.engine, batch, req.member_id, req.alarm)
+                {
+                    tracing::warn!(
+                        member_id = %format!("{:x}", req.member_id),
+                        alarm = req.alarm,
+                        "alarm raised"
+                    );
+                }
+                vec![(req.member_id, req.alarm)]
+            }
+            Ok(AlarmAction::Deactivate) => {
+                let cleared = self
+                    .alarms
+                    .deactivate(&self.engine, batch, req.member_id, req.alarm);
+                if !cleared.is_empty() {
+                    tracing::info!(count = cleared.len(), "alarm disarmed");
+                }
+                cleared
+            }
+            _ => self.alarms.list(),
+        };
+        AlarmResponse {
+            header: None,
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+                .collect(),
+        }
+    }
+
+    fn write_txn<F>(&mut self, batch: &mut Batch, f: F) -> Pending
+    where
+        F: FnOnce(
+            &mut crate::mvcc::WriteTxn<'_>,
+            &dyn Fn(i64) -> bool,
+        ) -> Result<Response, TxnError>,
+    {
+        let lessor = self.lessor.clone();
+        let lease_exists =
+            move |id: i64| lessor.lock().unwrap_or_else(|p| p.into_inner()).exists(id);
+        let mut txn = self.mvcc.write_txn();
+        match f(&mut txn, &lease_exists) {
+            Ok(response) => Pending::Write(txn.finish(batch), response),
+            Err(e) => Pending::Done(Err(e.into())),
+        }
+    }
+
+    /// Makes a written change visible: index, revision, lease attachments, watchers.
+    fn publish(&self, pending: crate::mvcc::Pending) -> i64 {
+        let outcome = self.mvcc.publish(pending);
+        if !outcome.events.is_empty() {
+            let mut lessor = self.lessor();
+            for ev in &outcome.events {
+                update_attachments(&mut lessor, ev);
+            }
+            drop(lessor);
+            self.watch.notify(outcome.rev, &outcome.events);
+        }
+        outcome.rev
+    }
+}
+
+/// A request's effect, written to the batch but not yet visible.
+enum Pending {
+    Done(Reply),
+    Write(crate::mvcc::Pending, Response),
+    Compaction(crate::mvcc::CompactJob),
+}
+
+impl Pending {
+    fn finish(self, applier: &Applier) -> Reply {
+        match self {
+            Pending::Done(reply) => {
+                reply.map(|r| with_revision(r, applier.mvcc.current_revision()))
+            }
+            Pending::Write(pending, response) => {
+                let rev = applier.publish(pending);
+                Ok(with_revision(response, rev))
+            }
+            Pending::Compaction(job) => {
+                let rev = applier.mvcc.current_revision();
+                let compact_rev = applier.mvcc.publish_compaction(&job);
+                applier.watch.compacted(compact_rev);
+                let (done_tx, done_rx) = oneshot::channel();
+                let engine = applier.engine.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("compaction".into())
+                        .spawn(move || {
+                            if let Err(e) = job.run(&engine) {
+                                crate::fatal("compacting revisions", &e);
+                            }
+                            tracing::info!(
+                                compact_revision = compact_rev,
+                                "finished scheduled compaction"
+                            );
+                            let _ = done_tx.send(());
+                        });
+                if let Err(e) = spawned {
+                    crate::fatal("starting the compaction thread", &e);
+                }
+                Ok(Response::Compaction {
+                    response: CompactionResponse {
+                        header: Some(ResponseHeader {
+                            revision: rev,
+                            ..ResponseHeader::default()
+                        }),
+                    },
+                    physical_done: done_rx,
+                })
+            }
+        }
+    }
+}
+
+fn update_attachments(lessor: &mut Lessor, ev: &Event) {
+    let Some(kv) = &ev.kv else {
+        return;
+    };
+    if let Some(prev) = &ev.prev_kv
+        && prev.lease != 0
+    {
+        lessor.detach(prev.lease, &prev.key);
+    }
+    if ev.r#type == EventType::Put as i32 && kv.lease != 0 {
+        lessor.attach(kv.lease, &kv.key);
+    }
+}
+
+fn header_at(rev: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: rev,
+        ..ResponseHeader::default()
+    })
+}
+
+fn with_revision(response: Response, rev: i64) -> Response {
+    match response {
+        Response::Put(mut r) => {
+            r.header = header_at(rev);
+            Response::Put(r)
+        }
+        Response::DeleteRange(mut r) => {
+            r.header = header_at(rev);
+            Response::DeleteRange(r)
+        }
+        Response::Txn(mut r) => {
+            r.header = header_at(rev);
+            Response::Txn(r)
+        }
+        Response::LeaseGrant(mut r) => {
+            r.header = header_at(rev);
+            Response::LeaseGrant(r)
+        }
+        Response::LeaseRevoke(mut r) => {
+            r.header = header_at(rev);
+            Response::LeaseRevoke(r)
+        }
+        Response::Alarm(mut r) => {
+            r.header = header_at(rev);
+            Response::Alarm(r)
+        }
+        other => other,
+    }
+}
+
+/// The index of the last entry applied to the state machine, as persisted.
+pub fn read_consistent_index(engine: &Engine) -> Result<u64, StorageError> {
+    match engine.get(Cf::Meta, KEY_CONSISTENT_INDEX)? {
+        None => Ok(0),
+        Some(bytes) if bytes.len() == 16 => Ok(u64::from_be_bytes(
+            bytes[..8].try_into().expect("length checked"),
+        )),
+        Some(_) => Err(StorageError::Corrupt {
+            cf: Cf::Meta.name(),
+            key: KEY_CONSISTENT_INDEX.to_vec(),
+            reason: "consistent index is not 16 bytes".into(),
+        }),
+    }
+}
+
+/// Writes the applied position (used by snapshot restore).
+pub fn write_consistent_index(engine: &Engine, batch: &mut Batch, index: u64, term: u64) {
+    batch.put(
+        engine,
+        Cf::Meta,
+        KEY_CONSISTENT_INDEX,
+        &[index.to_be_bytes(), term.to_be_bytes()].concat(),
+    );
+}
+
+/// The alarm type raised when the backend outgrows its quota.
+pub const NOSPACE: i32 = ALARM_NOSPACE;

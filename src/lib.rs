@@ -1,0 +1,33 @@
+//! oxetcd: an etcd v3 compatible, strongly consistent key-value store on Raft and RocksDB.
+//!
+//! The layers, from the bottom: `storage` (RocksDB) → `mvcc`, `lease`, `watch`, `alarm`,
+//! `membership` (state machines) → `txn` (etcd request semantics) → `raft` (log store) and
+//! `apply` (committed entries → state) → `node` (the threads around raft) → `api`, `http`
+//! (what clients see) → `server` (wiring). ARCHITECTURE.md is the map.
+
+pub mod alarm;
+pub mod api;
+pub mod apply;
+pub mod config;
+pub mod http;
+pub mod lease;
+pub mod membership;
+pub mod mvcc;
+pub mod node;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod snapshot;
+pub mod storage;
+pub mod telemetry;
+pub mod txn;
+pub mod version;
+pub mod watch;
+
+/// Stops the process after an error that leaves this member unable to serve correct data
+/// (a failed fsync, a corrupt log entry). Serving on would risk acknowledging lost writes.
+pub fn fatal(what: &str, err: &dyn std::fmt::Display) -> ! {
+    tracing::error!(error = %err, "fatal: {what}; stopping the member");
+    eprintln!("oxetcd: fatal: {what}: {err}");
+    std::process::exit(1)
+}

@@ -1,0 +1,72 @@
+//! The `oxetcd` binary: parse flags → load config → run the server (or restore a snapshot).
+
+use std::process::ExitCode;
+
+use oxetcd::config::{self, Command};
+
+fn main() -> ExitCode {
+    let (command, warnings) = match config::parse_command_from_env_and_args() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("oxetcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Serve(config) => serve(config, warnings),
+        Command::SnapshotRestore {
+            file,
+            data_dir,
+            config,
+        } => restore(&file, &data_dir, &config),
+    }
+}
+
+fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
+    let _log = match oxetcd::telemetry::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("oxetcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("oxetcd-worker")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oxetcd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(oxetcd::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server stopped with an error");
+            eprintln!("oxetcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn restore(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    config: &config::Config,
+) -> ExitCode {
+    match oxetcd::snapshot::restore_with_config(file, data_dir, config) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oxetcd: snapshot restore failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

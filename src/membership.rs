@@ -1,0 +1,123 @@
+//! Cluster identity and members: the cluster ID and each member's ID, name and URLs, persisted in
+//! the `meta` column family when the member first starts.
+
+use prost::Message as _;
+
+use crate::proto::etcdserverpb::Member;
+use crate::storage::{Batch, Cf, Engine, StorageError};
+
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_MEMBER_ID: &[u8] = b"member_id";
+const KEY_MEMBERS: &[u8] = b"members";
+
+/// Who this member is and which members the cluster has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub members: Vec<Member>,
+}
+
+/// The persisted member list (a MemberListResponse's members, reused as the storage format).
+#[derive(Clone, PartialEq, prost::Message)]
+struct MemberRecords {
+    #[prost(message, repeated, tag = "1")]
+    members: Vec<Member>,
+}
+
+impl Membership {
+    /// Loads the identity written at first start, if any.
+    pub fn load(engine: &Engine) -> Result<Option<Membership>, StorageError> {
+        let (Some(cluster), Some(member), Some(members)) = (
+            engine.get(Cf::Meta, KEY_CLUSTER_ID)?,
+            engine.get(Cf::Meta, KEY_MEMBER_ID)?,
+            engine.get(Cf::Meta, KEY_MEMBERS)?,
+        ) else {
+            return Ok(None);
+        };
+        let corrupt = |key: &[u8], reason: String| StorageError::Corrupt {
+            cf: Cf::Meta.name(),
+            key: key.to_vec(),
+            reason,
+        };
+        let id = |key: &[u8], bytes: Vec<u8>| {
+            <[u8; 8]>::try_from(bytes.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt(key, "id is not 8 bytes".into()))
+        };
+        Ok(Some(Membership {
+            cluster_id: id(KEY_CLUSTER_ID, cluster)?,
+            member_id: id(KEY_MEMBER_ID, member)?,
+            members: MemberRecords::decode(members.as_slice())
+                .map_err(|e| corrupt(KEY_MEMBERS, e.to_string()))?
+                .members,
+        }))
+    }
+
+    /// Adds this identity to `batch`.
+    pub fn save(&self, engine: &Engine, batch: &mut Batch) {
+        batch.put(
+            engine,
+            Cf::Meta,
+            KEY_CLUSTER_ID,
+            &self.cluster_id.to_be_bytes(),
+        );
+        batch.put(
+            engine,
+            Cf::Meta,
+            KEY_MEMBER_ID,
+            &self.member_id.to_be_bytes(),
+        );
+        let records = MemberRecords {
+            members: self.members.clone(),
+        };
+        batch.put(engine, Cf::Meta, KEY_MEMBERS, &records.encode_to_vec());
+    }
+
+    /// Builds the identity of a new cluster from `--initial-cluster` (name, peer URLs) pairs.
+    pub fn bootstrap(
+        name: &str,
+        initial_cluster: &[(String, Vec<String>)],
+        client_urls: &[String],
+        cluster_token: &str,
+    ) -> Option<Membership> {
+        let members: Vec<Member> = initial_cluster
+            .iter()
+            .map(|(member_name, peer_urls)| Member {
+                id: crate::node::id::member_id(peer_urls, cluster_token),
+                name: member_name.clone(),
+                peer_ur_ls: peer_urls.clone(),
+                client_ur_ls: if member_name == name {
+                    client_urls.to_vec()
+                } else {
+                    Vec::new()
+                },
+                is_learner: false,
+            })
+            .collect();
+        let me = members.iter().find(|m| m.name == name)?.id;
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        Some(Membership {
+            cluster_id: crate::node::id::cluster_id(&ids, cluster_token),
+            member_id: me,
+            members,
+        })
+    }
+
+    /// IDs of the voting members.
+    pub fn voters(&self) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Records this member's current client URLs (they may change between restarts).
+    pub fn set_client_urls(&mut self, client_urls: &[String]) {
+        let me = self.member_id;
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == me) {
+            m.client_ur_ls = client_urls.to_vec();
+        }
+    }
+}

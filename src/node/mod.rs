@@ -1,0 +1,513 @@
+//! The async shell around consensus: one OS thread owns the `RawNode`, another applies committed
+//! entries; a cloneable [`NodeHandle`] is the only way in.
+//!
+//! Requests reach the raft thread over one bounded channel (full → `too many requests`). The raft
+//! thread batches everything it drained into one Ready: one synced RocksDB write per Ready, then
+//! the committed entries go to the apply thread, which answers each proposer through its waiter.
+
+pub mod id;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::eraftpb::Entry;
+use raft::{RawNode, StateRole};
+use tokio::sync::{oneshot, watch};
+
+use crate::apply::{Applier, ApplyError, Reply, Response, Waiters};
+use crate::proto::oxetcdpb::{InternalRequest, internal_request};
+use crate::raft::RaftLogStore;
+use crate::storage::{Batch, Engine};
+
+/// Messages queued for the raft thread before it pushes back.
+const INBOX_CAPACITY: usize = 8192;
+/// Committed-entry batches queued for the apply thread before the raft thread waits.
+const APPLY_QUEUE_CAPACITY: usize = 256;
+/// Entries kept behind the applied index when the log is truncated, for slow followers.
+const LOG_CATCHUP_ENTRIES: u64 = 5000;
+/// Ticks after which an unanswered ReadIndex is asked again (raft drops it silently when the
+/// leader has not yet committed an entry in its term).
+const READ_INDEX_RETRY_TICKS: u64 = 5;
+
+/// Why a request could not be carried through consensus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("server stopped")]
+    Stopped,
+    #[error("request timed out")]
+    Timeout,
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("request is too large")]
+    RequestTooLarge,
+}
+
+/// A snapshot of this member's raft position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub is_leader: bool,
+    pub leader_changes: u64,
+}
+
+/// Settings the node needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub snapshot_count: u64,
+    pub request_timeout: Duration,
+    pub max_request_bytes: usize,
+}
+
+enum NodeMsg {
+    Propose { id: u64, data: Vec<u8> },
+    ReadIndex(oneshot::Sender<Result<u64, NodeError>>),
+}
+
+#[derive(Default)]
+struct Shared {
+    leader_id: AtomicU64,
+    term: AtomicU64,
+    commit: AtomicU64,
+    applied: AtomicU64,
+    leader_changes: AtomicU64,
+    is_leader: AtomicBool,
+}
+
+struct HandleInner {
+    tx: SyncSender<NodeMsg>,
+    waiters: Arc<Waiters>,
+    shared: Arc<Shared>,
+    applied_rx: watch::Receiver<u64>,
+    ids: id::IdGen,
+    cfg: NodeConfig,
+}
+
+/// The way into consensus. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<HandleInner>,
+}
+
+/// The running node's threads; join them after every handle is dropped.
+pub struct NodeThreads {
+    raft: JoinHandle<()>,
+    apply: JoinHandle<()>,
+}
+
+impl NodeThreads {
+    pub fn join(self) {
+        let _ = self.raft.join();
+        let _ = self.apply.join();
+    }
+}
+
+impl NodeHandle {
+    /// A fresh cluster-unique ID (requests, leases).
+    pub fn next_id(&self) -> u64 {
+        self.inner.ids.next()
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let s = &self.inner.shared;
+        NodeStatus {
+            member_id: self.inner.cfg.member_id,
+            cluster_id: self.inner.cfg.cluster_id,
+            leader_id: s.leader_id.load(Ordering::Acquire),
+            term: s.term.load(Ordering::Acquire),
+            commit_index: s.commit.load(Ordering::Acquire),
+            applied_index: s.applied.load(Ordering::Acquire),
+            is_leader: s.is_leader.load(Ordering::Acquire),
+            leader_changes: s.leader_changes.load(Ordering::Acquire),
+        }
+    }
+
+    fn send(&self, msg: NodeMsg) -> Result<(), NodeError> {
+        self.inner.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => NodeError::TooManyRequests,
+            TrySendError::Disconnected(_) => NodeError::Stopped,
+        })
+    }
+
+    /// Proposes `request`, waits until it is applied on this member and returns the result.
+    pub async fn propose(
+        &self,
+        request: internal_request::Request,
+    ) -> Result<Result<Response, ApplyError>, NodeError> {
+        let id = self.next_id();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        if data.len() > self.inner.cfg.max_request_bytes {
+            return Err(NodeError::RequestTooLarge);
+        }
+        let rx = self.inner.waiters.register(id);
+        if let Err(e) = self.send(NodeMsg::Propose { id, data }) {
+            self.inner.waiters.cancel(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
+            Ok(Ok(Err(ApplyError::Dropped))) => Err(NodeError::NoLeader),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                self.inner.waiters.cancel(id);
+                Err(NodeError::Timeout)
+            }
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the call started, as
+    /// confirmed by the leader (ReadIndex). Reads made after it are linearizable.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout;
+        let (tx, rx) = oneshot::channel();
+        self.send(NodeMsg::ReadIndex(tx))?;
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(NodeError::Stopped),
+            Err(_) => return Err(NodeError::Timeout),
+        };
+        self.wait_applied(index, deadline).await
+    }
+
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NodeError> {
+        let mut applied = self.inner.applied_rx.clone();
+        match tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+}
+
+/// Starts the raft and apply threads.
+pub fn start(
+    cfg: NodeConfig,
+    store: RaftLogStore,
+    engine: Arc<Engine>,
+    applier: Applier,
+) -> Result<(NodeHandle, NodeThreads), raft::Error> {
+    let applied = applier.applied_index();
+    let voters = store.conf_state().voters.clone();
+    let raft_cfg = raft::Config {
+        id: cfg.member_id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 512,
+        max_committed_size_per_ready: 16 << 20,
+        ..raft::Config::default()
+    };
+    raft_cfg.validate()?;
+    let mut raw = RawNode::new(&raft_cfg, store, &crate::raft::logger::logger())?;
+    if voters == [cfg.member_id] {
+        // A single-member cluster need not wait an election timeout to lead.
+        tracing::info!(member_id = %format!("{:x}", cfg.member_id), "started as single-node; campaigning at once");
+        raw.campaign()?;
+    }
+
+    let shared = Arc::new(Shared::default());
+    shared.applied.store(applied, Ordering::Release);
+    let (applied_tx, applied_rx) = watch::channel(applied);
+    let (tx, rx) = mpsc::sync_channel(INBOX_CAPACITY);
+    let (apply_tx, apply_rx) = mpsc::sync_channel::<Vec<Entry>>(APPLY_QUEUE_CAPACITY);
+    let waiters = applier.waiters();
+
+    let apply_shared = shared.clone();
+    let apply = std::thread::Builder::new()
+        .name("apply".into())
+        .spawn(move || run_apply(applier, apply_rx, apply_shared, applied_tx))
+        .expect("spawning the apply thread");
+
+    let raft_shared = shared.clone();
+    let raft_waiters = waiters.clone();
+    let loop_cfg = cfg.clone();
+    let raft = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            RaftLoop {
+                raw,
+                engine,
+                inbox: rx,
+                apply_tx,
+                shared: raft_shared,
+                waiters: raft_waiters,
+                cfg: loop_cfg,
+                reads: Reads::default(),
+                ticks: 0,
+                applied_seen: applied,
+            }
+            .run()
+        })
+        .expect("spawning the raft thread");
+
+    let handle = NodeHandle {
+        inner: Arc::new(HandleInner {
+            tx,
+            waiters,
+            shared,
+            applied_rx,
+            ids: id::IdGen::new(cfg.member_id),
+            cfg,
+        }),
+    };
+    Ok((handle, NodeThreads { raft, apply }))
+}
+
+fn run_apply(
+    mut applier: Applier,
+    rx: Receiver<Vec<Entry>>,
+    shared: Arc<Shared>,
+    applied_tx: watch::Sender<u64>,
+) {
+    while let Ok(entries) = rx.recv() {
+        let applied = applier.apply_entries(entries);
+        shared.applied.store(applied, Ordering::Release);
+        applied_tx.send_replace(applied);
+    }
+    tracing::info!("apply thread stopped");
+}
+
+#[derive(Default)]
+struct Reads {
+    waiting: Vec<oneshot::Sender<Result<u64, NodeError>>>,
+    in_flight: HashMap<u64, (u64, Vec<oneshot::Sender<Result<u64, NodeError>>>)>,
+    next_ctx: u64,
+}
+
+struct RaftLoop {
+    raw: RawNode<RaftLogStore>,
+    engine: Arc<Engine>,
+    inbox: Receiver<NodeMsg>,
+    apply_tx: SyncSender<Vec<Entry>>,
+    shared: Arc<Shared>,
+    waiters: Arc<Waiters>,
+    cfg: NodeConfig,
+    reads: Reads,
+    ticks: u64,
+    applied_seen: u64,
+}
+
+impl RaftLoop {
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(msg) => {
+                    self.handle(msg);
+                    for _ in 0..INBOX_CAPACITY {
+                        match self.inbox.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                self.ticks += 1;
+                next_tick = (next_tick + self.cfg.tick).max(now);
+                self.retry_stale_reads();
+            }
+            self.issue_reads();
+            self.follow_apply();
+            if self.raw.has_ready() {
+                self.on_ready();
+            }
+            self.publish_status();
+        }
+        tracing::info!("raft thread stopped");
+    }
+
+    fn handle(&mut self, msg: NodeMsg) {
+        match msg {
+            NodeMsg::Propose { id, data } => {
+                if self.raw.propose(vec![], data).is_err() {
+                    self.waiters.trigger(id, Err(ApplyError::Dropped));
+                }
+            }
+            NodeMsg::ReadIndex(reply) => self.reads.waiting.push(reply),
+        }
+    }
+
+    fn issue_reads(&mut self) {
+        if self.reads.waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.reads.waiting);
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            for w in waiting {
+                let _ = w.send(Err(NodeError::NoLeader));
+            }
+            return;
+        }
+        self.reads.next_ctx += 1;
+        let ctx = self.reads.next_ctx;
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.reads.in_flight.insert(ctx, (self.ticks, waiting));
+    }
+
+    fn retry_stale_reads(&mut self) {
+        let ticks = self.ticks;
+        let stale: Vec<u64> = self
+            .reads
+            .in_flight
+            .iter()
+            .filter(|(_, (issued, _))| ticks - issued >= READ_INDEX_RETRY_TICKS)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, waiters)) = self.reads.in_flight.remove(&ctx) {
+                self.reads
+                    .waiting
+                    .extend(waiters.into_iter().filter(|w| !w.is_closed()));
+            }
+        }
+    }
+
+    fn follow_apply(&mut self) {
+        let applied = self.shared.applied.load(Ordering::Acquire);
+        if applied <= self.applied_seen {
+            return;
+        }
+        self.raw.advance_apply_to(applied);
+        self.applied_seen = applied;
+        let store = self.raw.store();
+        if applied > store.first() + self.cfg.snapshot_count + LOG_CATCHUP_ENTRIES {
+            let mut batch = Batch::new();
+            let upto = applied - LOG_CATCHUP_ENTRIES;
+            if let Err(e) = self.raw.mut_store().truncate_to(&mut batch, upto) {
+                crate::fatal("truncating the raft log", &e);
+            }
+            self.write(batch, false, "writing the raft log truncation");
+            tracing::debug!(index = upto, "truncated raft log");
+        }
+    }
+
+    fn write(&self, batch: Batch, sync: bool, what: &str) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.engine.write(batch, sync) {
+            crate::fatal(what, &e);
+        }
+    }
+
+    fn on_ready(&mut self) {
+        let mut rd = self.raw.ready();
+        // Messages to peers arrive with the peer transport; a single member has none.
+        let _ = rd.take_messages();
+        if !rd.snapshot().is_empty() {
+            crate::fatal(
+                "installing a raft snapshot",
+                &"snapshots from peers are not supported by a single-member node",
+            );
+        }
+        if let Some(ss) = rd.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+        let committed = rd.take_committed_entries();
+        let mut batch = Batch::new();
+        self.raw
+            .mut_store()
+            .append(&mut batch, rd.entries(), rd.hs());
+        self.write(batch, rd.must_sync(), "persisting raft entries");
+        let _ = rd.take_persisted_messages();
+        for rs in rd.take_read_states() {
+            self.resolve_read(&rs.request_ctx, rs.index);
+        }
+        self.dispatch(committed);
+        let mut light = self.raw.advance_append(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut batch = Batch::new();
+            self.raw.mut_store().set_commit(&mut batch, commit);
+            self.write(batch, false, "persisting the commit index");
+        }
+        let _ = light.take_messages();
+        self.dispatch(light.take_committed_entries());
+    }
+
+    fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
+        let old = self.shared.leader_id.swap(leader_id, Ordering::AcqRel);
+        self.shared
+            .is_leader
+            .store(role == StateRole::Leader, Ordering::Release);
+        if old != leader_id {
+            self.shared.leader_changes.fetch_add(1, Ordering::AcqRel);
+            let term = self.raw.raft.term;
+            if leader_id == raft::INVALID_ID {
+                tracing::warn!(term, "lost the leader");
+            } else {
+                tracing::info!(term, leader = %format!("{leader_id:x}"), "elected leader");
+            }
+        }
+    }
+
+    fn resolve_read(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        if let Some((_, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(bytes)) {
+            for w in waiters {
+                let _ = w.send(Ok(index));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        self.shared.commit.fetch_max(last.index, Ordering::AcqRel);
+        if self.apply_tx.send(entries).is_err() {
+            crate::fatal(
+                "handing entries to the apply thread",
+                &"apply thread stopped",
+            );
+        }
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        self.shared.term.store(raft.term, Ordering::Release);
+        self.shared
+            .commit
+            .fetch_max(raft.raft_log.committed, Ordering::AcqRel);
+    }
+}
+
+/// Keeps the reply type visible to handlers that only see the node.
+pub type ProposalReply = Reply;

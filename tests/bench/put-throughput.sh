@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Put throughput of oxetcd against etcd 3.4, with 1 and 64 concurrent clients (256-byte values).
+# A manual benchmark: CI does not run it.
+#
+# Usage:
+#   tests/bench/put-throughput.sh [OXETCD_BIN]      start etcd 3.4, then oxetcd, one at a time on
+#                                                  loopback ports; print a comparison table
+#   tests/bench/put-throughput.sh --etcd-only       measure etcd 3.4 alone
+#   tests/bench/put-throughput.sh --endpoint URL    measure a server that is already running here
+#
+# Env: PUT_BENCH   load generator (default: examples/put_bench, built with cargo --release)
+#      ETCD        etcd binary (default /usr/bin/etcd)
+#      REQUESTS_1  puts in the 1-client run (default 2000)
+#      REQUESTS_64 puts in the 64-client run (default 20000)
+#      MAX_SECONDS upper bound on each run (default 60)
+#      BENCH_DIR   where the throwaway data dirs go (default $TMPDIR or /tmp; put it on the disk
+#                  you care about: fsync cost dominates single-client latency)
+# Only loopback endpoints are accepted; started servers are stopped and their data removed on exit.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+ETCD=${ETCD:-/usr/bin/etcd}
+REQUESTS_1=${REQUESTS_1:-2000}
+REQUESTS_64=${REQUESTS_64:-20000}
+MAX_SECONDS=${MAX_SECONDS:-60}
+WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/put-throughput.XXXXXX")
+SERVER_PID=
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop_server() {
+    local i
+    [[ -n $SERVER_PID ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for i in $(seq 100); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A free port below the kernel's ephemeral range.
+pick_port() {
+    local port tries
+    for tries in $(seq 200); do
+        port=$((20000 + RANDOM % 12000))
+        if ! port_busy "$port" && [[ " ${TAKEN:-} " != *" $port "* ]]; then
+            TAKEN="${TAKEN:-} $port"
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port"
+}
+
+healthy() {
+    local response
+    response=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+        printf 'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3 &&
+        timeout 2 cat <&3) 2>/dev/null) || return 1
+    [[ $response == *'"health":"true"'* ]]
+}
+
+# start_server LABEL BIN: one single-member server on fresh loopback ports and data dir; sets EP.
+start_server() {
+    local label=$1 bin=$2 cport pport i
+    cport=$(pick_port)
+    pport=$(pick_port)
+    EP="http://127.0.0.1:$cport"
+    local peer="http://127.0.0.1:$pport"
+    "$bin" --name bench --data-dir "$WORK/$label.data" \
+        --listen-client-urls "$EP" --advertise-client-urls "$EP" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "bench=$peer" >"$WORK/$label.log" 2>&1 &
+    SERVER_PID=$!
+    for i in $(seq 300); do
+        if healthy "$cport"; then
+            log "$label ready on $EP (data dir $WORK/$label.data)"
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { tail -50 "$WORK/$label.log" >&2; die "$label exited"; }
+        sleep 0.1
+    done
+    tail -50 "$WORK/$label.log" >&2
+    die "$label not healthy within 30 s"
+}
+
+# bench ENDPOINT CLIENTS REQUESTS: prints "puts/s p50_ms p99_ms completed errors".
+bench() {
+    local out
+    out=$("$PUT_BENCH" "$1" "$2" "$3" 16 256 --max-seconds "$MAX_SECONDS") \
+        || die "put_bench failed against $1 with $2 clients"
+    awk '$1 == "puts/s" {t = $2} $1 == "p50_ms" {p50 = $2} $1 == "p99_ms" {p99 = $2}
+         $1 == "completed" {c = $2} $1 == "errors" {e = $2}
+         END {print t, p50, p99, c, e}' <<<"$out"
+}
+
+# measure LABEL ENDPOINT: runs 1 and 64 clients, stores results in RESULT_<label>_<clients>.
+measure() {
+    local label=$1 endpoint=$2 clients requests result
+    for clients in 1 64; do
+        requests=$REQUESTS_1
+        [[ $clients == 1 ]] || requests=$REQUESTS_64
+        log "$label: $clients client(s), $requests puts"
+        result=$(bench "$endpoint" "$clients" "$requests")
+        printf -v "RESULT_${label}_${clients}" '%s' "$result"
+        log "$label: $clients client(s): $result (puts/s p50_ms p99_ms completed errors)"
+    done
+}
+
+field() { awk -v n="$2" '{print $n}' <<<"$1"; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+
+MODE=compare
+OXETCD_BIN=$TARGET_DIR/release/oxetcd
+case "${1:-}" in
+    --endpoint)
+        MODE=endpoint
+        ENDPOINT=${2:?--endpoint needs a URL}
+        [[ $ENDPOINT =~ ^http://(127\.[0-9]+\.[0-9]+\.[0-9]+|localhost|\[::1\]):[0-9]+$ ]] \
+            || die "only loopback endpoints (http://127.x.x.x:PORT, localhost, [::1]) are allowed"
+        ;;
+    --etcd-only) MODE=etcd ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    "") ;;
+    *) OXETCD_BIN=$1 ;;
+esac
+
+if [[ -z ${PUT_BENCH:-} ]]; then
+    PUT_BENCH=$TARGET_DIR/release/examples/put_bench
+    log "building examples/put_bench (cargo build --release --example put_bench)"
+    (cd "$ROOT" && cargo build --release --example put_bench) >&2
+fi
+[[ -x $PUT_BENCH ]] || die "load generator $PUT_BENCH not found"
+log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [[ $MODE == endpoint ]]; then
+    measure target "$ENDPOINT"
+    printf '\n| clients | puts/s | p50 ms | p99 ms |\n|---|---|---|---|\n'
+    for clients in 1 64; do
+        var="RESULT_target_$clients"
+        printf '| %s | %s | %s | %s |\n' "$clients" "$(field "${!var}" 1)" \
+            "$(field "${!var}" 2)" "$(field "${!var}" 3)"
+    done
+    exit 0
+fi
+
+[[ -x $ETCD ]] || die "$ETCD not found (apt-get install etcd-server)"
+start_server etcd "$ETCD"
+measure etcd "$EP"
+stop_server
+
+if [[ $MODE == etcd ]]; then
+    printf '\n| clients | etcd 3.4 puts/s | p50 ms | p99 ms |\n|---|---|---|---|\n'
+    for clients in 1 64; do
+        var="RESULT_etcd_$clients"
+        printf '| %s | %s | %s | %s |\n' "$clients" "$(field "${!var}" 1)" \
+            "$(field "${!var}" 2)" "$(field "${!var}" 3)"
+    done
+    exit 0
+fi
+
+[[ -x $OXETCD_BIN ]] || die "oxetcd binary $OXETCD_BIN not found (cargo build --release, or pass its path)"
+start_server oxetcd "$OXETCD_BIN"
+measure oxetcd "$EP"
+stop_server
+
+printf '\n| clients | etcd 3.4 puts/s | oxetcd puts/s | oxetcd/etcd | etcd p50/p99 ms | oxetcd p50/p99 ms |\n'
+printf '|---|---|---|---|---|---|\n'
+for clients in 1 64; do
+    etcd_var="RESULT_etcd_$clients"
+    ox_var="RESULT_oxetcd_$clients"
+    printf '| %s | %s | %s | %s | %s / %s | %s / %s |\n' "$clients" \
+        "$(field "${!etcd_var}" 1)" "$(field "${!ox_var}" 1)" \
+        "$(ratio "$(field "${!ox_var}" 1)" "$(field "${!etcd_var}" 1)")" \
+        "$(field "${!etcd_var}" 2)" "$(field "${!etcd_var}" 3)" \
+        "$(field "${!ox_var}" 2)" "$(field "${!ox_var}" 3)"
+done

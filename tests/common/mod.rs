@@ -1,0 +1,882 @@
+//! Black-box test fixture: runs one `oxetcd` member (or real etcd, via `OXETCD_TEST_BIN`) on loopback
+//! ports with a throwaway data dir, and talks to it with etcd-client, etcdctl and plain HTTP.
+//!
+//! Environment:
+//! - `OXETCD_TEST_BIN`: server binary to run instead of the crate's `oxetcd` (e.g. `/usr/bin/etcd`,
+//!   which accepts the same flags, to check a test against the reference implementation).
+//! - `OXETCD_TEST_ETCDCTL`: etcdctl binary (default `/usr/bin/etcdctl`).
+//! - `OXETCD_TEST_KEEP_DIR=1`: keep the data dir and log after the test and print where they are.
+//!
+//! Every wait is a condition polled with a deadline; failures panic with the server log attached.
+
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Member name passed as `--name`; the etcd 3.4 reference captures use the same name.
+pub const MEMBER_NAME: &str = "node1";
+/// How long a server gets to answer `GET /health` with `"health":"true"` after it is spawned.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `stop()` waits for the process to exit after SIGTERM before it gives up and kills it.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on one etcdctl invocation.
+pub const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const SPAWN_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 200;
+
+/// Ports handed out by this test binary, so parallel tests in one process never pick the same port.
+static RESERVED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Returns a loopback TCP port that was free a moment ago (bound to 127.0.0.1:0, then released) and
+/// that this process has not handed out before.
+pub fn free_port() -> u16 {
+    loop {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding 127.0.0.1:0 should work");
+        let port = listener
+            .local_addr()
+            .expect("bound listener has an address")
+            .port();
+        drop(listener);
+        let mut reserved = RESERVED_PORTS
+            .lock()
+            .expect("port set lock is never poisoned");
+        if reserved.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The server binary under test: `OXETCD_TEST_BIN` if set, else the crate's own `oxetcd`.
+pub fn server_bin() -> PathBuf {
+    match std::env::var_os("OXETCD_TEST_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_oxetcd")),
+    }
+}
+
+/// The etcdctl binary: `OXETCD_TEST_ETCDCTL` if set, else Debian's `/usr/bin/etcdctl` (3.4).
+pub fn etcdctl_bin() -> PathBuf {
+    match std::env::var_os("OXETCD_TEST_ETCDCTL") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from("/usr/bin/etcdctl"),
+    }
+}
+
+/// True when the fixture runs real etcd rather than oxetcd (tests may skip oxetcd-only checks).
+pub fn running_real_etcd() -> bool {
+    server_bin()
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("etcd"))
+}
+
+/// One single-member cluster in its own temp dir. Dropping it SIGKILLs the process.
+pub struct Server {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    starts: usize,
+    /// Set once a failure message carried the log, so Drop does not print it a second time.
+    log_shown: Cell<bool>,
+}
+
+impl Server {
+    /// Starts a member with default flags and waits until it is healthy.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a member with `extra_args` appended to the standard flags (e.g.
+    /// `["--max-txn-ops", "4"]`) and waits until it is healthy. Retries with new ports if the
+    /// chosen ones were taken in the meantime.
+    pub fn start_with(extra_args: &[&str]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("oxetcd-test-")
+            .tempdir()
+            .expect("creating a temp dir should work");
+        let mut server = Server {
+            bin: server_bin(),
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("server.log"),
+            dir,
+            client_port: 0,
+            peer_port: 0,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            child: None,
+            starts: 0,
+            log_shown: Cell::new(false),
+        };
+        for attempt in 1..=SPAWN_ATTEMPTS {
+            server.client_port = free_port();
+            server.peer_port = free_port();
+            server.spawn();
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(reason) if attempt < SPAWN_ATTEMPTS && server.port_clash() => {
+                    eprintln!(
+                        "fixture: attempt {attempt} failed ({reason}); retrying with new ports"
+                    );
+                    server.kill_and_reap();
+                    // A half-initialised data dir from the failed attempt must not be reused.
+                    let _ = std::fs::remove_dir_all(&server.data_dir);
+                }
+                Err(reason) => server.fail(&reason),
+            }
+        }
+        unreachable!("the last attempt either returns or fails");
+    }
+
+    /// `http://127.0.0.1:P`, the client URL (gRPC and HTTP on the same port).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `http://127.0.0.1:Q`, the peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The temp dir holding the data dir and the log; tests may put their own files here.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the server printed so far (stdout and stderr, all runs, restart markers between).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// OS process id of the running server, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|child| child.id())
+    }
+
+    /// A connected etcd-client.
+    pub async fn client(&self) -> etcd_client::Client {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(30));
+        etcd_client::Client::connect([self.endpoint()], Some(options))
+            .await
+            .unwrap_or_else(|err| self.fail(&format!("etcd-client connect failed: {err}")))
+    }
+
+    /// Runs `etcdctl --endpoints=<endpoint> args...` with `ETCDCTL_API=3`.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_full(args, None, ETCDCTL_TIMEOUT)
+    }
+
+    /// Like [`Server::etcdctl`], feeding `stdin` (e.g. a `txn` script).
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.etcdctl_full(args, Some(stdin.as_bytes()), ETCDCTL_TIMEOUT)
+    }
+
+    /// Runs etcdctl with optional stdin; kills it after `timeout` (then the status is the kill's,
+    /// and stdout/stderr hold what it printed until then, which is what a `watch` test wants).
+    pub fn etcdctl_full(&self, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Output {
+        run_etcdctl(&self.endpoint(), args, stdin, timeout)
+    }
+
+    /// Runs etcdctl, asserts it exited 0, and returns its stdout.
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let output = self.etcdctl(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        );
+        stdout
+    }
+
+    /// Runs etcdctl, asserts it failed, and returns its stderr without the etcd client library's
+    /// JSON log lines (etcdctl 3.4 logs a `{"level":"warn",...,"msg":"retrying of unary invoker
+    /// failed",...}` line before most `Error: ...` lines), e.g. `"Error: etcdserver: ...\n"`.
+    pub fn etcdctl_err(&self, args: &[&str]) -> String {
+        let output = self.etcdctl(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success(),
+            "etcdctl {args:?} unexpectedly succeeded\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        without_client_logs(&stderr)
+    }
+
+    /// An etcdctl command for this server, for callers that need to stream (e.g. a `watch` whose
+    /// stdout is read line by line). The caller owns the child and must kill it.
+    pub fn etcdctl_command(&self, args: &[&str]) -> Command {
+        etcdctl_command(&self.endpoint(), args)
+    }
+
+    /// Plain HTTP GET on the client port.
+    pub fn http_get(&self, path: &str) -> HttpResponse {
+        http_get(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port)),
+            path,
+        )
+        .unwrap_or_else(|err| self.fail(&format!("GET {path} failed: {err}")))
+    }
+
+    /// True when `GET /health` answers 200 with `"health":"true"`.
+    pub fn is_healthy(&self) -> bool {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port));
+        match http_get(addr, "/health") {
+            Ok(response) => {
+                response.status == 200 && response.text().contains(r#""health":"true""#)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// SIGKILL, then reap. The data dir stays; `restart()` brings the member back.
+    pub fn kill9(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            panic!("kill9: server is not running");
+        };
+        child.kill().expect("SIGKILL to our own child should work");
+        child.wait().expect("waiting on a killed child should work");
+    }
+
+    /// SIGTERM, then waits for a clean exit (kills and panics after `STOP_TIMEOUT`).
+    pub fn stop(&mut self) -> ExitStatus {
+        let Some(mut child) = self.child.take() else {
+            panic!("stop: server is not running");
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
+        // SAFETY: `pid` is our own child, not yet reaped, so it cannot name another process.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM to our own child should work");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.fail(&format!(
+                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM"
+                ));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Starts the member again on the same ports and data dir (stopping it with SIGTERM first if it
+    /// is still running) and waits until it is healthy.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+        if let Err(reason) = self.wait_ready() {
+            self.fail(&reason);
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child
+                .try_wait()
+                .expect("waiting on our child should work")
+                .is_none(),
+            None => false,
+        }
+    }
+
+    /// Panics with `reason` and the tail of the server log.
+    pub fn fail(&self, reason: &str) -> ! {
+        self.log_shown.set(true);
+        panic!(
+            "{reason}\nserver: {}\nlog {}:\n{}",
+            self.command_line(),
+            self.log_path.display(),
+            tail(&self.log(), LOG_TAIL_LINES)
+        );
+    }
+
+    /// The full command line, for failure messages.
+    pub fn command_line(&self) -> String {
+        let mut line = self.bin.display().to_string();
+        for arg in self.args() {
+            line.push(' ');
+            line.push_str(&arg);
+        }
+        line
+    }
+
+    fn args(&self) -> Vec<String> {
+        let client = self.endpoint();
+        let peer = self.peer_url();
+        let mut args = vec![
+            "--name".to_string(),
+            MEMBER_NAME.to_string(),
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+            "--listen-client-urls".to_string(),
+            client.clone(),
+            "--advertise-client-urls".to_string(),
+            client,
+            "--listen-peer-urls".to_string(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".to_string(),
+            peer.clone(),
+            "--initial-cluster".to_string(),
+            format!("{MEMBER_NAME}={peer}"),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "spawn: server is already running");
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening the log file in our temp dir should work");
+        writeln!(
+            log,
+            "=== fixture: start #{}: {}",
+            self.starts,
+            self.command_line()
+        )
+        .expect("writing the log file should work");
+        let stderr = log.try_clone().expect("cloning a file handle should work");
+        let mut command = Command::new(&self.bin);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot spawn {}: {err}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let child = self.child.as_mut().expect("wait_ready runs after spawn");
+            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
+                self.child = None;
+                return Err(format!("server exited before becoming healthy: {status}"));
+            }
+            if self.is_healthy() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("server not healthy within {READY_TIMEOUT:?}"));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Whether the last start failed because a port was taken between `free_port()` and bind.
+    fn port_clash(&self) -> bool {
+        self.log()
+            .to_ascii_lowercase()
+            .contains("address already in use")
+    }
+
+    fn kill_and_reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+        if thread::panicking() && !self.log_shown.get() {
+            eprintln!(
+                "--- server log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
+                self.log_path.display(),
+                tail(&self.log(), LOG_TAIL_LINES)
+            );
+        }
+        if std::env::var_os("OXETCD_TEST_KEEP_DIR").is_some_and(|value| value == "1") {
+            self.dir.disable_cleanup(true);
+            eprintln!("fixture: kept {}", self.dir.path().display());
+        }
+    }
+}
+
+/// Runs `etcdctl --endpoints=<endpoint> args...` (`ETCDCTL_API=3`, no other `ETCDCTL_*` from the
+/// environment) with optional stdin, killing it after `timeout`.
+pub fn run_etcdctl(
+    endpoint: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Output {
+    let mut child = etcdctl_command(endpoint, args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", etcdctl_bin().display()));
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(bytes), Some(mut pipe)) => {
+            let bytes = bytes.to_vec();
+            // A write error only means etcdctl exited without reading everything.
+            Some(thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            }))
+        }
+        _ => None,
+    };
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().expect("waiting on etcdctl should work") {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                break child.wait().expect("waiting on killed etcdctl should work");
+            }
+            None => thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    if let Some(writer) = writer {
+        writer.join().expect("stdin writer thread does not panic");
+    }
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader thread does not panic"),
+        stderr: stderr.join().expect("stderr reader thread does not panic"),
+    }
+}
+
+/// An etcdctl command aimed at `endpoint`.
+pub fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(etcdctl_bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCDCTL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args);
+    command
+}
+
+fn drain<R: Read + Send + 'static>(mut reader: R) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `text` without the JSON log lines etcdctl's client library writes to stderr
+/// (lines starting with `{"level":`), which carry timestamps, random target ids and ports.
+pub fn without_client_logs(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|line| !line.starts_with(CLIENT_LOG_PREFIX))
+        .collect()
+}
+
+const CLIENT_LOG_PREFIX: &str = "{\"level\":";
+
+/// Whether `status` is what a graceful SIGTERM stop may end in: exit code 0, or death by SIGTERM
+/// itself (etcd 3.4 runs its shutdown handlers and then re-raises the signal).
+pub fn stopped_by_sigterm(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.code() == Some(0) || status.signal() == Some(libc::SIGTERM)
+}
+
+/// Stdout of an etcdctl run as text.
+pub fn stdout_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Stderr of an etcdctl run as text.
+pub fn stderr_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// e.g. `HTTP/1.1 200 OK`
+    pub status_line: String,
+    pub status: u16,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 GET over one TCP connection (`Connection: close`), enough for /health,
+/// /version and /metrics. Handles `Content-Length`, chunked and read-to-close bodies.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_http_response(&raw)
+}
+
+/// POST of a JSON body (the grpc-gateway's `/v3/...` endpoints), same reading rules as `http_get`.
+pub fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_http_response(&raw)
+}
+
+/// A response as the reference `.http` files record it: status line, `Content-Type: ...` (when
+/// present), an empty line, and the body without trailing newlines.
+pub fn http_summary(response: &HttpResponse) -> String {
+    let mut summary = format!("{}\n", response.status_line);
+    if let Some(content_type) = response.header("content-type") {
+        summary.push_str(&format!("Content-Type: {content_type}\n"));
+    }
+    summary.push('\n');
+    summary.push_str(response.text().trim_end_matches('\n'));
+    summary
+}
+
+fn parse_http_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let head_end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| invalid("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| invalid("non-utf8 head"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| invalid("empty response"))?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| invalid("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let rest = &raw[head_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked"));
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse::<usize>().ok());
+    let body = if chunked {
+        decode_chunked(rest).ok_or_else(|| invalid("bad chunked body"))?
+    } else if let Some(length) = length {
+        rest.get(..length)
+            .ok_or_else(|| invalid("short body"))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status_line: status_line.to_string(),
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|window| window == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size_hex = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+/// Rewrites the parts of etcdctl output that differ between servers and runs (see
+/// tests/reference/etcd-3.4/README.md) into fixed placeholders, so two outputs can be compared.
+///
+/// Rules apply in the order added. `literal` replaces an exact string everywhere; `digits_after`
+/// replaces the run of ASCII digits (optionally `-`-signed) right after each `marker`;
+/// `rest_of_line_after` replaces everything from `marker` to the end of that line.
+#[derive(Debug, Clone, Default)]
+pub struct Normalizer {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+enum Rule {
+    Literal { from: String, to: String },
+    DigitsAfter { marker: String, to: String },
+    RestOfLineAfter { marker: String, to: String },
+    DropClientLogs,
+    JsonString { marker: String, to: String },
+}
+
+impl Normalizer {
+    pub fn new() -> Normalizer {
+        Normalizer::default()
+    }
+
+    /// The usual rules for one server: etcd client library log lines dropped, its endpoint, member
+    /// and cluster IDs (hex as etcdctl prints them in text, decimal as in JSON), and the header
+    /// fields that differ between servers.
+    pub fn for_server(endpoint: &str, member_id: u64, cluster_id: u64) -> Normalizer {
+        Normalizer::new()
+            .drop_client_logs()
+            .literal(endpoint, "<ENDPOINT>")
+            .id(member_id, "MEMBER_ID")
+            .id(cluster_id, "CLUSTER_ID")
+            .json_number("cluster_id")
+            .json_number("member_id")
+            .json_number("raft_term")
+            .fields_number("ClusterID")
+            .fields_number("MemberID")
+            .fields_number("RaftTerm")
+    }
+
+    pub fn literal(mut self, from: &str, to: &str) -> Normalizer {
+        if !from.is_empty() {
+            self.rules.push(Rule::Literal {
+                from: from.to_string(),
+                to: to.to_string(),
+            });
+        }
+        self
+    }
+
+    /// An ID as etcdctl prints it: decimal in JSON, fields and `alarm list` output, lower-case
+    /// hex in text (unpadded for members, 16 digits for leases). All become `<NAME>`.
+    pub fn id(self, id: u64, name: &str) -> Normalizer {
+        if id == 0 {
+            return self;
+        }
+        let placeholder = format!("<{name}>");
+        self.literal(&id.to_string(), &placeholder)
+            .literal(&format!("{id:016x}"), &placeholder)
+            .literal(&format!("{id:x}"), &placeholder)
+    }
+
+    /// Drops etcdctl's client-library JSON log lines (see [`without_client_logs`]).
+    pub fn drop_client_logs(mut self) -> Normalizer {
+        self.rules.push(Rule::DropClientLogs);
+        self
+    }
+
+    pub fn digits_after(mut self, marker: &str, to: &str) -> Normalizer {
+        self.rules.push(Rule::DigitsAfter {
+            marker: marker.to_string(),
+            to: to.to_string(),
+        });
+        self
+    }
+
+    pub fn rest_of_line_after(mut self, marker: &str, to: &str) -> Normalizer {
+        self.rules.push(Rule::RestOfLineAfter {
+            marker: marker.to_string(),
+            to: to.to_string(),
+        });
+        self
+    }
+
+    /// `"key":123` and `"key":"123"` (etcdctl JSON prints numbers bare; the gateway quotes them).
+    pub fn json_number(self, key: &str) -> Normalizer {
+        let to = format!("<{key}>");
+        self.digits_after(&format!("\"{key}\":"), &to)
+            .digits_after(&format!("\"{key}\":\""), &to)
+    }
+
+    /// `"key":"text"`: the string value becomes `<key>`.
+    pub fn json_string(mut self, key: &str) -> Normalizer {
+        self.rules.push(Rule::JsonString {
+            marker: format!("\"{key}\":\""),
+            to: format!("<{key}>"),
+        });
+        self
+    }
+
+    /// `"Key" : 123` as printed by `-w fields`.
+    pub fn fields_number(self, key: &str) -> Normalizer {
+        let to = format!("<{key}>");
+        self.digits_after(&format!("\"{key}\" : "), &to)
+    }
+
+    pub fn apply(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for rule in &self.rules {
+            text = match rule {
+                Rule::Literal { from, to } => text.replace(from.as_str(), to),
+                Rule::DigitsAfter { marker, to } => replace_after(
+                    &text,
+                    marker,
+                    |rest| {
+                        let signed = usize::from(rest.starts_with('-'));
+                        let digits = rest[signed..]
+                            .bytes()
+                            .take_while(u8::is_ascii_digit)
+                            .count();
+                        if digits == 0 { 0 } else { signed + digits }
+                    },
+                    to,
+                ),
+                Rule::RestOfLineAfter { marker, to } => replace_after(
+                    &text,
+                    marker,
+                    |rest| rest.find('\n').unwrap_or(rest.len()),
+                    to,
+                ),
+                Rule::DropClientLogs => without_client_logs(&text),
+                Rule::JsonString { marker, to } => {
+                    replace_after(&text, marker, |rest| rest.find('"').unwrap_or(0), to)
+                }
+            };
+        }
+        text
+    }
+}
+
+/// Replaces, after each occurrence of `marker`, the first `span(rest)` bytes with `to` (nothing
+/// when the span is empty).
+fn replace_after(text: &str, marker: &str, span: impl Fn(&str) -> usize, to: &str) -> String {
+    if marker.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(marker) {
+        let after = at + marker.len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let len = span(rest);
+        if len > 0 {
+            out.push_str(to);
+            rest = &rest[len..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The cells of an etcdctl `-w table` rendering, trimmed, one Vec per row (header row first);
+/// border lines are skipped. Column widths depend on the content, so compare cells, not text.
+pub fn table_cells(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|line| line.starts_with('|'))
+        .map(|line| {
+            let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
+            inner
+                .split('|')
+                .map(|cell| cell.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Path of a file under tests/reference/etcd-3.4/.
+pub fn reference_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/etcd-3.4")
+        .join(name)
+}
+
+/// Bytes of a reference capture, e.g. `reference("020-get-prefix.stdout")`.
+pub fn reference(name: &str) -> Vec<u8> {
+    let path = reference_path(name);
+    let mut bytes = Vec::new();
+    File::open(&path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+    bytes
+}
+
+/// A reference capture as text.
+pub fn reference_text(name: &str) -> String {
+    String::from_utf8(reference(name)).expect("text reference captures are UTF-8")
+}

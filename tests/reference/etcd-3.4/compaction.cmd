@@ -1,0 +1,2 @@
+etcdctl --endpoints=http://127.0.0.1:22379 compaction 21
+exit: 0

@@ -1,0 +1,2 @@
+etcdctl --endpoints=http://127.0.0.1:22379 put foo v --ignore-lease --lease=1eeea1fff1dfbf0d
+exit: 1

@@ -1,0 +1,7 @@
+etcdctl --endpoints=http://127.0.0.1:22379 txn
+exit: 3
+stdin:
+
+frobnicate t/a
+
+

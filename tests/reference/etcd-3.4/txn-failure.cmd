@@ -1,0 +1,10 @@
+etcdctl --endpoints=http://127.0.0.1:22379 txn
+exit: 0
+stdin:
+value("t/a") = "1"
+
+put t/c never
+
+put t/c failure-branch
+get t/c
+

@@ -1,0 +1,2 @@
+etcdctl --endpoints=http://127.0.0.1:22383 get foo --dial-timeout=1s
+exit: 1
