@@ -8,6 +8,7 @@
 pub mod alarm;
 pub mod api;
 pub mod apply;
+pub mod authority_fix;
 pub mod config;
 pub mod http;
 pub mod lease;

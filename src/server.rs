@@ -291,7 +291,7 @@ async fn serve(listener: TcpListener, router: axum::Router, mut shutdown: watch:
     let stopped = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router)
+    if let Err(e) = axum::serve(crate::authority_fix::FixingListener::new(listener), router)
         .with_graceful_shutdown(stopped)
         .await
     {

@@ -76,7 +76,7 @@ pub struct NodeConfig {
 
 enum NodeMsg {
     Propose { id: u64, data: Vec<u8> },
-    ReadIndex(oneshot::Sender<Result<u64, NodeError>>),
+    ReadIndex(ReadWaiter),
 }
 
 #[derive(Default)]
@@ -297,10 +297,14 @@ fn run_apply(
     tracing::info!("apply thread stopped");
 }
 
+/// Where a ReadIndex answer (the index to wait for) is sent.
+type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
+
 #[derive(Default)]
 struct Reads {
-    waiting: Vec<oneshot::Sender<Result<u64, NodeError>>>,
-    in_flight: HashMap<u64, (u64, Vec<oneshot::Sender<Result<u64, NodeError>>>)>,
+    waiting: Vec<ReadWaiter>,
+    /// By request context: the tick it was issued at and who waits for it.
+    in_flight: HashMap<u64, (u64, Vec<ReadWaiter>)>,
     next_ctx: u64,
 }
 

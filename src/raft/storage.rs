@@ -91,9 +91,11 @@ impl RaftLogStore {
         term: u64,
         voters: &[u64],
     ) {
-        let mut hs = HardState::default();
-        hs.term = term;
-        hs.commit = index;
+        let hs = HardState {
+            term,
+            commit: index,
+            ..HardState::default()
+        };
         batch.put(engine, Cf::RaftState, KEY_HARD_STATE, &encode(&hs));
         let cs = ConfState::from((voters.to_vec(), Vec::<u64>::new()));
         batch.put(engine, Cf::RaftState, KEY_CONF_STATE, &encode(&cs));
@@ -363,11 +365,12 @@ mod tests {
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 8],
+            ..Entry::default()
+        }
     }
 
     #[test]

@@ -292,10 +292,12 @@ impl View<'_> {
     }
 }
 
+type RawIter<'a> =
+    Box<dyn Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a>;
+
 /// An iterator of `(key, value)` pairs.
 pub struct Scan<'a> {
-    inner:
-        Box<dyn Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a>,
+    inner: RawIter<'a>,
 }
 
 impl Iterator for Scan<'_> {
