@@ -306,6 +306,13 @@ const KEYS: &[Key] = &[
         "Interval between progress notifications sent to idle watchers",
     ),
     key(
+        "auto-compaction-check-interval",
+        "5m",
+        Kind::Duration,
+        FEATURES,
+        "oxetcd: how often revision-mode auto compaction checks the store (etcd fixes it at 5m)",
+    ),
+    key(
         "warning-apply-duration",
         "100ms",
         Kind::Duration,
@@ -630,6 +637,8 @@ pub struct Config {
     /// `--max-txn-ops`.
     pub txn_ops_max: u64,
     pub auto_compaction: AutoCompaction,
+    /// `--auto-compaction-check-interval` (oxetcd's own): revision-mode check period.
+    pub auto_compaction_check_interval: Duration,
     pub listen_metrics_urls: Vec<Url>,
     pub log_level: LogLevel,
     pub log_outputs: Vec<String>,
@@ -1552,6 +1561,7 @@ impl Merged {
             log_outputs: self.list("log-outputs")?,
             log_format: self.parse("log-format", LogFormat::parse)?,
             watch_progress_notify_interval: self.duration("watch-progress-notify-interval")?,
+            auto_compaction_check_interval: self.duration("auto-compaction-check-interval")?,
             warning_apply_duration: self.duration("warning-apply-duration")?,
             enable_distributed_tracing: self.boolean("enable-distributed-tracing")?,
             distributed_tracing_address: self.text("distributed-tracing-address")?,

@@ -34,8 +34,6 @@ use crate::watch::WatchHub;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How often the database size is sampled for the quota check.
 const QUOTA_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
-/// How often revision-mode auto compaction looks at the store (etcd: 5 minutes).
-const REVISION_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -330,7 +328,8 @@ async fn sample_quota(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// etcd's compactor: periodic mode keeps `retention` of history (checking every retention period,
-/// at most hourly); revision mode keeps the last `retention` revisions (checking every 5 minutes).
+/// at most hourly); revision mode keeps the last `retention` revisions (checking every
+/// `--auto-compaction-check-interval`, etcd's fixed 5 minutes by default).
 /// Only the leader compacts; the compaction itself goes through raft.
 async fn auto_compact(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
     let (period, keep) = match ctx.config.auto_compaction {
@@ -340,7 +339,12 @@ async fn auto_compact(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
                 .max(Duration::from_millis(100)),
             retention,
         ),
-        AutoCompaction::Revision(_) => (REVISION_COMPACTION_INTERVAL, Duration::ZERO),
+        AutoCompaction::Revision(_) => (
+            ctx.config
+                .auto_compaction_check_interval
+                .max(Duration::from_millis(100)),
+            Duration::ZERO,
+        ),
         AutoCompaction::Disabled => return,
     };
     // Periodic mode samples the revision every tenth of the period so it knows which revision

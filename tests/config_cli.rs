@@ -192,7 +192,9 @@ fn invalid_configuration_exits_2_and_names_the_key() {
     .expect("write TOML");
     let toml = toml.display().to_string();
 
-    let cases: Vec<(&str, Vec<String>, Vec<(&str, String)>, &str)> = vec![
+    // (case, arguments, environment, what stderr must mention)
+    type Case<'a> = (&'a str, Vec<String>, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown TOML key",
             strings(&["--config-file", &toml]),

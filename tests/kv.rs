@@ -685,16 +685,10 @@ fn compare_case(
         )
     };
     match target {
-        Target::Version => int_case(stored(KeyValue::version), |k, o, v| {
-            Compare::version(k, o, v)
-        }),
-        Target::Create => int_case(stored(KeyValue::create_revision), |k, o, v| {
-            Compare::create_revision(k, o, v)
-        }),
-        Target::Mod => int_case(stored(KeyValue::mod_revision), |k, o, v| {
-            Compare::mod_revision(k, o, v)
-        }),
-        Target::Lease => int_case(stored(KeyValue::lease), |k, o, v| Compare::lease(k, o, v)),
+        Target::Version => int_case(stored(KeyValue::version), Compare::version),
+        Target::Create => int_case(stored(KeyValue::create_revision), Compare::create_revision),
+        Target::Mod => int_case(stored(KeyValue::mod_revision), Compare::mod_revision),
+        Target::Lease => int_case(stored(KeyValue::lease), Compare::lease),
         Target::Value => {
             // Operands sort before, equal to, and after the stored value "m".
             let operand: &[u8] = match delta {

@@ -683,7 +683,7 @@ async fn large_revisions_arrive_complete() {
         )
         .await
         .expect("watch");
-    let _ = tokio::time::timeout(RESPONSE_TIMEOUT, small.message()).await;
+    created(&mut small, "watcher with the default message limit").await;
     let result = tokio::time::timeout(RESPONSE_TIMEOUT, small.message())
         .await
         .expect("an answer or an error within the timeout");

@@ -243,12 +243,12 @@ impl WatchStream {
             cancel_reason: reason,
             ..WatchResponse::default()
         };
+        if start_revision < 0 {
+            return self.send(refuse(EtcdError::Compacted.to_string())).await;
+        }
         // A range end of "\0" means "every key from `key` on" and is never empty.
         if !range_end.is_empty() && range_end != [0] && key >= range_end {
             return self.send(refuse(REASON_EMPTY_RANGE.to_owned())).await;
-        }
-        if start_revision < 0 {
-            return self.send(refuse(EtcdError::Compacted.to_string())).await;
         }
         let id = if watch_id == 0 {
             while self.watchers.contains_key(&self.next_auto_id) {
@@ -385,38 +385,16 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Sends an events response, split into fragments when the watcher allows it and the
-    /// response exceeds `--max-request-bytes` (every fragment but the last has `fragment` set).
-    async fn send_events(&self, mut resp: WatchResponse, fragment: bool) -> Result<(), Ended> {
-        let limit = usize::try_from(self.ctx.config.request_bytes_max).unwrap_or(usize::MAX);
-        if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
+    /// Sends an events response, split into fragments when the watcher allows it.
+    async fn send_events(&self, resp: WatchResponse, fragment: bool) -> Result<(), Ended> {
+        if !fragment {
             return self.send(resp).await;
         }
-        let events = std::mem::take(&mut resp.events);
-        resp.fragment = true;
-        let base = resp.encoded_len();
-        let mut part: Vec<Event> = Vec::new();
-        let mut size = base;
-        for ev in events {
-            let len = event_field_len(&ev);
-            if !part.is_empty() && size + len >= limit {
-                let events = std::mem::take(&mut part);
-                self.send(WatchResponse {
-                    events,
-                    ..resp.clone()
-                })
-                .await?;
-                size = base;
-            }
-            size += len;
-            part.push(ev);
+        let limit = usize::try_from(self.ctx.config.request_bytes_max).unwrap_or(usize::MAX);
+        for part in split_fragments(resp, limit) {
+            self.send(part).await?;
         }
-        self.send(WatchResponse {
-            events: part,
-            fragment: false,
-            ..resp
-        })
-        .await
+        Ok(())
     }
 
     /// Asks the hub for progress on every watcher that had no events since the last tick.
@@ -440,6 +418,39 @@ impl WatchStream {
     }
 }
 
+/// Splits an events response that exceeds `limit` bytes into fragments, as etcd does: each part
+/// holds as many events as fit under `limit` (at least one), and every part but the last has
+/// `fragment` set. A response under the limit, or with fewer than two events, stays whole.
+fn split_fragments(mut resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    if resp.events.len() < 2 || resp.encoded_len() < limit {
+        return vec![resp];
+    }
+    let events = std::mem::take(&mut resp.events);
+    resp.fragment = true;
+    let base = resp.encoded_len();
+    let mut parts = Vec::new();
+    let mut part: Vec<Event> = Vec::new();
+    let mut size = base;
+    for ev in events {
+        let len = event_field_len(&ev);
+        if !part.is_empty() && size + len >= limit {
+            parts.push(WatchResponse {
+                events: std::mem::take(&mut part),
+                ..resp.clone()
+            });
+            size = base;
+        }
+        size += len;
+        part.push(ev);
+    }
+    parts.push(WatchResponse {
+        events: part,
+        fragment: false,
+        ..resp
+    });
+    parts
+}
+
 /// Encoded size of one event inside `WatchResponse.events` (field 11): tag, length, body.
 fn event_field_len(ev: &Event) -> usize {
     let body = ev.encoded_len();
@@ -452,4 +463,82 @@ fn progress_period(configured: Duration) -> Duration {
     let base = configured.max(PROGRESS_INTERVAL_MIN);
     let jitter_ms = u64::try_from(base.as_millis() / 10).unwrap_or(u64::MAX);
     base + Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::ResponseHeader;
+    use crate::proto::mvccpb::KeyValue;
+
+    fn event(i: usize, value_len: usize) -> Event {
+        Event {
+            r#type: 0,
+            kv: Some(KeyValue {
+                key: format!("key{i}").into_bytes(),
+                value: vec![b'x'; value_len],
+                mod_revision: 7,
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn response(events: Vec<Event>) -> WatchResponse {
+        WatchResponse {
+            header: Some(ResponseHeader {
+                revision: 7,
+                ..ResponseHeader::default()
+            }),
+            watch_id: 3,
+            events,
+            ..WatchResponse::default()
+        }
+    }
+
+    #[test]
+    fn small_or_single_event_responses_are_not_fragmented() {
+        let small = response(vec![event(0, 10), event(1, 10)]);
+        assert_eq!(split_fragments(small.clone(), 1024), vec![small]);
+        let single = response(vec![event(0, 4096)]);
+        assert_eq!(split_fragments(single.clone(), 1024), vec![single]);
+    }
+
+    #[test]
+    fn large_responses_split_under_the_limit_and_only_the_last_is_final() {
+        let events: Vec<Event> = (0..20).map(|i| event(i, 100 + i * 10)).collect();
+        let whole = response(events.clone());
+        let limit = 600;
+        let parts = split_fragments(whole, limit);
+        assert!(parts.len() > 2);
+        for (n, part) in parts.iter().enumerate() {
+            let last = n + 1 == parts.len();
+            assert_eq!(part.fragment, !last);
+            assert_eq!(
+                (part.watch_id, part.header.as_ref().map(|h| h.revision)),
+                (3, Some(7))
+            );
+            assert!(!part.events.is_empty());
+            assert!(
+                part.events.len() == 1 || part.encoded_len() < limit,
+                "part {n} too big"
+            );
+        }
+        // Each part holds as many events as fit: adding the next one would reach the limit.
+        for pair in parts.windows(2) {
+            let mut grown = pair[0].clone();
+            grown.events.push(pair[1].events[0].clone());
+            assert!(grown.encoded_len() >= limit);
+        }
+        let rejoined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(rejoined, events);
+    }
+
+    #[test]
+    fn progress_period_has_a_floor_and_bounded_jitter() {
+        let period = progress_period(Duration::from_millis(1));
+        assert!(period >= PROGRESS_INTERVAL_MIN && period <= PROGRESS_INTERVAL_MIN * 11 / 10);
+        let period = progress_period(Duration::from_secs(600));
+        assert!(period >= Duration::from_secs(600) && period <= Duration::from_secs(660));
+    }
 }

@@ -472,7 +472,7 @@ mod tests {
         let t0 = f.t0;
         f.grant(1, 30, t0).unwrap();
         f.grant(2, 10, t0).unwrap();
-        f.grant(3, 20, t0).unwrap();
+        f.grant(3, 12, t0).unwrap();
         assert!(f.lessor.expired(t0 + secs(9), 10).is_empty());
         assert_eq!(f.lessor.expired(t0 + secs(10), 10), vec![2]);
         assert_eq!(f.lessor.expired(t0 + secs(30), 10), vec![2, 3, 1]);
@@ -480,7 +480,8 @@ mod tests {
 
         // Renewing lease 2 at t0+5 moves it behind lease 3.
         assert_eq!(f.lessor.renew(2, t0 + secs(5)).unwrap(), 10);
-        assert_eq!(f.lessor.expired(t0 + secs(20), 10), vec![3]);
+        assert_eq!(f.lessor.expired(t0 + secs(14), 10), vec![3]);
+        assert_eq!(f.lessor.expired(t0 + secs(15), 10), vec![3, 2]);
         assert_eq!(f.lessor.expired(t0 + secs(30), 10), vec![3, 2, 1]);
 
         // Once past its deadline a lease cannot be renewed; it waits for revocation.

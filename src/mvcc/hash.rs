@@ -31,7 +31,8 @@ impl MvccStore {
         let index = self.read_index();
         let current = self.current_revision();
         let compact = self.compact_revision();
-        if rev > 0 && rev < compact {
+        // etcd refuses a hash at the compaction revision itself too (unlike a range there).
+        if rev > 0 && rev <= compact {
             return Err(MvccError::Compacted {
                 requested: rev,
                 compacted: compact,

@@ -631,7 +631,9 @@ fn hashes_ignore_physical_compaction_progress() {
     let h1 = s1.hash_kv(0).unwrap();
     assert_eq!(h1, s2.hash_kv(0).unwrap());
     assert_eq!((h1.compact_rev, h1.hash_rev, h1.current_rev), (5, 9, 9));
-    assert_eq!(s1.hash_kv(5).unwrap(), s2.hash_kv(5).unwrap());
+    assert_eq!(s1.hash_kv(6).unwrap(), s2.hash_kv(6).unwrap());
+    // As etcd: hashing at the compaction revision itself is refused, like anything below it.
+    assert!(matches!(s1.hash_kv(5), Err(MvccError::Compacted { .. })));
     assert!(matches!(s1.hash_kv(4), Err(MvccError::Compacted { .. })));
     assert!(matches!(s1.hash_kv(10), Err(MvccError::FutureRev { .. })));
     apply(&s1, &[Op::Put("z", "1")]);

@@ -87,7 +87,7 @@ pub struct View<'a> {
 /// Sizes the maintenance API and metrics report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SizeInfo {
-    /// Bytes the database occupies on disk (SST files, WAL, manifest).
+    /// Bytes the database's data files occupy on disk (SST files, WAL, manifests).
     pub on_disk_bytes: u64,
     /// Estimated bytes of live data (what a full compaction would leave), plus memtables.
     pub in_use_bytes: u64,
@@ -308,12 +308,19 @@ impl Iterator for Scan<'_> {
     }
 }
 
+/// Bytes of the database's own files: table files, write-ahead logs and manifests. RocksDB's
+/// informational `LOG` files, `OPTIONS` and lock files are not data and are not counted.
 fn dir_size_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };
     entries
         .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".sst") || name.ends_with(".log") || name.starts_with("MANIFEST-")
+        })
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())

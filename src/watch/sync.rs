@@ -172,10 +172,19 @@ impl WatchHub {
     /// that are done for this pass. Returns whether any watcher advanced, and the last notified
     /// revision (the next chunk's upper bound).
     fn deliver_chunk(&self, selected: &mut Vec<Selected>, chunk: &Chunk) -> (bool, i64) {
+        // Each watcher's share depends only on its position when picked, so it is gathered
+        // before taking the lock that `notify` (the apply thread) also needs.
+        let shares: Vec<(Selected, Option<Vec<Event>>)> = selected
+            .drain(..)
+            .map(|s| {
+                let share = (s.next_rev <= chunk.covered_to)
+                    .then(|| s.interest.collect(&chunk.revs, s.next_rev));
+                (s, share)
+            })
+            .collect();
         let mut st = self.state();
         let mut progressed = false;
-        let mut keep = Vec::with_capacity(selected.len());
-        for s in selected.drain(..) {
+        for (s, share) in shares {
             let notified_rev = st.notified_rev;
             let Some(w) = st.watchers.get_mut(&s.id) else {
                 continue;
@@ -184,11 +193,11 @@ impl WatchHub {
                 // Cancelled, doomed or otherwise moved while history was read.
                 continue;
             }
-            if s.next_rev > chunk.covered_to {
-                keep.push(s);
+            let Some(events) = share else {
+                // This chunk ends before the watcher's position.
+                selected.push(s);
                 continue;
-            }
-            let events = s.interest.collect(&chunk.revs, s.next_rev);
+            };
             if !events.is_empty() {
                 let msg = HubEvent::Events {
                     id: s.id,
@@ -209,13 +218,12 @@ impl WatchHub {
             if w.next_rev > notified_rev {
                 st.set_phase(s.id, Phase::Synced);
             } else {
-                keep.push(Selected {
+                selected.push(Selected {
                     next_rev: chunk.covered_to + 1,
                     ..s
                 });
             }
         }
-        *selected = keep;
         (progressed, st.notified_rev)
     }
 

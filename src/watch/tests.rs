@@ -577,6 +577,12 @@ async fn ordering_holds_under_concurrent_notify_and_catch_up() {
     for r in readers {
         r.await.unwrap();
     }
+    let stats = f.hub.stats();
+    eprintln!("{stats:?}");
+    assert!(
+        stats.slow_total > 0,
+        "the test should exercise slow watchers"
+    );
     shutdown_tx.send(true).unwrap();
     sync.await.unwrap();
 }

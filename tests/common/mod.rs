@@ -506,7 +506,11 @@ pub fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
             command.env_remove(name);
         }
     }
+    // Relative paths (`snapshot save snapshot.db`) land in a scratch directory, not the checkout.
+    let cwd = std::env::temp_dir().join(format!("oxetcd-etcdctl-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).expect("creating etcdctl's working directory should work");
     command
+        .current_dir(cwd)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args);
