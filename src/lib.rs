@@ -13,6 +13,7 @@ pub mod config;
 pub mod http;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod proto;

@@ -136,20 +136,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tasks.spawn(auto_compact(ctx.clone(), shutdown_rx.clone()));
     }
 
+    let metrics_text = metrics_text(ctx.clone());
     let mut listeners = JoinSet::new();
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
-        let router = grpc_router(&ctx).merge(crate::http::router(ctx.clone()));
+        let router =
+            grpc_router(&ctx).merge(crate::http::router(ctx.clone(), metrics_text.clone()));
         listeners.spawn(serve(listener, router, shutdown_rx.clone()));
         tracing::info!(address = %url_host_port(url), "serving client traffic insecurely; this is strongly discouraged!");
     }
     for url in &config.listen_metrics_urls {
         let listener = bind(url).await?;
-        listeners.spawn(serve(
-            listener,
-            crate::http::router(ctx.clone()),
-            shutdown_rx.clone(),
-        ));
+        let router = crate::http::router(ctx.clone(), metrics_text.clone());
+        listeners.spawn(serve(listener, router, shutdown_rx.clone()));
         tracing::info!(address = %url_host_port(url), "serving metrics");
     }
     tracing::info!("ready to serve client requests");
@@ -175,6 +174,29 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `/metrics`: samples the member's state, then encodes every metric.
+fn metrics_text(ctx: ServerCtx) -> crate::http::MetricsText {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    Arc::new(move || {
+        let status = ctx.node.status();
+        let sizes = ctx.engine.sizes();
+        let watch = ctx.watch.stats();
+        metrics.observe(crate::metrics::Sample {
+            has_leader: status.leader_id != 0,
+            is_leader: status.is_leader,
+            leader_changes: status.leader_changes,
+            db_size_bytes: sizes.on_disk_bytes,
+            db_size_in_use_bytes: sizes.in_use_bytes,
+            quota_backend_bytes: ctx.quota.quota_bytes,
+            watchers: (watch.synced + watch.unsynced) as u64,
+            slow_watchers_total: watch.slow_total,
+            current_revision: ctx.mvcc.current_revision(),
+            compact_revision: ctx.mvcc.compact_revision(),
+        });
+        metrics.encode()
+    })
 }
 
 fn load_or_bootstrap_membership(

@@ -14,13 +14,20 @@
 //! end       1 byte    0xff
 //! position  index u64 | term u64   the raft entry the state machine had applied
 //!                                   (meta `consistent_index`, read from the same view)
-//! crc       u32       CRC-32 (IEEE, crc32fast) of every byte before it
+//! padding   zero bytes up to the next multiple of 512 bytes from the start
+//! trailer   32 bytes: tag "OXETCD-SNAPSHOT-END" zero-padded to 28 bytes | crc u32, the
+//!           CRC-32 (IEEE, crc32fast) of every byte before the crc
 //! ```
 //!
 //! The records are the column families `kv`, `lease` and `meta` as of one consistent
 //! [`View`]; the raft log and raft state are not part of a snapshot. Over gRPC the bytes before
-//! the CRC go out in [`SNAPSHOT_CHUNK_BYTES`] chunks and the last message carries only the CRC,
-//! with `remaining_bytes` 0 (etcd likewise ends with a message holding its checksum).
+//! the trailer go out in [`SNAPSHOT_CHUNK_BYTES`] chunks and the last message carries only the
+//! 32-byte trailer, with `remaining_bytes` 0 (etcd likewise ends with a message holding its
+//! 32-byte SHA-256).
+//!
+//! Why the padding and the 32-byte trailer: `etcdctl snapshot save` (3.4 and 3.5) refuses a
+//! download whose size is not a multiple of 512 plus 32 ("sha256 checksum not found"), the shape
+//! of a bbolt file followed by its SHA-256. Ours has that shape, so etcdctl saves it.
 //!
 //! This is not etcd's bbolt file: `etcdctl snapshot status` and `etcdutl snapshot restore`
 //! cannot read it; `oxetcd snapshot restore` can.
@@ -44,8 +51,14 @@ pub const SNAPSHOT_MAGIC: &[u8; 16] = b"OXETCD-SNAPSHOT\x01";
 /// Bytes per Maintenance.Snapshot message (etcd's `snapshotSendBufferSize`).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
-/// Length of the CRC trailer.
-pub const SNAPSHOT_CRC_BYTES: usize = 4;
+/// Length of the trailer (tag and CRC) that ends every snapshot.
+pub const SNAPSHOT_TRAILER_BYTES: usize = 32;
+
+/// The body (everything before the trailer) is padded to a multiple of this.
+pub const SNAPSHOT_ALIGN_BYTES: u64 = 512;
+
+/// The trailer's first 28 bytes.
+const TRAILER_TAG: &[u8; SNAPSHOT_TRAILER_BYTES - 4] = b"OXETCD-SNAPSHOT-END\0\0\0\0\0\0\0\0\0";
 
 const CF_KV: u8 = 1;
 const CF_LEASE: u8 = 2;
@@ -111,8 +124,13 @@ pub fn position(view: &View<'_>) -> Result<SnapshotPosition, SnapshotError> {
     }
 }
 
-/// The exact length in bytes of the snapshot of `view`, CRC included (one pass over the view
-/// that reads no more than the encoder will).
+/// Zero bytes that follow a body of `len` bytes.
+fn padding_len(len: u64) -> u64 {
+    (SNAPSHOT_ALIGN_BYTES - len % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES
+}
+
+/// The exact length in bytes of the snapshot of `view`, trailer included (one pass over the
+/// view that reads no more than the encoder will).
 pub fn encoded_len(view: &View<'_>) -> Result<u64, SnapshotError> {
     let mut len = SNAPSHOT_MAGIC.len() as u64;
     for (cf, _) in SNAPSHOT_CFS {
@@ -121,18 +139,20 @@ pub fn encoded_len(view: &View<'_>) -> Result<u64, SnapshotError> {
             len += 1 + 4 + key.len() as u64 + 4 + value.len() as u64;
         }
     }
-    Ok(len + 1 + 16 + SNAPSHOT_CRC_BYTES as u64)
+    len += 1 + 16;
+    Ok(len + padding_len(len) + SNAPSHOT_TRAILER_BYTES as u64)
 }
 
-/// Writes the snapshot of `view` to `out` except the CRC trailer; returns the CRC and the
-/// position the snapshot was taken at. [`write_snapshot`] adds the trailer.
+/// Writes the snapshot of `view` to `out` except the trailer, which it returns together with
+/// the position the snapshot was taken at. [`write_snapshot`] writes the trailer too.
 pub fn write_body<W: Write + ?Sized>(
     view: &View<'_>,
     out: &mut W,
-) -> Result<(u32, SnapshotPosition), SnapshotError> {
+) -> Result<([u8; SNAPSHOT_TRAILER_BYTES], SnapshotPosition), SnapshotError> {
     let mut w = CrcWriter {
         inner: out,
         hasher: crc32fast::Hasher::new(),
+        bytes: 0,
     };
     w.write_all(SNAPSHOT_MAGIC).map_err(SnapshotError::Write)?;
     for (cf, tag) in SNAPSHOT_CFS {
@@ -147,17 +167,23 @@ pub fn write_body<W: Write + ?Sized>(
         .map_err(SnapshotError::Write)?;
     w.write_all(&pos.term.to_be_bytes())
         .map_err(SnapshotError::Write)?;
-    Ok((w.hasher.finalize(), pos))
+    let padding = vec![0u8; padding_len(w.bytes) as usize];
+    w.write_all(&padding).map_err(SnapshotError::Write)?;
+    let mut hasher = w.hasher;
+    hasher.update(TRAILER_TAG);
+    let mut trailer = [0u8; SNAPSHOT_TRAILER_BYTES];
+    trailer[..TRAILER_TAG.len()].copy_from_slice(TRAILER_TAG);
+    trailer[TRAILER_TAG.len()..].copy_from_slice(&hasher.finalize().to_be_bytes());
+    Ok((trailer, pos))
 }
 
-/// Writes the complete snapshot of `view` (body and CRC) to `out`.
+/// Writes the complete snapshot of `view` (body and trailer) to `out`.
 pub fn write_snapshot<W: Write + ?Sized>(
     view: &View<'_>,
     out: &mut W,
 ) -> Result<SnapshotPosition, SnapshotError> {
-    let (crc, pos) = write_body(view, out)?;
-    out.write_all(&crc.to_be_bytes())
-        .map_err(SnapshotError::Write)?;
+    let (trailer, pos) = write_body(view, out)?;
+    out.write_all(&trailer).map_err(SnapshotError::Write)?;
     out.flush().map_err(SnapshotError::Write)?;
     Ok(pos)
 }
@@ -183,16 +209,18 @@ fn write_record<W: Write>(
     w.write_all(value).map_err(SnapshotError::Write)
 }
 
-/// A writer that hashes what passes through it.
+/// A writer that hashes and counts what passes through it.
 struct CrcWriter<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     hasher: crc32fast::Hasher,
+    bytes: u64,
 }
 
 impl<W: Write + ?Sized> Write for CrcWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
 
@@ -201,16 +229,18 @@ impl<W: Write + ?Sized> Write for CrcWriter<'_, W> {
     }
 }
 
-/// A reader that hashes what passes through it.
+/// A reader that hashes and counts what passes through it.
 struct CrcReader<R: Read> {
     inner: R,
     hasher: crc32fast::Hasher,
+    bytes: u64,
 }
 
 impl<R: Read> Read for CrcReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
 }
@@ -237,6 +267,7 @@ impl<R: Read> SnapshotReader<R> {
         let mut r = CrcReader {
             inner,
             hasher: crc32fast::Hasher::new(),
+            bytes: 0,
         };
         let mut magic = [0u8; SNAPSHOT_MAGIC.len()];
         r.read_exact(&mut magic).map_err(|e| match e.kind() {
@@ -263,6 +294,11 @@ impl<R: Read> SnapshotReader<R> {
             END_MARK => {
                 let mut pos = [0u8; 16];
                 read_exact(&mut self.r, &mut pos, "snapshot position")?;
+                let mut padding = vec![0u8; padding_len(self.r.bytes) as usize];
+                read_exact(&mut self.r, &mut padding, "padding")?;
+                if padding.iter().any(|b| *b != 0) {
+                    return Err(SnapshotError::Corrupt("non-zero padding".into()));
+                }
                 self.position = Some(SnapshotPosition {
                     index: u64::from_be_bytes(pos[..8].try_into().expect("16-byte buffer")),
                     term: u64::from_be_bytes(pos[8..].try_into().expect("16-byte buffer")),
@@ -280,7 +316,7 @@ impl<R: Read> SnapshotReader<R> {
         Ok(Some(Record { cf, key, value }))
     }
 
-    /// Reads the CRC trailer after the last record and checks it; returns the snapshot's
+    /// Reads the trailer after the last record and checks the CRC; returns the snapshot's
     /// position. Fails if records remain or bytes follow the trailer.
     pub fn finish(mut self) -> Result<SnapshotPosition, SnapshotError> {
         let Some(pos) = self.position else {
@@ -288,8 +324,13 @@ impl<R: Read> SnapshotReader<R> {
                 "records remain before the end mark".into(),
             ));
         };
+        let mut tag = [0u8; TRAILER_TAG.len()];
+        read_exact(&mut self.r, &mut tag, "trailer")?;
+        if &tag != TRAILER_TAG {
+            return Err(SnapshotError::Corrupt("bad trailer tag".into()));
+        }
         let actual = self.r.hasher.clone().finalize();
-        let mut crc = [0u8; SNAPSHOT_CRC_BYTES];
+        let mut crc = [0u8; 4];
         self.r
             .inner
             .read_exact(&mut crc)
@@ -452,17 +493,18 @@ pub fn restore(
     ensure_empty(data_dir)?;
     let staging = staging_dir(data_dir)?;
     if staging.exists() {
-        tracing::warn!(path = %staging.display(), "removing the staging directory of an earlier restore");
+        tracing::warn!(
+            path = %staging.display(),
+            "removing the staging directory of an earlier restore"
+        );
         std::fs::remove_dir_all(&staging).map_err(|source| SnapshotError::Io {
             path: staging.clone(),
             source,
         })?;
     }
-    let reader = File::open(file).map_err(|source| SnapshotError::Io {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let written = match restore_into(BufReader::new(reader), &staging, &membership) {
+    // Check the whole file before writing anything: a damaged file fails here, cheaply.
+    verify_file(file)?;
+    let written = match restore_into(BufReader::new(open(file)?), &staging, &membership) {
         Ok(summary) => summary,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -504,6 +546,20 @@ pub fn restore_with_config(
         &t.cluster_token,
         &t.client_urls,
     )
+}
+
+fn open(file: &Path) -> Result<File, SnapshotError> {
+    File::open(file).map_err(|source| SnapshotError::Io {
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads the snapshot in `file` through, checking its structure and CRC; returns its position.
+pub fn verify_file(file: &Path) -> Result<SnapshotPosition, SnapshotError> {
+    let mut reader = SnapshotReader::new(BufReader::new(open(file)?))?;
+    while reader.next_record()?.is_some() {}
+    reader.finish()
 }
 
 fn ensure_empty(dir: &Path) -> Result<(), SnapshotError> {
@@ -750,6 +806,8 @@ mod tests {
         assert_eq!(pos, SnapshotPosition { index: 42, term: 3 });
         assert_eq!(encoded_len(&view).unwrap(), bytes.len() as u64);
         assert!(bytes.starts_with(SNAPSHOT_MAGIC));
+        // etcdctl's test for "a bbolt file followed by its SHA-256".
+        assert_eq!(bytes.len() % 512, 32);
     }
 
     #[test]

@@ -371,7 +371,8 @@ fn etcdctl_lease_commands_match_etcd_34() {
     assert_eq!(lines.first(), Some(&"found 2 leases"));
     lines.remove(0);
     lines.sort();
-    let mut ids = vec![hex.clone(), format!("{json_lease:x}")];
+    // `lease list` prints IDs as %016x: zero-padded, unlike the unpadded forms elsewhere.
+    let mut ids = vec![format!("{hex:0>16}"), format!("{json_lease:016x}")];
     ids.sort();
     assert_eq!(lines, ids);
 

@@ -836,3 +836,54 @@ async fn snapshot_save_and_restore() {
     // The original member is untouched.
     assert_eq!(current_revision(&mut client).await, head);
 }
+
+/// /health, /livez, /readyz, /version and /metrics answer on the client URL and on
+/// --listen-metrics-urls alike, with what kubeadm's probes and Prometheus expect.
+#[test]
+fn http_endpoints_on_client_and_metrics_urls() {
+    if common::running_real_etcd() {
+        // etcd 3.4 has no /livez or /readyz; the 3.5 behaviour is what oxetcd serves.
+        return;
+    }
+    let metrics_port = common::free_port();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let server = Server::start_with(&["--listen-metrics-urls", &metrics_url]);
+    server.etcdctl_ok(&["put", "probe", "1"]);
+    let client_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.client_port()));
+    let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port));
+    for addr in [client_addr, metrics_addr] {
+        let get = |path: &str| common::http_get(addr, path).expect("GET answers");
+        let health = get("/health");
+        assert_eq!(
+            (health.status, health.text().as_str()),
+            (200, r#"{"health":"true","reason":""}"#)
+        );
+        let livez = get("/livez");
+        assert_eq!((livez.status, livez.text().as_str()), (200, "ok\n"));
+        let readyz = get("/readyz?verbose");
+        assert_eq!(readyz.status, 200);
+        assert!(
+            readyz.text().contains("[+]linearizable_read ok"),
+            "{}",
+            readyz.text()
+        );
+        assert!(readyz.text().ends_with("ok\n"), "{}", readyz.text());
+        let version = get("/version");
+        assert!(
+            version
+                .text()
+                .starts_with(r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0","oxetcd":"#)
+        );
+        let metrics = get("/metrics").text();
+        for line in ["etcd_server_has_leader 1", "etcd_server_is_leader 1"] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "missing {line:?} in\n{metrics}"
+            );
+        }
+        assert!(
+            metrics.contains("etcd_mvcc_db_total_size_in_bytes "),
+            "{metrics}"
+        );
+    }
+}

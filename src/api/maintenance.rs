@@ -292,11 +292,11 @@ fn send_snapshot(
         header: Some(header),
         tx,
     };
-    let (crc, pos) = snapshot::write_body(&view, &mut sink)?;
+    let (trailer, pos) = snapshot::write_body(&view, &mut sink)?;
     drop(view);
     sink.send_buffered()
         .map_err(snapshot::SnapshotError::Write)?;
-    sink.send(crc.to_be_bytes().to_vec())
+    sink.send(trailer.to_vec())
         .map_err(snapshot::SnapshotError::Write)?;
     debug_assert_eq!(
         sink.sent_bytes, total_bytes,
@@ -417,7 +417,10 @@ mod tests {
                 .all(|m| m.header.is_none() && m.version.is_empty())
         );
         let last = messages.last().unwrap();
-        assert_eq!((last.blob.len(), last.remaining_bytes), (4, 0));
+        assert_eq!(
+            (last.blob.len(), last.remaining_bytes),
+            (snapshot::SNAPSHOT_TRAILER_BYTES, 0)
+        );
         assert!(
             messages[..messages.len() - 1]
                 .iter()

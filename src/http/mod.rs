@@ -37,13 +37,8 @@ struct HttpState {
     metrics: MetricsText,
 }
 
-/// The HTTP endpoints with an empty `/metrics` (until the metrics registry is wired in).
-pub fn router(ctx: ServerCtx) -> Router {
-    router_with_metrics(ctx, Arc::new(String::new))
-}
-
 /// The HTTP endpoints; `/metrics` serves what `metrics` returns.
-pub fn router_with_metrics(ctx: ServerCtx, metrics: MetricsText) -> Router {
+pub fn router(ctx: ServerCtx, metrics: MetricsText) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
