@@ -85,17 +85,19 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         txn::check_txn(&req, self.ctx.config.txn_ops_max as usize).map_err(EtcdError::from)?;
-        if txn::has_writes(&req) {
-            self.ctx.check_quota().await?;
-        } else {
-            // A read-only txn is a set of reads: linearizable like Range, through raft so that
-            // its reads see one revision.
-            self.ctx
-                .node
-                .read_barrier()
-                .await
-                .map_err(EtcdError::from)?;
+        if !txn::has_writes(&req) {
+            // A read-only txn is a set of reads at one revision: served locally like Range,
+            // after a ReadIndex barrier unless every range in it is serializable.
+            if !txn::is_txn_serializable(&req) {
+                self.ctx.node.read_barrier().await.map_err(EtcdError::from)?;
+            }
+            let mvcc = self.ctx.mvcc.clone();
+            let mut resp =
+                blocking(move || txn::read_txn(&mvcc, &req).map_err(EtcdError::from)).await?;
+            resp.header = self.ctx.fill_header(resp.header);
+            return Ok(Response::new(resp));
         }
+        self.ctx.check_quota().await?;
         match self.propose(Internal::Txn(req)).await? {
             apply::Response::Txn(mut resp) => {
                 resp.header = self.ctx.fill_header(resp.header);
