@@ -89,7 +89,11 @@ impl Kv for KvService {
             // A read-only txn is a set of reads at one revision: served locally like Range,
             // after a ReadIndex barrier unless every range in it is serializable.
             if !txn::is_txn_serializable(&req) {
-                self.ctx.node.read_barrier().await.map_err(EtcdError::from)?;
+                self.ctx
+                    .node
+                    .read_barrier()
+                    .await
+                    .map_err(EtcdError::from)?;
             }
             let mvcc = self.ctx.mvcc.clone();
             let mut resp =
