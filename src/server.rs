@@ -24,6 +24,7 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::oxetcdpb::internal_request::Request as Internal;
 use crate::raft::RaftLogStore;
 use crate::storage::{Batch, Engine, StorageError};
@@ -66,6 +67,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         oxetcd_version = crate::version::OXETCD_VERSION,
         "starting an etcd server"
     );
+    create_private_dir(&config.data_dir)?;
     let engine = Engine::open(&config.data_dir, !config.unsafe_no_fsync)?;
     tracing::info!(path = %config.data_dir.display(), "opened backend db");
 
@@ -176,6 +178,32 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Creates the data directory readable by this user only (etcd's 0700), and warns when an
+/// existing one is more open than that.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source| StorageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = %format!("{mode:o}"),
+            "data directory is accessible by other users; 700 is recommended"
+        );
+    }
+    Ok(())
+}
+
 /// `/metrics`: samples the member's state, then encodes every metric.
 fn metrics_text(ctx: ServerCtx) -> crate::http::MetricsText {
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -281,6 +309,7 @@ fn grpc_router(ctx: &ServerCtx) -> axum::Router {
         .add_service(limits!(MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(ctx.clone())
         )))
+        .add_service(HealthServer::new(api::health::HealthService))
         .prepare()
         .into_axum_router()
 }

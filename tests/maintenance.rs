@@ -887,3 +887,38 @@ fn http_endpoints_on_client_and_metrics_urls() {
         );
     }
 }
+
+/// The standard gRPC health service answers SERVING, as etcd's does (load balancers and
+/// etcd's own robustness tests probe it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_service_reports_serving() {
+    use oxetcd::proto::grpc::health::v1::HealthCheckRequest;
+    use oxetcd::proto::grpc::health::v1::health_check_response::ServingStatus;
+    use oxetcd::proto::grpc::health::v1::health_client::HealthClient;
+
+    let server = Server::start();
+    let mut health = HealthClient::connect(server.endpoint())
+        .await
+        .expect("connects to the client URL");
+    for service in ["", "etcdserverpb.KV"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check answers")
+            .into_inner();
+        assert_eq!(
+            response.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect_err("an unknown service is refused");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
