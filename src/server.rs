@@ -312,6 +312,7 @@ fn grpc_router(ctx: &ServerCtx) -> axum::Router {
         .add_service(HealthServer::new(api::health::HealthService))
         .prepare()
         .into_axum_router()
+        .layer(axum::middleware::map_response(api::oversize::rewrite))
 }
 
 async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {

@@ -176,10 +176,6 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
         "snapshot-status-json",
         "etcdctl snapshot status reads bbolt files; oxetcd snapshots are its own format",
     ),
-    (
-        "limits-grpc-message-too-large",
-        "tonic rejects messages over the gRPC limit with OutOfRange and its own text",
-    ),
 ];
 
 /// Replays every recorded etcdctl command of tests/reference/etcd-3.4 against fresh members and

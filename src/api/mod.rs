@@ -9,6 +9,7 @@ pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod oversize;
 pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
