@@ -115,6 +115,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         applier,
     )?;
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
     quota.record_db_size(engine.sizes().on_disk_bytes);
     let ctx = ServerCtx {
@@ -127,9 +128,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         alarms,
         membership: Arc::new(RwLock::new(membership)),
         quota,
+        shutdown: shutdown_rx.clone(),
     };
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
     tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
@@ -162,8 +163,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let _ = shutdown_tx.send(true);
     while listeners.join_next().await.is_some() {}
     while tasks.join_next().await.is_some() {}
+    // Connections still open keep handles; stop the node explicitly rather than waiting for them.
+    ctx.node.stop();
     drop(ctx);
-    // The raft thread stops once every handle is gone; then the apply thread drains and stops.
     let joined = tokio::task::spawn_blocking(move || threads.join());
     if tokio::time::timeout(Duration::from_secs(10), joined)
         .await

@@ -152,3 +152,58 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     assert!(all.len() >= ROUNDS * WRITES_BEFORE_KILL);
 }
+
+/// SIGTERM ends open watch and keep-alive streams instead of waiting for their clients: the
+/// server exits cleanly (status 0) and keeps every acknowledged write. The fixture fails the
+/// test if the server is still running 30 s after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_open_streams_exits_cleanly() {
+    let mut server = Server::start();
+    let mut client = server.client().await;
+    client
+        .put("before-stop", "1", None)
+        .await
+        .expect("put succeeds");
+    let mut watch_stream = client
+        .watch("before-stop", None)
+        .await
+        .expect("watch opens");
+    let lease = client
+        .lease_grant(60, None)
+        .await
+        .expect("lease granted")
+        .id();
+    let (mut keeper, mut keep_alive_stream) = client
+        .lease_keep_alive(lease)
+        .await
+        .expect("keep-alive opens");
+    keeper.keep_alive().await.expect("keep-alive request sent");
+    keep_alive_stream
+        .message()
+        .await
+        .expect("keep-alive answered")
+        .expect("keep-alive stream open");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.stop();
+        (server, status)
+    })
+    .await
+    .expect("stop runs");
+    let (mut server, status) = status;
+    if !common::running_real_etcd() {
+        assert!(
+            status.success(),
+            "oxetcd exits with status 0 on SIGTERM, got {status}"
+        );
+    }
+    // The open streams end rather than hang.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = watch_stream.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream ends when the server stops");
+    server.restart();
+    let mut client = server.client().await;
+    let got = client.get("before-stop", None).await.expect("get succeeds");
+    assert_eq!(got.kvs()[0].value(), b"1");
+}

@@ -110,6 +110,10 @@ impl Lease for LeaseService {
                 let next = tokio::select! {
                     next = inbound.message() => next,
                     () = tx.closed() => break,
+                    () = ctx.stopping() => {
+                        let _ = tx.send(Err(EtcdError::Stopped.into())).await;
+                        break;
+                    }
                 };
                 let req = match next {
                     Ok(Some(req)) => req,

@@ -39,6 +39,8 @@ pub struct ServerCtx {
     pub alarms: Arc<Alarms>,
     pub membership: Arc<RwLock<Membership>>,
     pub quota: Arc<Quota>,
+    /// Turns true when the member starts shutting down; long-lived streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ServerCtx {
@@ -91,6 +93,12 @@ impl ServerCtx {
             ))
             .await;
         Err(EtcdError::NoSpace)
+    }
+
+    /// Completes once the member starts shutting down.
+    pub async fn stopping(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// A header carrying the current store revision.

@@ -153,6 +153,10 @@ impl WatchStream {
 
         loop {
             let step = tokio::select! {
+                () = self.ctx.stopping() => {
+                    let _ = out.send(Err(EtcdError::Stopped.into())).await;
+                    Err(Ended)
+                }
                 msg = inbound.next(), if inbound_open => match msg {
                     Some(Ok(req)) => self.on_request(req).await,
                     // The client closed its side; etcd keeps serving until the stream is torn down.

@@ -77,6 +77,7 @@ pub struct NodeConfig {
 enum NodeMsg {
     Propose { id: u64, data: Vec<u8> },
     ReadIndex(ReadWaiter),
+    Stop,
 }
 
 #[derive(Default)]
@@ -146,6 +147,13 @@ impl NodeHandle {
             TrySendError::Full(_) => NodeError::TooManyRequests,
             TrySendError::Disconnected(_) => NodeError::Stopped,
         })
+    }
+
+    /// Asks the raft thread to stop after what it already took in; the apply thread follows once
+    /// it has applied everything handed to it. Later requests fail with `Stopped`.
+    pub fn stop(&self) {
+        // A full inbox cannot take the message; blocking here is fine: the raft thread drains it.
+        let _ = self.inner.tx.send(NodeMsg::Stop);
     }
 
     /// Proposes `request`, waits until it is applied on this member and returns the result.
@@ -328,12 +336,18 @@ impl RaftLoop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(msg) => {
-                    self.handle(msg);
+                    let mut running = self.handle(msg);
                     for _ in 0..INBOX_CAPACITY {
+                        if !running {
+                            break;
+                        }
                         match self.inbox.try_recv() {
-                            Ok(msg) => self.handle(msg),
+                            Ok(msg) => running = self.handle(msg),
                             Err(_) => break,
                         }
+                    }
+                    if !running {
+                        break;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -356,7 +370,8 @@ impl RaftLoop {
         tracing::info!("raft thread stopped");
     }
 
-    fn handle(&mut self, msg: NodeMsg) {
+    /// Takes one message in; returns false when the loop must stop.
+    fn handle(&mut self, msg: NodeMsg) -> bool {
         match msg {
             NodeMsg::Propose { id, data } => {
                 if self.raw.propose(vec![], data).is_err() {
@@ -364,7 +379,9 @@ impl RaftLoop {
                 }
             }
             NodeMsg::ReadIndex(reply) => self.reads.waiting.push(reply),
+            NodeMsg::Stop => return false,
         }
+        true
     }
 
     fn issue_reads(&mut self) {
