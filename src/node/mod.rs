@@ -19,7 +19,7 @@ use raft::eraftpb::Entry;
 use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
-use crate::apply::{Applier, ApplyError, Reply, Response, Waiters};
+use crate::apply::{Applier, ApplyError, Response, Waiters};
 use crate::proto::oxetcdpb::{InternalRequest, internal_request};
 use crate::raft::RaftLogStore;
 use crate::storage::{Batch, Engine};
@@ -362,9 +362,14 @@ impl RaftLoop {
             }
             self.issue_reads();
             self.follow_apply();
-            if self.raw.has_ready() {
-                self.on_ready();
-            }
+            let mut sink = LoopSink {
+                engine: &self.engine,
+                apply_tx: &self.apply_tx,
+                shared: &self.shared,
+                reads: &mut self.reads,
+                term: self.raw.raft.term,
+            };
+            crate::raft::handle_ready(&mut self.raw, &mut sink);
             self.publish_status();
         }
         tracing::info!("raft thread stopped");
@@ -447,68 +452,37 @@ impl RaftLoop {
         }
     }
 
-    fn on_ready(&mut self) {
-        let mut rd = self.raw.ready();
-        // Messages to peers arrive with the peer transport; a single member has none.
-        let _ = rd.take_messages();
-        if !rd.snapshot().is_empty() {
-            crate::fatal(
-                "installing a raft snapshot",
-                &"snapshots from peers are not supported by a single-member node",
-            );
-        }
-        if let Some(ss) = rd.ss() {
-            self.on_soft_state(ss.leader_id, ss.raft_state);
-        }
-        let committed = rd.take_committed_entries();
-        let mut batch = Batch::new();
-        self.raw
-            .mut_store()
-            .append(&mut batch, rd.entries(), rd.hs());
-        self.write(batch, rd.must_sync(), "persisting raft entries");
-        let _ = rd.take_persisted_messages();
-        for rs in rd.take_read_states() {
-            self.resolve_read(&rs.request_ctx, rs.index);
-        }
-        self.dispatch(committed);
-        let mut light = self.raw.advance_append(rd);
-        if let Some(commit) = light.commit_index() {
-            let mut batch = Batch::new();
-            self.raw.mut_store().set_commit(&mut batch, commit);
-            self.write(batch, false, "persisting the commit index");
-        }
-        let _ = light.take_messages();
-        self.dispatch(light.take_committed_entries());
-    }
-
-    fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
-        let old = self.shared.leader_id.swap(leader_id, Ordering::AcqRel);
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        self.shared.term.store(raft.term, Ordering::Release);
         self.shared
-            .is_leader
-            .store(role == StateRole::Leader, Ordering::Release);
-        if old != leader_id {
-            self.shared.leader_changes.fetch_add(1, Ordering::AcqRel);
-            let term = self.raw.raft.term;
-            if leader_id == raft::INVALID_ID {
-                tracing::warn!(term, "lost the leader");
-            } else {
-                tracing::info!(term, leader = %format!("{leader_id:x}"), "elected leader");
-            }
+            .commit
+            .fetch_max(raft.raft_log.committed, Ordering::AcqRel);
+    }
+}
+
+/// The raft thread's side of a Ready: writes go to RocksDB (a failure stops the member),
+/// committed entries to the apply thread, ReadIndex answers to their waiters.
+struct LoopSink<'a> {
+    engine: &'a Engine,
+    apply_tx: &'a SyncSender<Vec<Entry>>,
+    shared: &'a Shared,
+    reads: &'a mut Reads,
+    term: u64,
+}
+
+impl crate::raft::ReadySink for LoopSink<'_> {
+    fn send(&mut self, _messages: Vec<raft::eraftpb::Message>) {
+        // Messages to peers arrive with the peer transport; a single member has none.
+    }
+
+    fn write(&mut self, batch: Batch, sync: bool) {
+        if let Err(e) = self.engine.write(batch, sync) {
+            crate::fatal("persisting raft state", &e);
         }
     }
 
-    fn resolve_read(&mut self, ctx: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
-            return;
-        };
-        if let Some((_, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(bytes)) {
-            for w in waiters {
-                let _ = w.send(Ok(index));
-            }
-        }
-    }
-
-    fn dispatch(&mut self, entries: Vec<Entry>) {
+    fn apply(&mut self, entries: Vec<Entry>) {
         let Some(last) = entries.last() else {
             return;
         };
@@ -521,14 +495,38 @@ impl RaftLoop {
         }
     }
 
-    fn publish_status(&self) {
-        let raft = &self.raw.raft;
-        self.shared.term.store(raft.term, Ordering::Release);
+    fn read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some((_, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(bytes)) {
+                for w in waiters {
+                    let _ = w.send(Ok(rs.index));
+                }
+            }
+        }
+    }
+
+    fn soft_state(&mut self, leader_id: u64, role: StateRole) {
+        let old = self.shared.leader_id.swap(leader_id, Ordering::AcqRel);
         self.shared
-            .commit
-            .fetch_max(raft.raft_log.committed, Ordering::AcqRel);
+            .is_leader
+            .store(role == StateRole::Leader, Ordering::Release);
+        if old != leader_id {
+            self.shared.leader_changes.fetch_add(1, Ordering::AcqRel);
+            if leader_id == raft::INVALID_ID {
+                tracing::warn!(term = self.term, "lost the leader");
+            } else {
+                tracing::info!(term = self.term, leader = %format!("{leader_id:x}"), "elected leader");
+            }
+        }
+    }
+
+    fn snapshot(&mut self, _snapshot: &raft::eraftpb::Snapshot) {
+        crate::fatal(
+            "installing a raft snapshot",
+            &"snapshots from peers are not supported by a single-member node",
+        );
     }
 }
-
-/// Keeps the reply type visible to handlers that only see the node.
-pub type ProposalReply = Reply;

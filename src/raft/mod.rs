@@ -1,6 +1,9 @@
-//! The raft-rs adapter: the log store behind `raft::Storage` and the logger raft writes to.
+//! The raft-rs adapter: the log store behind `raft::Storage`, the one Ready cycle every driver
+//! uses, and the logger raft writes to.
 
 pub mod logger;
+pub mod ready;
 pub mod storage;
 
+pub use ready::{ReadySink, handle_ready};
 pub use storage::RaftLogStore;
