@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         store,
         engine.clone(),
         applier,
+        Box::new(node::NoPeers),
     )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use raft::eraftpb::Entry;
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, Message};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{Applier, ApplyError, Response, Waiters};
@@ -75,9 +75,38 @@ pub struct NodeConfig {
 }
 
 enum NodeMsg {
-    Propose { id: u64, data: Vec<u8> },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+    },
     ReadIndex(ReadWaiter),
+    /// A raft message from a peer.
+    Step(Box<Message>),
+    /// The transport could not reach this peer.
+    Unreachable(u64),
+    /// A snapshot sent to this peer arrived (or failed).
+    SnapshotStatus(u64, SnapshotStatus),
     Stop,
+}
+
+/// Carries raft messages to peers. Implementations must not block: queue, and drop (reporting
+/// the peer unreachable through [`NodeHandle::report_unreachable`]) when a queue is full.
+pub trait Transport: Send + 'static {
+    fn send(&self, messages: Vec<Message>);
+}
+
+/// The transport of a single-member cluster: it never has anything to carry.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&self, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            tracing::warn!(
+                count = messages.len(),
+                "raft messages for peers, but this member knows no peers"
+            );
+        }
+    }
 }
 
 #[derive(Default)]
@@ -147,6 +176,22 @@ impl NodeHandle {
             TrySendError::Full(_) => NodeError::TooManyRequests,
             TrySendError::Disconnected(_) => NodeError::Stopped,
         })
+    }
+
+    /// Hands a raft message from a peer to raft. Fails with `TooManyRequests` when the inbox is
+    /// full (the peer's transport retries; raft tolerates lost messages).
+    pub fn step(&self, message: Message) -> Result<(), NodeError> {
+        self.send(NodeMsg::Step(Box::new(message)))
+    }
+
+    /// Tells raft that messages to `peer` could not be delivered.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.send(NodeMsg::Unreachable(peer));
+    }
+
+    /// Tells raft how sending a snapshot to `peer` ended.
+    pub fn report_snapshot(&self, peer: u64, status: SnapshotStatus) {
+        let _ = self.send(NodeMsg::SnapshotStatus(peer, status));
     }
 
     /// Asks the raft thread to stop after what it already took in; the apply thread follows once
@@ -220,6 +265,7 @@ pub fn start(
     store: RaftLogStore,
     engine: Arc<Engine>,
     applier: Applier,
+    transport: Box<dyn Transport>,
 ) -> Result<(NodeHandle, NodeThreads), raft::Error> {
     let applied = applier.applied_index();
     let voters = store.conf_state().voters.clone();
@@ -270,6 +316,7 @@ pub fn start(
                 shared: raft_shared,
                 waiters: raft_waiters,
                 cfg: loop_cfg,
+                transport,
                 reads: Reads::default(),
                 ticks: 0,
                 applied_seen: applied,
@@ -324,6 +371,7 @@ struct RaftLoop {
     shared: Arc<Shared>,
     waiters: Arc<Waiters>,
     cfg: NodeConfig,
+    transport: Box<dyn Transport>,
     reads: Reads,
     ticks: u64,
     applied_seen: u64,
@@ -364,6 +412,7 @@ impl RaftLoop {
             self.follow_apply();
             let mut sink = LoopSink {
                 engine: &self.engine,
+                transport: self.transport.as_ref(),
                 apply_tx: &self.apply_tx,
                 shared: &self.shared,
                 reads: &mut self.reads,
@@ -384,6 +433,13 @@ impl RaftLoop {
                 }
             }
             NodeMsg::ReadIndex(reply) => self.reads.waiting.push(reply),
+            NodeMsg::Step(message) => {
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!(error = %e, "raft refused a peer message");
+                }
+            }
+            NodeMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
+            NodeMsg::SnapshotStatus(peer, status) => self.raw.report_snapshot(peer, status),
             NodeMsg::Stop => return false,
         }
         true
@@ -465,6 +521,7 @@ impl RaftLoop {
 /// committed entries to the apply thread, ReadIndex answers to their waiters.
 struct LoopSink<'a> {
     engine: &'a Engine,
+    transport: &'a dyn Transport,
     apply_tx: &'a SyncSender<Vec<Entry>>,
     shared: &'a Shared,
     reads: &'a mut Reads,
@@ -472,8 +529,10 @@ struct LoopSink<'a> {
 }
 
 impl crate::raft::ReadySink for LoopSink<'_> {
-    fn send(&mut self, _messages: Vec<raft::eraftpb::Message>) {
-        // Messages to peers arrive with the peer transport; a single member has none.
+    fn send(&mut self, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            self.transport.send(messages);
+        }
     }
 
     fn write(&mut self, batch: Batch, sync: bool) {
