@@ -3,7 +3,8 @@
 //! The layers, from the bottom: `storage` (RocksDB) → `mvcc`, `lease`, `watch`, `alarm`,
 //! `membership` (state machines) → `txn` (etcd request semantics) → `raft` (log store) and
 //! `apply` (committed entries → state) → `node` (the threads around raft) → `api`, `http`
-//! (what clients see) → `server` (wiring). ARCHITECTURE.md is the map.
+//! (what clients see) and `peer` (the raft transport between members) → `server` (wiring).
+//! ARCHITECTURE.md is the map.
 
 pub mod alarm;
 pub mod api;
@@ -16,6 +17,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod peer;
 pub mod proto;
 pub mod raft;
 pub mod server;

@@ -18,6 +18,7 @@ use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
 use crate::node::{self, NodeConfig};
+use crate::peer::{PeerService, PeerTransport, TransportConfig};
 use crate::proto::etcdserverpb::CompactionRequest;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
@@ -26,6 +27,7 @@ use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::oxetcdpb::internal_request::Request as Internal;
+use crate::proto::oxetcdpb::peer_server::PeerServer;
 use crate::raft::RaftLogStore;
 use crate::storage::{Batch, Engine, StorageError};
 use crate::watch::WatchHub;
@@ -100,6 +102,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         alarms.clone(),
     )?;
     let store = RaftLogStore::open(engine.clone(), &membership.voters())?;
+    let peers: Vec<(u64, Vec<String>)> = membership
+        .members
+        .iter()
+        .filter(|m| m.id != membership.member_id)
+        .map(|m| (m.id, m.peer_ur_ls.clone()))
+        .collect();
+    let (transport, peer_links) = PeerTransport::new(
+        TransportConfig {
+            cluster_id: membership.cluster_id,
+            member_id: membership.member_id,
+        },
+        &peers,
+    );
     let (node, threads) = node::start(
         NodeConfig {
             member_id: membership.member_id,
@@ -113,7 +128,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         store,
         engine.clone(),
         applier,
-        Box::new(node::NoPeers),
+        Box::new(transport),
     )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -133,6 +148,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
 
     let mut tasks = JoinSet::new();
+    peer_links.spawn(ctx.node.clone(), shutdown_rx.clone(), &mut tasks);
     tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
     tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(sample_quota(ctx.clone(), shutdown_rx.clone()));
@@ -142,6 +158,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let metrics_text = metrics_text(ctx.clone());
     let mut listeners = JoinSet::new();
+    for url in &config.listen_peer_urls {
+        let listener = bind(url).await?;
+        listeners.spawn(serve(listener, peer_router(&ctx), shutdown_rx.clone()));
+        tracing::info!(address = %url_host_port(url), "serving peer traffic");
+    }
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
         let router =
@@ -244,7 +265,7 @@ fn load_or_bootstrap_membership(
     }
     if config.initial_cluster_state == ClusterState::Existing {
         return Err(ServerError::Bootstrap(
-            "joining an existing cluster (--initial-cluster-state=existing) needs multi-member support, which this build lacks".into(),
+            "joining an existing cluster (--initial-cluster-state=existing) needs member changes (MemberAdd), which this build lacks".into(),
         ));
     }
     config
@@ -273,11 +294,6 @@ fn load_or_bootstrap_membership(
             config.name
         ))
     })?;
-    if membership.members.len() > 1 {
-        return Err(ServerError::Bootstrap(
-            "--initial-cluster lists several members; multi-member clusters are not supported by this build yet".into(),
-        ));
-    }
     let mut batch = Batch::new();
     membership.save(engine, &mut batch);
     engine.write(batch, true)?;
@@ -316,6 +332,15 @@ fn grpc_router(ctx: &ServerCtx) -> axum::Router {
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::map_response(api::oversize::rewrite))
+}
+
+/// The peer URLs' service: raft messages from the other members.
+fn peer_router(ctx: &ServerCtx) -> axum::Router {
+    let decode_max = crate::peer::batch_bytes_limit(ctx.config.request_bytes_max as usize);
+    let service = PeerService::new(ctx.node.clone(), ctx.shutdown.clone());
+    tonic::service::Routes::new(PeerServer::new(service).max_decoding_message_size(decode_max))
+        .prepare()
+        .into_axum_router()
 }
 
 async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {

@@ -358,7 +358,9 @@ type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
 #[derive(Default)]
 struct Reads {
     waiting: Vec<ReadWaiter>,
-    /// By request context: the tick it was issued at and who waits for it.
+    /// By request counter: the tick it was issued at and who waits for it. The context raft
+    /// carries is this member's ID then the counter (16 bytes), because the leader drops a
+    /// ReadIndex whose context equals one still pending, whichever member sent it.
     in_flight: HashMap<u64, (u64, Vec<ReadWaiter>)>,
     next_ctx: u64,
 }
@@ -458,7 +460,9 @@ impl RaftLoop {
         }
         self.reads.next_ctx += 1;
         let ctx = self.reads.next_ctx;
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        let mut request = self.cfg.member_id.to_be_bytes().to_vec();
+        request.extend_from_slice(&ctx.to_be_bytes());
+        self.raw.read_index(request);
         self.reads.in_flight.insert(ctx, (self.ticks, waiting));
     }
 
@@ -556,7 +560,7 @@ impl crate::raft::ReadySink for LoopSink<'_> {
 
     fn read_states(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
-            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            let Some(Ok(bytes)) = rs.request_ctx.get(8..).map(<[u8; 8]>::try_from) else {
                 continue;
             };
             if let Some((_, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(bytes)) {
