@@ -884,3 +884,5 @@ pub fn reference(name: &str) -> Vec<u8> {
 pub fn reference_text(name: &str) -> String {
     String::from_utf8(reference(name)).expect("text reference captures are UTF-8")
 }
+pub mod cluster;
+pub mod proxy;
