@@ -259,6 +259,24 @@ impl NodeHandle {
     }
 }
 
+/// How every member configures raft-rs (the deterministic test harness uses it too): one tick per
+/// heartbeat, pre-vote and check-quorum on, 1 MiB appends, bounded in-flight and per-Ready sizes;
+/// `applied` is the persisted consistent index, so committed entries are not delivered twice.
+pub fn raft_config(member_id: u64, election_ticks: usize, applied: u64) -> raft::Config {
+    raft::Config {
+        id: member_id,
+        election_tick: election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 512,
+        max_committed_size_per_ready: 16 << 20,
+        ..raft::Config::default()
+    }
+}
+
 /// Starts the raft and apply threads.
 pub fn start(
     cfg: NodeConfig,
@@ -269,18 +287,7 @@ pub fn start(
 ) -> Result<(NodeHandle, NodeThreads), raft::Error> {
     let applied = applier.applied_index();
     let voters = store.conf_state().voters.clone();
-    let raft_cfg = raft::Config {
-        id: cfg.member_id,
-        election_tick: cfg.election_ticks,
-        heartbeat_tick: 1,
-        applied,
-        check_quorum: true,
-        pre_vote: true,
-        max_size_per_msg: 1 << 20,
-        max_inflight_msgs: 512,
-        max_committed_size_per_ready: 16 << 20,
-        ..raft::Config::default()
-    };
+    let raft_cfg = raft_config(cfg.member_id, cfg.election_ticks, applied);
     raft_cfg.validate()?;
     let mut raw = RawNode::new(&raft_cfg, store, &crate::raft::logger::logger())?;
     if voters == [cfg.member_id] {

@@ -201,18 +201,9 @@ fn open(id: u64, dir: &Path, voters: &[u64]) -> Result<Live, String> {
     // timeout from rand::thread_rng, which cannot be seeded, so the range is pinned to one value
     // and the harness stretches timers by seeded tick skips instead (Sim::observe).
     let cfg = raft::Config {
-        id,
-        election_tick: ELECTION_TICKS,
-        heartbeat_tick: 1,
-        applied,
-        check_quorum: true,
-        pre_vote: true,
-        max_size_per_msg: 1 << 20,
-        max_inflight_msgs: 512,
-        max_committed_size_per_ready: 16 << 20,
         min_election_tick: ELECTION_TICKS,
         max_election_tick: ELECTION_TICKS + 1,
-        ..raft::Config::default()
+        ..oxetcd::node::raft_config(id, ELECTION_TICKS, applied)
     };
     cfg.validate().map_err(|e| format!("raft config: {e}"))?;
     let raw = RawNode::new(&cfg, store, &oxetcd::raft::logger::logger())
