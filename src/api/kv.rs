@@ -3,6 +3,7 @@
 //! Writes are proposed through raft and answered once applied on this member; linearizable reads
 //! wait for a ReadIndex barrier, serializable ones read local state at once.
 
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
@@ -57,7 +58,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         txn::check_put(&req).map_err(EtcdError::from)?;
-        self.ctx.check_quota().await?;
+        self.ctx.check_quota(req.encoded_len() as u64).await?;
         match self.propose(Internal::Put(req)).await? {
             apply::Response::Put(mut resp) => {
                 resp.header = self.ctx.fill_header(resp.header);
@@ -101,7 +102,7 @@ impl Kv for KvService {
             resp.header = self.ctx.fill_header(resp.header);
             return Ok(Response::new(resp));
         }
-        self.ctx.check_quota().await?;
+        self.ctx.check_quota(req.encoded_len() as u64).await?;
         match self.propose(Internal::Txn(req)).await? {
             apply::Response::Txn(mut resp) => {
                 resp.header = self.ctx.fill_header(resp.header);

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use futures::StreamExt as _;
+use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -69,7 +70,7 @@ impl Lease for LeaseService {
         if req.ttl > MAX_LEASE_TTL_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
-        self.ctx.check_quota().await?;
+        self.ctx.check_quota(req.encoded_len() as u64).await?;
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }

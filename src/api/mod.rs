@@ -66,13 +66,13 @@ impl ServerCtx {
         Some(self.header(revision))
     }
 
-    /// Rejects a write while NOSPACE is raised; raises it when the backend has outgrown its
-    /// quota (the request that finds it so is rejected too, as etcd does).
-    pub async fn check_quota(&self) -> Result<(), EtcdError> {
+    /// Rejects a write while NOSPACE is raised; raises it when the backend plus this request's
+    /// `cost_bytes` would outgrow the quota (that request is rejected too, as etcd does).
+    pub async fn check_quota(&self, cost_bytes: u64) -> Result<(), EtcdError> {
         if self.alarms.nospace_active() {
             return Err(EtcdError::NoSpace);
         }
-        if !self.quota.exceeded() {
+        if self.quota.admit(cost_bytes) {
             return Ok(());
         }
         let member_id = self.node.status().member_id;
@@ -118,10 +118,12 @@ where
         .map_err(|e| EtcdError::Other(format!("internal task failed: {e}")))?
 }
 
-/// The backend quota and the last sampled database size (sampled off the request path).
+/// The backend quota, the database size last sampled (off the request path), and the bytes of
+/// writes admitted since that sample, so a burst between two samples is still counted.
 pub struct Quota {
     pub quota_bytes: u64,
     db_size_bytes: AtomicU64,
+    admitted_since_sample_bytes: AtomicU64,
 }
 
 impl Quota {
@@ -129,18 +131,44 @@ impl Quota {
         Quota {
             quota_bytes,
             db_size_bytes: AtomicU64::new(0),
+            admitted_since_sample_bytes: AtomicU64::new(0),
         }
     }
 
+    /// A new sample of the on-disk size; it includes the writes admitted before it.
     pub fn record_db_size(&self, bytes: u64) {
         self.db_size_bytes.store(bytes, Ordering::Relaxed);
+        self.admitted_since_sample_bytes.store(0, Ordering::Relaxed);
     }
 
     pub fn db_size_bytes(&self) -> u64 {
         self.db_size_bytes.load(Ordering::Relaxed)
     }
 
-    pub fn exceeded(&self) -> bool {
-        self.db_size_bytes() > self.quota_bytes
+    /// Whether a write of `cost_bytes` fits; if it does it is counted until the next sample.
+    pub fn admit(&self, cost_bytes: u64) -> bool {
+        let pending = self.admitted_since_sample_bytes.load(Ordering::Relaxed);
+        if self.db_size_bytes() + pending + cost_bytes > self.quota_bytes {
+            return false;
+        }
+        self.admitted_since_sample_bytes
+            .fetch_add(cost_bytes, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quota;
+
+    #[test]
+    fn a_burst_between_samples_counts_against_the_quota() {
+        let quota = Quota::new(1000);
+        quota.record_db_size(400);
+        assert!(quota.admit(300));
+        assert!(quota.admit(300));
+        assert!(!quota.admit(300), "400 + 600 admitted + 300 exceeds 1000");
+        quota.record_db_size(500);
+        assert!(quota.admit(300));
     }
 }
