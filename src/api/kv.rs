@@ -25,6 +25,20 @@ impl KvService {
         KvService { ctx }
     }
 
+    /// Serves a read from this member's state on a blocking thread, after a ReadIndex barrier
+    /// when it must be linearizable.
+    async fn read_locally<T, F>(&self, linearizable: bool, read: F) -> Result<T, EtcdError>
+    where
+        F: FnOnce(&crate::mvcc::MvccStore) -> Result<T, txn::TxnError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if linearizable {
+            self.ctx.node.read_barrier().await?;
+        }
+        let mvcc = self.ctx.mvcc.clone();
+        blocking(move || read(&mvcc).map_err(EtcdError::from)).await
+    }
+
     async fn propose(&self, request: Internal) -> Result<apply::Response, EtcdError> {
         Ok(self.ctx.node.propose(request).await??)
     }
@@ -42,15 +56,10 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         txn::check_range(&req).map_err(EtcdError::from)?;
-        if !req.serializable {
-            self.ctx
-                .node
-                .read_barrier()
-                .await
-                .map_err(EtcdError::from)?;
-        }
-        let mvcc = self.ctx.mvcc.clone();
-        let mut resp = blocking(move || txn::range(&mvcc, &req).map_err(EtcdError::from)).await?;
+        let linearizable = !req.serializable;
+        let mut resp = self
+            .read_locally(linearizable, move |mvcc| txn::range(mvcc, &req))
+            .await?;
         resp.header = self.ctx.fill_header(resp.header);
         Ok(Response::new(resp))
     }
@@ -89,16 +98,10 @@ impl Kv for KvService {
         if !txn::has_writes(&req) {
             // A read-only txn is a set of reads at one revision: served locally like Range,
             // after a ReadIndex barrier unless every range in it is serializable.
-            if !txn::is_txn_serializable(&req) {
-                self.ctx
-                    .node
-                    .read_barrier()
-                    .await
-                    .map_err(EtcdError::from)?;
-            }
-            let mvcc = self.ctx.mvcc.clone();
-            let mut resp =
-                blocking(move || txn::read_txn(&mvcc, &req).map_err(EtcdError::from)).await?;
+            let linearizable = !txn::is_txn_serializable(&req);
+            let mut resp = self
+                .read_locally(linearizable, move |mvcc| txn::read_txn(mvcc, &req))
+                .await?;
             resp.header = self.ctx.fill_header(resp.header);
             return Ok(Response::new(resp));
         }
