@@ -411,23 +411,9 @@ impl Cluster {
         let Some(mut child) = self.members[index].child.take() else {
             panic!("stop: member {index} is not running");
         };
-        let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
-        // SAFETY: `pid` is our own child, not yet reaped, so it cannot name another process.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM to our own child should work");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.fail(&format!(
-                    "member {index} did not exit within {STOP_TIMEOUT:?} of SIGTERM"
-                ));
-            }
-            thread::sleep(POLL_INTERVAL);
+        let status = match super::sigterm_and_wait(&mut child) {
+            Ok(status) => status,
+            Err(reason) => self.fail(&format!("member {index} {reason}")),
         };
         self.proxy.set_pid(index, None);
         status

@@ -278,23 +278,9 @@ impl Server {
         let Some(mut child) = self.child.take() else {
             panic!("stop: server is not running");
         };
-        let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
-        // SAFETY: `pid` is our own child, not yet reaped, so it cannot name another process.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM to our own child should work");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.fail(&format!(
-                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM"
-                ));
-            }
-            thread::sleep(POLL_INTERVAL);
+        match sigterm_and_wait(&mut child) {
+            Ok(status) => status,
+            Err(reason) => self.fail(&format!("server {reason}")),
         }
     }
 
@@ -495,6 +481,27 @@ pub fn run_etcdctl(
         status,
         stdout: stdout.join().expect("stdout reader thread does not panic"),
         stderr: stderr.join().expect("stderr reader thread does not panic"),
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit; after [`STOP_TIMEOUT`] it is killed and an
+/// error describing that is returned.
+pub fn sigterm_and_wait(child: &mut Child) -> Result<ExitStatus, String> {
+    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
+    // SAFETY: `pid` is our own child, not yet reaped, so it cannot name another process.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM to our own child should work");
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting on our child should work") {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM"));
+        }
+        thread::sleep(POLL_INTERVAL);
     }
 }
 
