@@ -41,6 +41,13 @@ impl Alarms {
         })
     }
 
+    /// Reloads the persisted alarms (after a raft snapshot replaced them).
+    pub fn reload(&self, engine: &Engine) -> Result<(), StorageError> {
+        let fresh = Alarms::open(engine)?;
+        *self.lock() = fresh.list();
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, i32)>> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }

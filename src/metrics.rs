@@ -21,6 +21,10 @@ pub struct Sample {
     pub slow_watchers_total: u64,
     pub current_revision: i64,
     pub compact_revision: i64,
+    /// Entries in this member's raft log (bounded by `--snapshot-count` plus the catch-up tail).
+    pub raft_log_entries: u64,
+    pub snapshots_sent_total: u64,
+    pub snapshots_received_total: u64,
 }
 
 /// The registry and its metrics.
@@ -36,6 +40,9 @@ pub struct Metrics {
     slow_watchers: Counter,
     current_revision: Gauge,
     compact_revision: Gauge,
+    raft_log_entries: Gauge,
+    snapshots_sent: Counter,
+    snapshots_received: Counter,
 }
 
 impl Default for Metrics {
@@ -58,6 +65,9 @@ impl Metrics {
             slow_watchers: Counter::default(),
             current_revision: Gauge::default(),
             compact_revision: Gauge::default(),
+            raft_log_entries: Gauge::default(),
+            snapshots_sent: Counter::default(),
+            snapshots_received: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -110,6 +120,21 @@ impl Metrics {
             "The revision of the last compaction in store",
             m.compact_revision.clone(),
         );
+        registry.register(
+            "oxetcd_raft_log_entries",
+            "Entries in this member's raft log (older ones are compacted after a snapshot)",
+            m.raft_log_entries.clone(),
+        );
+        registry.register(
+            "etcd_network_snapshot_send_success",
+            "Total number of successful snapshot sends",
+            m.snapshots_sent.clone(),
+        );
+        registry.register(
+            "etcd_network_snapshot_receive_success",
+            "Total number of successful snapshot receives",
+            m.snapshots_received.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -125,6 +150,9 @@ impl Metrics {
         advance_to(&self.slow_watchers, s.slow_watchers_total);
         self.current_revision.set(s.current_revision);
         self.compact_revision.set(s.compact_revision.max(0));
+        self.raft_log_entries.set(s.raft_log_entries as i64);
+        advance_to(&self.snapshots_sent, s.snapshots_sent_total);
+        advance_to(&self.snapshots_received, s.snapshots_received_total);
     }
 
     /// The Prometheus text exposition of every metric.

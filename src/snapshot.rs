@@ -469,10 +469,15 @@ pub fn restore(
     cluster_token: &str,
     client_urls: &[String],
 ) -> Result<RestoreSummary, SnapshotError> {
-    let membership = Membership::bootstrap(name, initial_cluster, client_urls, cluster_token)
-        .ok_or_else(|| {
+    let mut membership =
+        Membership::bootstrap(name, initial_cluster, cluster_token).ok_or_else(|| {
             SnapshotError::InvalidTarget(format!("member {name:?} is not in the initial cluster"))
         })?;
+    // The restored member lists its own client URLs at once; it republishes them when it runs.
+    let me = membership.member_id;
+    if let Some(m) = membership.members.iter_mut().find(|m| m.id == me) {
+        m.client_ur_ls = client_urls.to_vec();
+    }
     if !initial_advertise_peer_urls.is_empty() {
         let me = membership
             .members
@@ -689,6 +694,88 @@ fn count_revision(
         live_keys.insert(kv.key);
     }
     Ok(())
+}
+
+/// Meta key naming the raft snapshot file being installed; present only while an install is
+/// under way, so a member that crashed in the middle finishes it when it starts again.
+const KEY_INSTALLING: &[u8] = b"installing_snapshot";
+
+/// Replaces this member's state machine (column families `kv`, `lease`, `meta`) with the raft
+/// snapshot in `file`, taken at `expected`, keeping this member's own ID. Written in bounded
+/// batches; the install is recorded first and cleared by the last (synced) batch, see
+/// [`finish_interrupted_install`].
+pub fn install_into(
+    engine: &Engine,
+    file: &Path,
+    expected: SnapshotPosition,
+) -> Result<(), SnapshotError> {
+    let member_id = engine.get(Cf::Meta, b"member_id")?;
+    let mut batch = Batch::new();
+    batch.put(
+        engine,
+        Cf::Meta,
+        KEY_INSTALLING,
+        file.to_string_lossy().as_bytes(),
+    );
+    engine.write(batch, true)?;
+
+    let mut reader = SnapshotReader::new(BufReader::new(open(file)?))?;
+    let mut batch = Batch::new();
+    // Every key of these column families sorts below 64 bytes of 0xff: revisions and lease
+    // IDs are non-negative big-endian integers, meta keys are ASCII.
+    let end = [0xffu8; 64];
+    for (cf, _) in SNAPSHOT_CFS {
+        batch.delete_range(engine, cf, &[], &end);
+    }
+    batch.put(
+        engine,
+        Cf::Meta,
+        KEY_INSTALLING,
+        file.to_string_lossy().as_bytes(),
+    );
+    if let Some(id) = &member_id {
+        batch.put(engine, Cf::Meta, b"member_id", id);
+    }
+    while let Some(record) = reader.next_record()? {
+        if record.cf == Cf::Meta
+            && [&b"member_id"[..], b"consistent_index", KEY_INSTALLING]
+                .contains(&record.key.as_slice())
+        {
+            continue;
+        }
+        batch.put(engine, record.cf, &record.key, &record.value);
+        if batch.size_bytes() >= RESTORE_BATCH_BYTES {
+            engine.write(std::mem::take(&mut batch), false)?;
+        }
+    }
+    let pos = reader.finish()?;
+    if pos != expected {
+        return Err(SnapshotError::Corrupt(format!(
+            "snapshot file {} holds index {} term {}, raft expected index {} term {}",
+            file.display(),
+            pos.index,
+            pos.term,
+            expected.index,
+            expected.term
+        )));
+    }
+    crate::apply::write_consistent_index(engine, &mut batch, pos.index, pos.term);
+    batch.delete(engine, Cf::Meta, KEY_INSTALLING);
+    engine.write(batch, true)?;
+    Ok(())
+}
+
+/// Finishes a raft snapshot install that a crash interrupted (the file is kept until the
+/// install completed). Returns whether there was one.
+pub fn finish_interrupted_install(engine: &Engine) -> Result<bool, SnapshotError> {
+    let Some(name) = engine.get(Cf::Meta, KEY_INSTALLING)? else {
+        return Ok(false);
+    };
+    let file = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+    tracing::warn!(file = %file.display(), "finishing a snapshot install interrupted by a crash");
+    let pos = verify_file(&file)?;
+    install_into(engine, &file, pos)?;
+    Ok(true)
 }
 
 /// Writes the snapshot of `engine` to the file `path` (tests and tools).

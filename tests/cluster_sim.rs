@@ -263,13 +263,14 @@ fn log_matching_checks_fire() {
 
 #[test]
 fn committed_entry_check_fires() {
+    // Index 1 is the bootstrap snapshot; logs start at 2.
     let mut h = History::default();
-    h.check_committed(1, 1, (1, 0xaa)).unwrap();
-    h.check_committed(2, 1, (1, 0xaa)).unwrap();
-    let err = h.check_committed(2, 1, (2, 0xbb)).unwrap_err();
+    h.check_committed(1, 2, (1, 0xaa)).unwrap();
+    h.check_committed(2, 2, (1, 0xaa)).unwrap();
+    let err = h.check_committed(2, 2, (2, 0xbb)).unwrap_err();
     assert!(err.contains("committed entry changed"), "{err}");
     assert!(
-        h.check_committed(1, 3, (1, 0xcc)).is_err(),
+        h.check_committed(1, 4, (1, 0xcc)).is_err(),
         "a gap in the record"
     );
 }

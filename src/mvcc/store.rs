@@ -87,6 +87,27 @@ impl MvccStore {
         Ok(store)
     }
 
+    /// Rebuilds the in-memory state from the engine after its contents were replaced (a raft
+    /// snapshot was installed). Called by the single writer (the apply thread).
+    pub fn reload(&self) -> Result<(), MvccError> {
+        let fresh = MvccStore::open(self.engine.clone())?;
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.write_index();
+        *index = fresh
+            .index
+            .into_inner()
+            .expect("a store nobody else has seen has an unpoisoned lock");
+        *writer = fresh
+            .writer
+            .into_inner()
+            .expect("a store nobody else has seen has an unpoisoned lock");
+        self.current_rev
+            .store(fresh.current_rev.load(Ordering::Acquire), Ordering::Release);
+        self.compact_rev
+            .store(fresh.compact_rev.load(Ordering::Acquire), Ordering::Release);
+        Ok(())
+    }
+
     /// The engine this store writes to.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

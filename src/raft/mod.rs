@@ -3,6 +3,7 @@
 
 pub mod logger;
 pub mod ready;
+pub mod snapshots;
 pub mod storage;
 
 pub use ready::{ReadySink, handle_ready};

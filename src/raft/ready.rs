@@ -26,7 +26,8 @@ pub trait ReadySink {
     fn read_states(&mut self, states: Vec<ReadState>);
     /// Leadership as raft now sees it (only called when it changed).
     fn soft_state(&mut self, leader_id: u64, role: StateRole);
-    /// A snapshot from the leader to install before anything else in this Ready.
+    /// A snapshot from the leader: install it in the state machine before this returns (the raft
+    /// log is replaced right after, in the same synced write as the Ready's entries).
     fn snapshot(&mut self, snapshot: &Snapshot);
 }
 
@@ -37,17 +38,25 @@ pub fn handle_ready(raw: &mut RawNode<RaftLogStore>, sink: &mut impl ReadySink) 
     }
     let mut rd = raw.ready();
     sink.send(rd.take_messages());
-    if !rd.snapshot().is_empty() {
+    let mut batch = Batch::new();
+    let has_snapshot = !rd.snapshot().is_empty();
+    if has_snapshot {
         sink.snapshot(rd.snapshot());
+        let meta = rd.snapshot().get_metadata();
+        raw.mut_store().apply_snapshot(
+            &mut batch,
+            meta.index,
+            meta.term,
+            meta.get_conf_state().clone(),
+        );
     }
     if let Some(ss) = rd.ss() {
         sink.soft_state(ss.leader_id, ss.raft_state);
     }
     let committed = rd.take_committed_entries();
-    let mut batch = Batch::new();
     raw.mut_store().append(&mut batch, rd.entries(), rd.hs());
     if !batch.is_empty() {
-        sink.write(batch, rd.must_sync());
+        sink.write(batch, rd.must_sync() || has_snapshot);
     }
     sink.send(rd.take_persisted_messages());
     let read_states = rd.take_read_states();

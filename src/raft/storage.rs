@@ -33,11 +33,23 @@ pub struct RaftLogStore {
     truncated: (u64, u64),
     last_index: u64,
     tail: VecDeque<Entry>,
+    /// Where snapshots for lagging peers come from (absent in tests that never send any).
+    snapshots: Option<super::snapshots::SnapshotFiles>,
 }
 
 impl RaftLogStore {
-    /// Loads the raft state from `engine`. A fresh store gets `initial_voters` as its configuration.
+    /// Loads the raft state from `engine`. A fresh store of a new cluster (`initial_voters` not
+    /// empty) starts as if from a snapshot at index 1, term 1 holding that configuration, so the
+    /// log of every member begins at index 2 and a member that joins later, having no log, is
+    /// always brought up to date by a snapshot (which carries the configuration) rather than by
+    /// replaying a log that does not say who the first members were. A member joining an
+    /// existing cluster passes no voters and waits for that snapshot.
     pub fn open(engine: Arc<Engine>, initial_voters: &[u64]) -> Result<RaftLogStore, StorageError> {
+        if engine.get(Cf::RaftState, KEY_CONF_STATE)?.is_none() && !initial_voters.is_empty() {
+            let mut batch = Batch::new();
+            Self::bootstrap_restored(&engine, &mut batch, 1, 1, initial_voters);
+            engine.write(batch, true)?;
+        }
         let hard_state = match engine.get(Cf::RaftState, KEY_HARD_STATE)? {
             Some(bytes) => decode(Cf::RaftState, KEY_HARD_STATE, &bytes)?,
             None => HardState::default(),
@@ -78,7 +90,44 @@ impl RaftLogStore {
             truncated,
             last_index,
             tail: VecDeque::new(),
+            snapshots: None,
         })
+    }
+
+    /// Lets raft send snapshots from `files` to peers that need one.
+    pub fn with_snapshots(mut self, files: super::snapshots::SnapshotFiles) -> RaftLogStore {
+        self.snapshots = Some(files);
+        self
+    }
+
+    /// The directory holding snapshot files, if this store sends them.
+    pub fn snapshot_dir(&self) -> Option<&std::path::Path> {
+        self.snapshots.as_ref().map(|f| f.dir())
+    }
+
+    /// Replaces the log with the position of an installed snapshot: every entry goes, the log
+    /// continues after `index`, the commit index and term move up to it if behind, and the
+    /// configuration becomes the snapshot's.
+    pub fn apply_snapshot(&mut self, batch: &mut Batch, index: u64, term: u64, cs: ConfState) {
+        if self.last_index >= self.first() {
+            batch.delete_range(
+                &self.engine,
+                Cf::RaftLog,
+                &self.first().to_be_bytes(),
+                &(self.last_index + 1).to_be_bytes(),
+            );
+        }
+        self.tail.clear();
+        let mut marker = index.to_be_bytes().to_vec();
+        marker.extend_from_slice(&term.to_be_bytes());
+        batch.put(&self.engine, Cf::RaftState, KEY_TRUNCATED, &marker);
+        self.truncated = (index, term);
+        self.last_index = index;
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(index);
+        hs.term = hs.term.max(term);
+        self.set_hard_state(batch, hs);
+        self.set_conf_state(batch, cs);
     }
 
     /// Writes the raft state of a member restored from a state-machine snapshot taken at
@@ -318,12 +367,16 @@ impl raft::Storage for RaftLogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Single-member clusters never send snapshots; streaming the state machine to a lagging
-        // peer arrives with the peer transport.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A snapshot older than the start of the log would leave a gap after it; it is written
+        // on a background thread, and raft asks again on the peer's next response.
+        let unavailable = raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
+        let Some(files) = &self.snapshots else {
+            return Err(unavailable);
+        };
+        files
+            .ready_or_start(request_index.max(self.truncated.0).max(1))
+            .ok_or(unavailable)
     }
 }
 

@@ -448,6 +448,22 @@ impl WatchHub {
         }
     }
 
+    /// The store was replaced by a raft snapshot at revision `rev` (compacted at `compact_rev`):
+    /// every synced watcher catches up from the new history, and watchers needing revisions
+    /// that are gone are cancelled as compacted.
+    pub fn restored(&self, rev: i64, compact_rev: i64) {
+        {
+            let mut st = self.state();
+            let from = st.notified_rev + 1;
+            st.desync_from(from);
+            st.notified_rev = rev;
+        }
+        if compact_rev > 0 {
+            self.compacted(compact_rev);
+        }
+        self.wake.notify_one();
+    }
+
     /// The store compacted history below `compact_rev`: watchers still needing revisions below
     /// it are cancelled with [`HubEvent::Compacted`].
     pub fn compacted(&self, compact_rev: i64) {

@@ -68,6 +68,11 @@ pub struct Acked {
     pub value: Vec<u8>,
 }
 
+/// Every member's log starts after a bootstrap snapshot at this index (`RaftLogStore::open`).
+pub const BOOTSTRAP_INDEX: u64 = 1;
+/// How the checker records the bootstrap position: term 1, and a digest no entry has.
+pub const BOOTSTRAP_ENTRY: (u64, u64) = (1, 0);
+
 /// Everything ever observed that later observations must agree with.
 #[derive(Default)]
 pub struct History {
@@ -151,6 +156,9 @@ impl History {
         index: u64,
         entry: (u64, u64),
     ) -> Result<(), String> {
+        if self.committed.is_empty() {
+            self.committed.push(BOOTSTRAP_ENTRY);
+        }
         let pos = (index - 1) as usize;
         match self.committed.get(pos) {
             Some(&c) if c != entry => Err(format!(
@@ -180,13 +188,17 @@ pub fn sync_log(m: &mut Member, history: &mut History, from: u64) -> Result<(), 
         .first_index()
         .map_err(|e| format!("first_index: {e}"))?;
     let last = store.last_index().map_err(|e| format!("last_index: {e}"))?;
-    if first != 1 {
+    if first != BOOTSTRAP_INDEX + 1 {
         return Err(format!(
-            "member {} log starts at {first}, but the simulation never truncates",
+            "member {} log starts at {first}, but the simulation never truncates (logs start \
+             after the bootstrap snapshot at index {BOOTSTRAP_INDEX})",
             m.id
         ));
     }
-    let from = from.max(1).min(last + 1).min(m.mirror.len() as u64 + 1);
+    let from = from
+        .max(BOOTSTRAP_INDEX + 1)
+        .min(last + 1)
+        .min(m.mirror.len() as u64 + 1);
     let entries = if from <= last {
         store
             .entries(from, last + 1, None, GetEntriesContext::empty(false))

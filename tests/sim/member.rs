@@ -91,7 +91,7 @@ impl Member {
             skip_ticks: 0,
             role: (0, StateRole::Follower),
             write_hint: u64::MAX,
-            mirror: Vec::new(),
+            mirror: vec![super::check::BOOTSTRAP_ENTRY],
             committed_checked: 0,
             fingerprint_at: None,
             acked_checked_rev: 0,
