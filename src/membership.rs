@@ -8,7 +8,7 @@ use crate::storage::{Batch, Cf, Engine, StorageError};
 
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_MEMBER_ID: &[u8] = b"member_id";
-const KEY_MEMBERS: &[u8] = b"members";
+pub const KEY_MEMBERS: &[u8] = b"members";
 
 /// Who this member is and which members the cluster has.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,16 @@ pub struct Membership {
 struct MemberRecords {
     #[prost(message, repeated, tag = "1")]
     members: Vec<Member>,
+}
+
+/// Decodes a persisted member list.
+pub fn decode_members(bytes: &[u8]) -> Result<Vec<Member>, prost::DecodeError> {
+    MemberRecords::decode(bytes).map(|r| r.members)
+}
+
+/// Encodes a member list for persisting.
+pub fn encode_members(members: Vec<Member>) -> Vec<u8> {
+    MemberRecords { members }.encode_to_vec()
 }
 
 impl Membership {
@@ -75,10 +85,10 @@ impl Membership {
     }
 
     /// Builds the identity of a new cluster from `--initial-cluster` (name, peer URLs) pairs.
+    /// Client URLs start empty: each member publishes its own through raft once it runs.
     pub fn bootstrap(
         name: &str,
         initial_cluster: &[(String, Vec<String>)],
-        client_urls: &[String],
         cluster_token: &str,
     ) -> Option<Membership> {
         let members: Vec<Member> = initial_cluster
@@ -87,11 +97,7 @@ impl Membership {
                 id: crate::node::id::member_id(peer_urls, cluster_token),
                 name: member_name.clone(),
                 peer_ur_ls: peer_urls.clone(),
-                client_ur_ls: if member_name == name {
-                    client_urls.to_vec()
-                } else {
-                    Vec::new()
-                },
+                client_ur_ls: Vec::new(),
                 is_learner: false,
             })
             .collect();
@@ -111,13 +117,5 @@ impl Membership {
             .filter(|m| !m.is_learner)
             .map(|m| m.id)
             .collect()
-    }
-
-    /// Records this member's current client URLs (they may change between restarts).
-    pub fn set_client_urls(&mut self, client_urls: &[String]) {
-        let me = self.member_id;
-        if let Some(m) = self.members.iter_mut().find(|m| m.id == me) {
-            m.client_ur_ls = client_urls.to_vec();
-        }
     }
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::alarm::Alarms;
 use crate::api::{self, Quota, ServerCtx};
-use crate::apply::Applier;
+use crate::apply::{Applier, MembershipSink};
 use crate::config::{AutoCompaction, ClusterState, Config, etcd_url_string, url_host_port};
 use crate::lease::Lessor;
 use crate::membership::Membership;
@@ -26,9 +26,11 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::grpc::health::v1::health_server::HealthServer;
+use crate::proto::oxetcdpb::MemberAttributes;
 use crate::proto::oxetcdpb::internal_request::Request as Internal;
 use crate::proto::oxetcdpb::peer_server::PeerServer;
 use crate::raft::RaftLogStore;
+use crate::raft::snapshots::SnapshotFiles;
 use crate::storage::{Batch, Engine, StorageError};
 use crate::watch::WatchHub;
 
@@ -72,13 +74,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     create_private_dir(&config.data_dir)?;
     let engine = Engine::open(&config.data_dir, !config.unsafe_no_fsync)?;
     tracing::info!(path = %config.data_dir.display(), "opened backend db");
+    crate::snapshot::finish_interrupted_install(&engine)
+        .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
 
-    let client_urls: Vec<String> = config
-        .advertise_client_urls
-        .iter()
-        .map(etcd_url_string)
-        .collect();
-    let membership = load_or_bootstrap_membership(&config, &engine, &client_urls)?;
+    let (membership, joining) = load_or_bootstrap_membership(&config, &engine).await?;
     tracing::info!(
         member_id = %format!("{:x}", membership.member_id),
         cluster_id = %format!("{:x}", membership.cluster_id),
@@ -101,24 +100,49 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         watch.clone(),
         alarms.clone(),
     )?;
-    let store = RaftLogStore::open(engine.clone(), &membership.voters())?;
-    let peers: Vec<(u64, Vec<String>)> = membership
-        .members
-        .iter()
-        .filter(|m| m.id != membership.member_id)
-        .map(|m| (m.id, m.peer_ur_ls.clone()))
-        .collect();
+    let applied_index = applier.applied_index();
+    // A member joining an existing cluster starts with no configuration and waits for the
+    // leader's snapshot, which carries it.
+    let initial_voters = if joining {
+        Vec::new()
+    } else {
+        membership.voters()
+    };
+    let mut store = RaftLogStore::open(engine.clone(), &initial_voters)?;
+    reconcile_raft_with_state(&engine, &mut store, &membership, applied_index)?;
+    let snapshot_files =
+        SnapshotFiles::open(&config.data_dir, engine.clone()).map_err(|e| StorageError::Io {
+            path: config.data_dir.join(crate::raft::snapshots::SNAP_DIR),
+            source: e,
+        })?;
+    let snap_dir = snapshot_files.dir().to_path_buf();
+    let store = store.with_snapshots(snapshot_files);
     let (transport, peer_links) = PeerTransport::new(
         TransportConfig {
             cluster_id: membership.cluster_id,
             member_id: membership.member_id,
+            snap_dir: Some(snap_dir.clone()),
         },
-        &peers,
+        &peer_list(&membership),
     );
+    let (removed_tx, mut removed_rx) = watch::channel(false);
+    let member_id = membership.member_id;
+    let cluster_id = membership.cluster_id;
+    let membership = Arc::new(RwLock::new(membership));
+    let peers_transport = transport.clone();
+    let applier = applier.with_membership(MembershipSink {
+        membership: membership.clone(),
+        on_change: Box::new(move |m: &Membership| {
+            peers_transport.set_peers(&peer_list(m));
+            if !m.members.iter().any(|x| x.id == member_id) {
+                removed_tx.send_replace(true);
+            }
+        }),
+    });
     let (node, threads) = node::start(
         NodeConfig {
-            member_id: membership.member_id,
-            cluster_id: membership.cluster_id,
+            member_id,
+            cluster_id,
             tick: config.heartbeat_interval(),
             election_ticks: config.election_ticks(),
             snapshot_count: config.snapshot_count,
@@ -142,7 +166,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         lessor,
         watch: watch.clone(),
         alarms,
-        membership: Arc::new(RwLock::new(membership)),
+        membership,
         quota,
         shutdown: shutdown_rx.clone(),
     };
@@ -152,6 +176,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
     tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(sample_quota(ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(publish_attributes(ctx.clone(), shutdown_rx.clone()));
     if config.auto_compaction != AutoCompaction::Disabled {
         tasks.spawn(auto_compact(ctx.clone(), shutdown_rx.clone()));
     }
@@ -160,7 +185,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut listeners = JoinSet::new();
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
-        listeners.spawn(serve(listener, peer_router(&ctx), shutdown_rx.clone()));
+        listeners.spawn(serve(
+            listener,
+            peer_router(&ctx, snap_dir.clone()),
+            shutdown_rx.clone(),
+        ));
         tracing::info!(address = %url_host_port(url), "serving peer traffic");
     }
     for url in &config.listen_client_urls {
@@ -179,8 +208,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     tracing::info!("ready to serve client requests");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    wait_for_signal().await;
-    tracing::info!("received a stop signal; shutting down");
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("received a stop signal; shutting down"),
+        Ok(_) = removed_rx.wait_for(|removed| *removed) => {
+            tracing::warn!("the member has been permanently removed from the cluster; shutting down");
+        }
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     while listeners.join_next().await.is_some() {}
@@ -246,31 +279,70 @@ fn metrics_text(ctx: ServerCtx) -> crate::http::MetricsText {
             slow_watchers_total: watch.slow_total,
             current_revision: ctx.mvcc.current_revision(),
             compact_revision: ctx.mvcc.compact_revision(),
+            raft_log_entries: (status.raft_last_index + 1).saturating_sub(status.raft_first_index),
+            snapshots_sent_total: crate::peer::SNAPSHOTS_SENT
+                .load(std::sync::atomic::Ordering::Relaxed),
+            snapshots_received_total: crate::peer::SNAPSHOTS_RECEIVED
+                .load(std::sync::atomic::Ordering::Relaxed),
         });
         metrics.encode()
     })
 }
 
-fn load_or_bootstrap_membership(
+/// The peers of `membership`: every other member with its peer URLs.
+fn peer_list(membership: &Membership) -> Vec<(u64, Vec<String>)> {
+    membership
+        .members
+        .iter()
+        .filter(|m| m.id != membership.member_id)
+        .map(|m| (m.id, m.peer_ur_ls.clone()))
+        .collect()
+}
+
+/// After a crash the raft log may lag the state machine: a snapshot install finished but the
+/// raft log was not yet replaced, or a configuration change was applied but raft's copy of the
+/// configuration not yet written. The state machine is the authority at its applied index.
+fn reconcile_raft_with_state(
+    engine: &Engine,
+    store: &mut RaftLogStore,
+    membership: &Membership,
+    applied_index: u64,
+) -> Result<(), ServerError> {
+    if applied_index == 0 {
+        return Ok(());
+    }
+    let cs = crate::raft::snapshots::conf_state_from(&membership.members);
+    let mut batch = Batch::new();
+    if applied_index > store.last() || applied_index > store.hard_state().commit {
+        let term = crate::snapshot::position(&engine.view())
+            .map_err(|e| ServerError::Bootstrap(e.to_string()))?
+            .term;
+        tracing::warn!(
+            applied_index,
+            raft_last_index = store.last(),
+            "the raft log is behind the installed snapshot; moving it up"
+        );
+        store.apply_snapshot(&mut batch, applied_index, term, cs);
+    } else if store.conf_state().voters != cs.voters || store.conf_state().learners != cs.learners {
+        tracing::info!(voters = ?cs.voters, learners = ?cs.learners, "raft configuration taken from the applied member list");
+        store.set_conf_state(&mut batch, cs);
+    }
+    if !batch.is_empty() {
+        engine.write(batch, true)?;
+    }
+    Ok(())
+}
+
+/// The stored identity, or a new one: from `--initial-cluster` for a new cluster, or asked of
+/// the existing members for `--initial-cluster-state existing`. Returns whether this member is
+/// joining an existing cluster for the first time.
+async fn load_or_bootstrap_membership(
     config: &Config,
     engine: &Engine,
-    client_urls: &[String],
-) -> Result<Membership, ServerError> {
-    if let Some(mut membership) = Membership::load(engine)? {
-        membership.set_client_urls(client_urls);
-        let mut batch = Batch::new();
-        membership.save(engine, &mut batch);
-        engine.write(batch, true)?;
-        return Ok(membership);
+) -> Result<(Membership, bool), ServerError> {
+    if let Some(membership) = Membership::load(engine)? {
+        return Ok((membership, false));
     }
-    if config.initial_cluster_state == ClusterState::Existing {
-        return Err(ServerError::Bootstrap(
-            "joining an existing cluster (--initial-cluster-state=existing) needs member changes (MemberAdd), which this build lacks".into(),
-        ));
-    }
-    config
-        .verify_bootstrap()
-        .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
     let initial: Vec<(String, Vec<String>)> = config
         .initial_cluster
         .iter()
@@ -281,13 +353,18 @@ fn load_or_bootstrap_membership(
             )
         })
         .collect();
-    let membership = Membership::bootstrap(
-        &config.name,
-        &initial,
-        client_urls,
-        &config.initial_cluster_token,
-    )
-    .ok_or_else(|| {
+    if config.initial_cluster_state == ClusterState::Existing {
+        let membership = join_existing(config, &initial).await?;
+        let mut batch = Batch::new();
+        membership.save(engine, &mut batch);
+        engine.write(batch, true)?;
+        return Ok((membership, true));
+    }
+    config
+        .verify_bootstrap()
+        .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+    let membership = Membership::bootstrap(&config.name, &initial, &config.initial_cluster_token)
+        .ok_or_else(|| {
         ServerError::Bootstrap(format!(
             "--initial-cluster {:?} has no member named {:?}",
             config.initial_cluster_string(),
@@ -297,7 +374,105 @@ fn load_or_bootstrap_membership(
     let mut batch = Batch::new();
     membership.save(engine, &mut batch);
     engine.write(batch, true)?;
-    Ok(membership)
+    Ok((membership, false))
+}
+
+/// Asks the other members named in `--initial-cluster` for the member list and finds this
+/// member in it by its advertised peer URLs (it must have been added with `member add`).
+async fn join_existing(
+    config: &Config,
+    initial: &[(String, Vec<String>)],
+) -> Result<Membership, ServerError> {
+    let my_urls: Vec<String> = config
+        .initial_advertise_peer_urls
+        .iter()
+        .map(etcd_url_string)
+        .collect();
+    let mut errors = Vec::new();
+    for (name, urls) in initial {
+        if *name == config.name {
+            continue;
+        }
+        for url in urls {
+            match crate::peer::transport::fetch_members(url).await {
+                Ok(answer) => {
+                    let me = answer
+                        .members
+                        .iter()
+                        .find(|m| m.peer_ur_ls.iter().any(|u| my_urls.contains(u)));
+                    let Some(me) = me else {
+                        return Err(ServerError::Bootstrap(format!(
+                            "member {} of the cluster does not list this member's peer URLs {my_urls:?}; add it with `etcdctl member add` first",
+                            url
+                        )));
+                    };
+                    tracing::info!(
+                        cluster_id = %format!("{:x}", answer.cluster_id),
+                        member_id = %format!("{:x}", me.id),
+                        from = %url,
+                        "joining an existing cluster"
+                    );
+                    return Ok(Membership {
+                        cluster_id: answer.cluster_id,
+                        member_id: me.id,
+                        members: answer.members.clone(),
+                    });
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+    }
+    Err(ServerError::Bootstrap(format!(
+        "cannot fetch the cluster's members from --initial-cluster peers: {}",
+        errors.join("; ")
+    )))
+}
+
+/// Publishes this member's name and client URLs through raft (etcd's attribute publishing),
+/// retrying until it is applied, so every member lists them.
+async fn publish_attributes(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
+    let member_id = ctx.node.config().member_id;
+    let attrs = MemberAttributes {
+        member_id,
+        name: ctx.config.name.clone(),
+        client_urls: ctx
+            .config
+            .advertise_client_urls
+            .iter()
+            .map(etcd_url_string)
+            .collect(),
+    };
+    loop {
+        let current = ctx
+            .membership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .members
+            .iter()
+            .find(|m| m.id == member_id)
+            .map(|m| (m.name.clone(), m.client_ur_ls.clone()));
+        if current == Some((attrs.name.clone(), attrs.client_urls.clone())) {
+            return;
+        }
+        if ctx.node.status().leader_id != 0 {
+            match ctx
+                .node
+                .propose(Internal::MemberAttributes(attrs.clone()))
+                .await
+            {
+                Ok(Ok(_)) => {
+                    tracing::info!(client_urls = ?attrs.client_urls, "published local member to cluster through raft");
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes failed"),
+                Err(e) => tracing::debug!(error = %e, "publishing member attributes failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.heartbeat_interval()) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
@@ -332,12 +507,21 @@ fn grpc_router(ctx: &ServerCtx) -> axum::Router {
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::map_response(api::oversize::rewrite))
+        .layer(axum::middleware::from_fn({
+            let ctx = ctx.clone();
+            move |request, next| api::interceptor::check(ctx.clone(), request, next)
+        }))
 }
 
 /// The peer URLs' service: raft messages from the other members.
-fn peer_router(ctx: &ServerCtx) -> axum::Router {
+fn peer_router(ctx: &ServerCtx, snap_dir: std::path::PathBuf) -> axum::Router {
     let decode_max = crate::peer::batch_bytes_limit(ctx.config.request_bytes_max as usize);
-    let service = PeerService::new(ctx.node.clone(), ctx.shutdown.clone());
+    let service = PeerService::new(
+        ctx.node.clone(),
+        ctx.shutdown.clone(),
+        Arc::new(api::peer::PeerHandlersImpl::new(ctx.clone())),
+        snap_dir,
+    );
     tonic::service::Routes::new(PeerServer::new(service).max_decoding_message_size(decode_max))
         .prepare()
         .into_axum_router()

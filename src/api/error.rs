@@ -38,6 +38,22 @@ pub enum EtcdError {
     MemberNotFound,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
     #[error("etcdserver: request is too large")]
@@ -54,6 +70,10 @@ pub enum EtcdError {
     Stopped,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// MoveLeader gave up waiting for the target to lead; not in etcd's gRPC error map, so it
+    /// travels with code Unknown.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     #[error("etcdserver: not capable")]
@@ -77,12 +97,23 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader | NotCapable | AuthNotEnabled | MemberNotLearner
-            | BadLeaderTransferee => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            LeaseExist
+            | NotLeader
+            | NotCapable
+            | AuthNotEnabled
+            | MemberNotLearner
+            | BadLeaderTransferee
+            | MemberExists
+            | PeerUrlExists
+            | LearnerNotReady
+            | TooManyLearners
+            | NotEnoughStartedMembers
+            | NotSupportedForLearner => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
-            Other(_) => Code::Unknown,
+            TimeoutLeaderTransfer | Other(_) => Code::Unknown,
         }
     }
 }
@@ -146,6 +177,9 @@ impl From<crate::apply::ApplyError> for EtcdError {
             A::Lease(e) => e.into(),
             A::NoSpace => EtcdError::NoSpace,
             A::Corrupt => EtcdError::Corrupt,
+            A::MemberExists => EtcdError::MemberExists,
+            A::MemberNotFound => EtcdError::MemberNotFound,
+            A::MemberNotLearner => EtcdError::MemberNotLearner,
         }
     }
 }
@@ -203,6 +237,11 @@ mod tests {
                 EtcdError::BadLeaderTransferee,
                 Code::FailedPrecondition,
                 "etcdserver: bad leader transferee",
+            ),
+            (
+                EtcdError::TimeoutLeaderTransfer,
+                Code::Unknown,
+                "etcdserver: request timed out, leader transfer took too long",
             ),
             (
                 EtcdError::MemberNotLearner,

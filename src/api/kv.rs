@@ -57,6 +57,9 @@ impl Kv for KvService {
         let req = request.into_inner();
         txn::check_range(&req).map_err(EtcdError::from)?;
         let linearizable = !req.serializable;
+        if linearizable && self.ctx.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner.into());
+        }
         let mut resp = self
             .read_locally(linearizable, move |mvcc| txn::range(mvcc, &req))
             .await?;

@@ -6,22 +6,25 @@
 //! consistent index so the state machine and its position can never disagree.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 use tokio::sync::oneshot;
 
 use crate::alarm::{ALARM_NOSPACE, Alarms};
 use crate::lease::{LeaseError, Lessor};
+use crate::membership::Membership;
 use crate::mvcc::{MvccError, MvccStore};
+use crate::proto::etcdserverpb::Member;
 use crate::proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, CompactionResponse, DeleteRangeResponse,
     LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
     alarm_request::AlarmAction,
 };
 use crate::proto::mvccpb::{Event, event::EventType};
-use crate::proto::oxetcdpb::{InternalRequest, internal_request::Request};
+use crate::proto::oxetcdpb::{InternalRequest, MemberChange, internal_request::Request};
 use crate::storage::{Batch, Cf, Engine, StorageError};
 use crate::txn::{self, TxnError};
 use crate::watch::WatchHub;
@@ -43,6 +46,8 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(AlarmResponse),
     LeaseCheckpoint,
+    /// A membership change took effect; the member list after it.
+    Members(Vec<Member>),
 }
 
 /// Why a committed request had no effect.
@@ -61,6 +66,12 @@ pub enum ApplyError {
     NoSpace,
     #[error("corrupt cluster")]
     Corrupt,
+    #[error("member ID already exist")]
+    MemberExists,
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
 }
 
 pub type Reply = Result<Response, ApplyError>;
@@ -102,6 +113,16 @@ pub struct Applier {
     alarms: Arc<Alarms>,
     waiters: Arc<Waiters>,
     applied_index: u64,
+    membership: Option<MembershipSink>,
+    /// Configuration changes applied since raft last took them (raft must apply them too).
+    conf_changes: Vec<ConfChange>,
+}
+
+/// Where membership changes go: the shared member list, and a callback told about every new
+/// list (peer transport updates, and stopping a member that was removed).
+pub struct MembershipSink {
+    pub membership: Arc<RwLock<Membership>>,
+    pub on_change: Box<dyn Fn(&Membership) + Send>,
 }
 
 impl Applier {
@@ -121,7 +142,177 @@ impl Applier {
             alarms,
             waiters: Arc::new(Waiters::default()),
             applied_index,
+            membership: None,
+            conf_changes: Vec::new(),
         })
+    }
+
+    /// Applies membership changes to `sink` (without one they only reach raft).
+    pub fn with_membership(mut self, sink: MembershipSink) -> Applier {
+        self.membership = Some(sink);
+        self
+    }
+
+    /// Configuration changes applied since the last call, for raft to apply in the same order.
+    pub fn take_conf_changes(&mut self) -> Vec<ConfChange> {
+        std::mem::take(&mut self.conf_changes)
+    }
+
+    /// Replaces the state machine with the raft snapshot in `file` taken at (`index`, `term`)
+    /// and rebuilds everything held in memory from it.
+    pub fn install_snapshot(&mut self, file: &Path, index: u64, term: u64) {
+        let started = std::time::Instant::now();
+        let expected = crate::snapshot::SnapshotPosition { index, term };
+        if let Err(e) = crate::snapshot::install_into(&self.engine, file, expected) {
+            crate::fatal("installing a raft snapshot", &e);
+        }
+        if let Err(e) = self.mvcc.reload() {
+            crate::fatal("loading the installed snapshot", &e);
+        }
+        if let Err(e) = self.alarms.reload(&self.engine) {
+            crate::fatal("loading the installed snapshot's alarms", &e);
+        }
+        let leases = match self.mvcc.live_leases() {
+            Ok(leases) => leases,
+            Err(e) => crate::fatal("loading the installed snapshot's leases", &e),
+        };
+        {
+            let mut lessor = self.lessor();
+            let min_ttl = lessor.min_ttl_secs();
+            match Lessor::open(
+                self.engine.clone(),
+                min_ttl,
+                leases,
+                std::time::Instant::now(),
+            ) {
+                Ok(fresh) => *lessor = fresh,
+                Err(e) => crate::fatal("loading the installed snapshot's leases", &e),
+            }
+        }
+        if let Some(sink) = &self.membership {
+            let loaded = match crate::membership::Membership::load(&self.engine) {
+                Ok(Some(m)) => m,
+                Ok(None) => crate::fatal(
+                    "loading the installed snapshot's members",
+                    &"the snapshot has no member list",
+                ),
+                Err(e) => crate::fatal("loading the installed snapshot's members", &e),
+            };
+            *sink.membership.write().unwrap_or_else(|p| p.into_inner()) = loaded.clone();
+            (sink.on_change)(&loaded);
+        }
+        self.watch
+            .restored(self.mvcc.current_revision(), self.mvcc.compact_revision());
+        self.applied_index = index;
+        tracing::info!(
+            index,
+            term,
+            revision = self.mvcc.current_revision(),
+            took = ?started.elapsed(),
+            "installed a snapshot from the leader"
+        );
+    }
+
+    /// Applies a raft configuration change: the member list changes in `batch`; the change is
+    /// queued for raft unless it is invalid against the current list (then raft never sees it,
+    /// as etcd does).
+    fn apply_conf_change(&mut self, entry: &Entry, batch: &mut Batch) -> Option<(u64, Reply)> {
+        let mut cc = ConfChange::default();
+        // raft's protobuf compatibility layer implements merge_from_bytes (not parse_from_bytes).
+        match protobuf::Message::merge_from_bytes(&mut cc, &entry.data) {
+            Ok(()) => {}
+            Err(e) => crate::fatal(
+                "decoding a committed configuration change",
+                &format!("entry {}: {e}", entry.index),
+            ),
+        };
+        let change = MemberChange::decode(cc.get_context()).unwrap_or_default();
+        let Some(sink) = &self.membership else {
+            self.conf_changes.push(cc);
+            return None;
+        };
+        let mut next = sink
+            .membership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let id = cc.node_id;
+        let existing = next.members.iter().position(|m| m.id == id);
+        let outcome = match (cc.get_change_type(), existing) {
+            (ConfChangeType::AddNode, Some(i)) if next.members[i].is_learner => {
+                next.members[i].is_learner = false;
+                Ok(())
+            }
+            (ConfChangeType::AddNode, Some(_)) => Err(ApplyError::MemberNotLearner),
+            (ConfChangeType::AddLearnerNode, Some(_)) => Err(ApplyError::MemberExists),
+            (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode, None) => {
+                let mut member = change.member.clone().unwrap_or_default();
+                member.id = id;
+                member.is_learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
+                next.members.push(member);
+                Ok(())
+            }
+            (ConfChangeType::RemoveNode, Some(i)) => {
+                next.members.remove(i);
+                Ok(())
+            }
+            (ConfChangeType::RemoveNode, None) => Err(ApplyError::MemberNotFound),
+        };
+        let reply = match outcome {
+            Ok(()) => {
+                next.save(&self.engine, batch);
+                tracing::info!(
+                    member_id = %format!("{id:x}"),
+                    change = ?cc.get_change_type(),
+                    members = next.members.len(),
+                    "applied a membership change"
+                );
+                self.conf_changes.push(cc);
+                let members = next.members.clone();
+                *sink.membership.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+                (sink.on_change)(&next);
+                Ok(Response::Members(members))
+            }
+            Err(e) => Err(e),
+        };
+        (change.request_id != 0).then_some((change.request_id, reply))
+    }
+
+    /// Applies a member's published attributes or new peer URLs.
+    fn apply_member_record(&mut self, batch: &mut Batch, update: MemberUpdate) -> Reply {
+        let Some(sink) = &self.membership else {
+            return Err(ApplyError::MemberNotFound);
+        };
+        let mut next = sink
+            .membership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (id, apply): (u64, MemberEdit) = match update {
+            MemberUpdate::Attributes(a) => (
+                a.member_id,
+                Box::new(move |m: &mut Member| {
+                    m.name = a.name;
+                    m.client_ur_ls = a.client_urls;
+                }),
+            ),
+            MemberUpdate::PeerUrls(c) => {
+                let member = c.member.unwrap_or_default();
+                (
+                    member.id,
+                    Box::new(move |m: &mut Member| m.peer_ur_ls = member.peer_ur_ls),
+                )
+            }
+        };
+        let Some(member) = next.members.iter_mut().find(|m| m.id == id) else {
+            return Err(ApplyError::MemberNotFound);
+        };
+        apply(member);
+        next.save(&self.engine, batch);
+        let members = next.members.clone();
+        *sink.membership.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        (sink.on_change)(&next);
+        Ok(Response::Members(members))
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -153,8 +344,11 @@ impl Applier {
                         ),
                     }
                 }
-                // Empty entries (new leader) and configuration changes carry no state-machine
-                // change for a single member.
+                EntryType::EntryConfChange => self
+                    .apply_conf_change(&entry, &mut batch)
+                    .map(|(id, reply)| (id, Pending::Done(reply))),
+                // Empty entries (a new leader's first) change nothing; joint-consensus changes
+                // (V2) are never proposed.
                 _ => None,
             };
             batch.put(
@@ -252,6 +446,12 @@ impl Applier {
             Request::Alarm(req) => {
                 Pending::Done(Ok(Response::Alarm(self.apply_alarm(&req, batch))))
             }
+            Request::MemberAttributes(attrs) => {
+                Pending::Done(self.apply_member_record(batch, MemberUpdate::Attributes(attrs)))
+            }
+            Request::MemberUpdate(change) => {
+                Pending::Done(self.apply_member_record(batch, MemberUpdate::PeerUrls(change)))
+            }
         }
     }
 
@@ -320,6 +520,15 @@ impl Applier {
         }
         outcome.rev
     }
+}
+
+/// An edit of one member's record.
+type MemberEdit = Box<dyn FnOnce(&mut Member)>;
+
+/// A change to one member's record that is not a raft configuration change.
+enum MemberUpdate {
+    Attributes(crate::proto::oxetcdpb::MemberAttributes),
+    PeerUrls(MemberChange),
 }
 
 /// A request's effect, written to the batch but not yet visible.

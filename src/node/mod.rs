@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use raft::eraftpb::{Entry, Message};
+use raft::eraftpb::{ConfChange, Entry, Message};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -60,6 +60,10 @@ pub struct NodeStatus {
     pub applied_index: u64,
     pub is_leader: bool,
     pub leader_changes: u64,
+    /// First and last index of the raft log this member keeps (entries before the first were
+    /// compacted away after a snapshot).
+    pub raft_first_index: u64,
+    pub raft_last_index: u64,
 }
 
 /// Settings the node needs from the configuration.
@@ -86,6 +90,15 @@ enum NodeMsg {
     Unreachable(u64),
     /// A snapshot sent to this peer arrived (or failed).
     SnapshotStatus(u64, SnapshotStatus),
+    /// Hand leadership to this member (only acted on by the leader).
+    TransferLeader(u64),
+    /// Propose a membership change; `id` names its waiter.
+    ProposeConfChange {
+        id: u64,
+        cc: ConfChange,
+    },
+    /// Something was left for the raft thread in `Shared` (applied configuration changes).
+    Wake,
     Stop,
 }
 
@@ -117,6 +130,34 @@ struct Shared {
     applied: AtomicU64,
     leader_changes: AtomicU64,
     is_leader: AtomicBool,
+    raft_first: AtomicU64,
+    raft_last: AtomicU64,
+    /// Configuration changes the apply thread applied, for raft to apply in order.
+    applied_conf_changes: std::sync::Mutex<Vec<ConfChange>>,
+    /// The leader's view of each peer's replication (empty on followers).
+    progress: std::sync::Mutex<Vec<PeerProgress>>,
+}
+
+/// How far the leader has replicated to one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub member_id: u64,
+    pub matched: u64,
+    /// The leader heard from the member within the last election timeout.
+    pub recent_active: bool,
+    pub is_learner: bool,
+}
+
+/// Work for the apply thread, in log order.
+enum ApplyTask {
+    Entries(Vec<Entry>),
+    /// Replace the state machine with a snapshot file; `done` is signalled once it is installed.
+    Snapshot {
+        file: std::path::PathBuf,
+        index: u64,
+        term: u64,
+        done: SyncSender<()>,
+    },
 }
 
 struct HandleInner {
@@ -168,6 +209,8 @@ impl NodeHandle {
             applied_index: s.applied.load(Ordering::Acquire),
             is_leader: s.is_leader.load(Ordering::Acquire),
             leader_changes: s.leader_changes.load(Ordering::Acquire),
+            raft_first_index: s.raft_first.load(Ordering::Acquire),
+            raft_last_index: s.raft_last.load(Ordering::Acquire),
         }
     }
 
@@ -192,6 +235,46 @@ impl NodeHandle {
     /// Tells raft how sending a snapshot to `peer` ended.
     pub fn report_snapshot(&self, peer: u64, status: SnapshotStatus) {
         let _ = self.send(NodeMsg::SnapshotStatus(peer, status));
+    }
+
+    /// Asks the leader to hand leadership to `target` (raft's leader transfer: the target is
+    /// brought up to date, then told to campaign at once). Returns when the request is queued;
+    /// watch [`NodeHandle::status`] for the outcome.
+    pub fn transfer_leader(&self, target: u64) -> Result<(), NodeError> {
+        self.send(NodeMsg::TransferLeader(target))
+    }
+
+    /// On the leader: each member's replication progress (this member included).
+    pub fn progress(&self) -> Vec<PeerProgress> {
+        self.inner
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Proposes a membership change whose context is a `MemberChange` naming `request_id`;
+    /// waits until it is applied on this member and returns the result.
+    pub async fn propose_conf_change(
+        &self,
+        request_id: u64,
+        cc: ConfChange,
+    ) -> Result<Result<Response, ApplyError>, NodeError> {
+        let rx = self.inner.waiters.register(request_id);
+        if let Err(e) = self.send(NodeMsg::ProposeConfChange { id: request_id, cc }) {
+            self.inner.waiters.cancel(request_id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
+            Ok(Ok(Err(ApplyError::Dropped))) => Err(NodeError::NoLeader),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                self.inner.waiters.cancel(request_id);
+                Err(NodeError::Timeout)
+            }
+        }
     }
 
     /// Asks the raft thread to stop after what it already took in; the apply thread follows once
@@ -300,13 +383,14 @@ pub fn start(
     shared.applied.store(applied, Ordering::Release);
     let (applied_tx, applied_rx) = watch::channel(applied);
     let (tx, rx) = mpsc::sync_channel(INBOX_CAPACITY);
-    let (apply_tx, apply_rx) = mpsc::sync_channel::<Vec<Entry>>(APPLY_QUEUE_CAPACITY);
+    let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyTask>(APPLY_QUEUE_CAPACITY);
     let waiters = applier.waiters();
 
     let apply_shared = shared.clone();
+    let wake = tx.clone();
     let apply = std::thread::Builder::new()
         .name("apply".into())
-        .spawn(move || run_apply(applier, apply_rx, apply_shared, applied_tx))
+        .spawn(move || run_apply(applier, apply_rx, apply_shared, applied_tx, wake))
         .expect("spawning the apply thread");
 
     let raft_shared = shared.clone();
@@ -327,6 +411,7 @@ pub fn start(
                 reads: Reads::default(),
                 ticks: 0,
                 applied_seen: applied,
+                last_active: HashMap::new(),
             }
             .run()
         })
@@ -347,12 +432,35 @@ pub fn start(
 
 fn run_apply(
     mut applier: Applier,
-    rx: Receiver<Vec<Entry>>,
+    rx: Receiver<ApplyTask>,
     shared: Arc<Shared>,
     applied_tx: watch::Sender<u64>,
+    wake: SyncSender<NodeMsg>,
 ) {
-    while let Ok(entries) = rx.recv() {
-        let applied = applier.apply_entries(entries);
+    while let Ok(task) = rx.recv() {
+        let applied = match task {
+            ApplyTask::Entries(entries) => applier.apply_entries(entries),
+            ApplyTask::Snapshot {
+                file,
+                index,
+                term,
+                done,
+            } => {
+                applier.install_snapshot(&file, index, term);
+                let _ = done.send(());
+                index
+            }
+        };
+        let changes = applier.take_conf_changes();
+        if !changes.is_empty() {
+            shared
+                .applied_conf_changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(changes);
+            // A full inbox wakes the raft thread anyway; it drains the changes every loop.
+            let _ = wake.try_send(NodeMsg::Wake);
+        }
         shared.applied.store(applied, Ordering::Release);
         applied_tx.send_replace(applied);
     }
@@ -376,7 +484,7 @@ struct RaftLoop {
     raw: RawNode<RaftLogStore>,
     engine: Arc<Engine>,
     inbox: Receiver<NodeMsg>,
-    apply_tx: SyncSender<Vec<Entry>>,
+    apply_tx: SyncSender<ApplyTask>,
     shared: Arc<Shared>,
     waiters: Arc<Waiters>,
     cfg: NodeConfig,
@@ -384,6 +492,7 @@ struct RaftLoop {
     reads: Reads,
     ticks: u64,
     applied_seen: u64,
+    last_active: HashMap<u64, Instant>,
 }
 
 impl RaftLoop {
@@ -416,9 +525,15 @@ impl RaftLoop {
                 self.ticks += 1;
                 next_tick = (next_tick + self.cfg.tick).max(now);
                 self.retry_stale_reads();
+                self.publish_progress();
+            }
+            if !self.apply_conf_changes() {
+                tracing::warn!("this member was removed from the cluster; raft stopped");
+                break;
             }
             self.issue_reads();
             self.follow_apply();
+            let snap_dir = self.raw.store().snapshot_dir().map(|d| d.to_path_buf());
             let mut sink = LoopSink {
                 engine: &self.engine,
                 transport: self.transport.as_ref(),
@@ -426,6 +541,7 @@ impl RaftLoop {
                 shared: &self.shared,
                 reads: &mut self.reads,
                 term: self.raw.raft.term,
+                snap_dir,
             };
             crate::raft::handle_ready(&mut self.raw, &mut sink);
             self.publish_status();
@@ -449,22 +565,99 @@ impl RaftLoop {
             }
             NodeMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
             NodeMsg::SnapshotStatus(peer, status) => self.raw.report_snapshot(peer, status),
+            NodeMsg::ProposeConfChange { id, cc } => {
+                if self.raw.propose_conf_change(vec![], cc).is_err() {
+                    self.waiters.trigger(id, Err(ApplyError::Dropped));
+                }
+            }
+            NodeMsg::Wake => {}
+            NodeMsg::TransferLeader(target) => {
+                if self.raw.raft.state == StateRole::Leader {
+                    self.raw.transfer_leader(target);
+                }
+            }
             NodeMsg::Stop => return false,
         }
         true
+    }
+
+    /// Hands raft the configuration changes the apply thread applied, and persists the result.
+    /// Returns false once this member itself was removed (raft must not run on without it).
+    fn apply_conf_changes(&mut self) -> bool {
+        let changes = std::mem::take(
+            &mut *self
+                .shared
+                .applied_conf_changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if changes.is_empty() {
+            return true;
+        }
+        let mut batch = Batch::new();
+        let mut removed = false;
+        for cc in changes {
+            removed |= cc.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode
+                && cc.node_id == self.cfg.member_id;
+            match self.raw.apply_conf_change(&cc) {
+                Ok(cs) => self.raw.mut_store().set_conf_state(&mut batch, cs),
+                Err(e) => {
+                    tracing::error!(error = %e, "raft refused an applied configuration change")
+                }
+            }
+        }
+        self.write(batch, true, "persisting the raft configuration");
+        !removed
+    }
+
+    /// On the leader, records each member's replication progress for the Cluster API checks.
+    fn publish_progress(&mut self) {
+        let raft = &self.raw.raft;
+        // raft clears `recent_active` every election timeout (check-quorum), so a peer counts
+        // as active if raft saw it active within the last two election timeouts.
+        let now = Instant::now();
+        let window = self.cfg.tick * (2 * self.cfg.election_ticks as u32);
+        let progress = if raft.state == StateRole::Leader {
+            let learners = raft.prs().conf().learners().clone();
+            let mut out = Vec::new();
+            for (id, pr) in raft.prs().iter() {
+                if pr.recent_active || *id == self.cfg.member_id {
+                    self.last_active.insert(*id, now);
+                }
+                let active = self
+                    .last_active
+                    .get(id)
+                    .is_some_and(|at| now.duration_since(*at) <= window);
+                out.push(PeerProgress {
+                    member_id: *id,
+                    matched: pr.matched,
+                    recent_active: active,
+                    is_learner: learners.contains(id),
+                });
+            }
+            out
+        } else {
+            self.last_active.clear();
+            Vec::new()
+        };
+        *self
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = progress;
     }
 
     fn issue_reads(&mut self) {
         if self.reads.waiting.is_empty() {
             return;
         }
-        let waiting = std::mem::take(&mut self.reads.waiting);
         if self.raw.raft.leader_id == raft::INVALID_ID {
-            for w in waiting {
-                let _ = w.send(Err(NodeError::NoLeader));
-            }
+            // Without a leader the reads wait (until one is elected or their deadline passes,
+            // which answers `request timed out`, as etcd does); callers that gave up are dropped.
+            self.reads.waiting.retain(|w| !w.is_closed());
             return;
         }
+        let waiting = std::mem::take(&mut self.reads.waiting);
         self.reads.next_ctx += 1;
         let ctx = self.reads.next_ctx;
         let mut request = self.cfg.member_id.to_be_bytes().to_vec();
@@ -525,6 +718,11 @@ impl RaftLoop {
         self.shared
             .commit
             .fetch_max(raft.raft_log.committed, Ordering::AcqRel);
+        let store = self.raw.store();
+        self.shared
+            .raft_first
+            .store(store.first(), Ordering::Release);
+        self.shared.raft_last.store(store.last(), Ordering::Release);
     }
 }
 
@@ -533,10 +731,11 @@ impl RaftLoop {
 struct LoopSink<'a> {
     engine: &'a Engine,
     transport: &'a dyn Transport,
-    apply_tx: &'a SyncSender<Vec<Entry>>,
+    apply_tx: &'a SyncSender<ApplyTask>,
     shared: &'a Shared,
     reads: &'a mut Reads,
     term: u64,
+    snap_dir: Option<std::path::PathBuf>,
 }
 
 impl crate::raft::ReadySink for LoopSink<'_> {
@@ -557,7 +756,7 @@ impl crate::raft::ReadySink for LoopSink<'_> {
             return;
         };
         self.shared.commit.fetch_max(last.index, Ordering::AcqRel);
-        if self.apply_tx.send(entries).is_err() {
+        if self.apply_tx.send(ApplyTask::Entries(entries)).is_err() {
             crate::fatal(
                 "handing entries to the apply thread",
                 &"apply thread stopped",
@@ -593,10 +792,31 @@ impl crate::raft::ReadySink for LoopSink<'_> {
         }
     }
 
-    fn snapshot(&mut self, _snapshot: &raft::eraftpb::Snapshot) {
-        crate::fatal(
-            "installing a raft snapshot",
-            &"snapshots from peers are not supported by a single-member node",
+    fn snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) {
+        let meta = snapshot.get_metadata();
+        let Some(dir) = &self.snap_dir else {
+            crate::fatal(
+                "installing a raft snapshot",
+                &"this member has no snapshot directory",
+            );
+        };
+        let file = crate::raft::snapshots::snapshot_path(dir, meta.term, meta.index);
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installing a snapshot from the leader"
         );
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let task = ApplyTask::Snapshot {
+            file: file.clone(),
+            index: meta.index,
+            term: meta.term,
+            done: done_tx,
+        };
+        if self.apply_tx.send(task).is_err() || done_rx.recv().is_err() {
+            crate::fatal("installing a raft snapshot", &"apply thread stopped");
+        }
+        self.shared.commit.fetch_max(meta.index, Ordering::AcqRel);
+        crate::raft::snapshots::remove_other_files(dir, &file);
     }
 }

@@ -7,15 +7,45 @@
 //! member. A transport failure is reported to raft (`report_unreachable`) so replication to that
 //! peer falls back to probing instead of waiting on a dead stream.
 //!
-//! Raft snapshots are not carried yet: a `MsgSnapshot` is reported to raft as failed at once.
+//! A raft snapshot travels on its own `Peer/Snapshot` stream: the raft message first, then the
+//! snapshot file (named by the snapshot's term and index, see [`crate::raft::snapshots`]) in
+//! chunks; the receiver checks the file's CRC and position before it steps the message into
+//! raft, and the sender reports the outcome to raft (`report_snapshot`).
+//!
+//! Followers forward lease keep-alives and time-to-live queries to the leader ([`forward`]);
+//! a member joining an existing cluster asks a peer for the member list (`Peer/Members`).
 //!
 //! [`RaftBatch`]: crate::proto::oxetcdpb::RaftBatch
 
+pub mod forward;
 pub mod service;
 pub mod transport;
 
 pub use service::PeerService;
+
+use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
+
+/// What the peer service asks of the rest of the member (implemented by the API layer, which
+/// owns the lessor and the membership).
+#[tonic::async_trait]
+pub trait PeerHandlers: Send + Sync + 'static {
+    /// Renews lease `id` on this member, which must be the leader; returns the new TTL in
+    /// seconds, 0 when the lease does not exist.
+    async fn lease_renew(&self, id: i64) -> Result<i64, tonic::Status>;
+    /// The lease's remaining TTL as this member (the leader) sees it.
+    async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveAnswer, tonic::Status>;
+    /// The cluster ID, this member's ID and the member list.
+    fn members(&self) -> MembersResponse;
+}
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};
+
+/// Snapshots this process streamed to peers, and received from them (whole and verified).
+pub static SNAPSHOTS_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static SNAPSHOTS_RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Soft bound on the encoded raft messages in one batch: a batch stops growing once it reaches
 /// this, so it is at most this plus one message.

@@ -1,26 +1,123 @@
 //! The receiving side of the raft transport: the `oxetcdpb.Peer` gRPC service, which checks each
-//! batch's cluster and member IDs and steps its messages into raft.
+//! batch's cluster and member IDs and steps its messages into raft, receives snapshot files, and
+//! answers the requests followers forward to the leader.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{PeerError, hex};
+use super::{PeerError, PeerHandlers, hex};
 use crate::node::{NodeError, NodeHandle};
 use crate::proto::oxetcdpb::peer_server::Peer;
-use crate::proto::oxetcdpb::{RaftBatch, RaftStreamEnd};
+use crate::proto::oxetcdpb::{
+    LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery,
+    MembersRequest, MembersResponse, RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotReceived,
+};
+use crate::raft::snapshots;
+
+/// How long a received snapshot may wait for room in a full raft inbox.
+const SNAPSHOT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves peers' raft streams for this member.
 pub struct PeerService {
     node: NodeHandle,
     shutdown: watch::Receiver<bool>,
+    handlers: Arc<dyn PeerHandlers>,
+    snap_dir: PathBuf,
 }
 
 impl PeerService {
-    /// A service stepping into `node`; open streams end when `shutdown` turns true.
-    pub fn new(node: NodeHandle, shutdown: watch::Receiver<bool>) -> PeerService {
-        PeerService { node, shutdown }
+    /// A service stepping into `node`; open streams end when `shutdown` turns true. Received
+    /// snapshots go to `snap_dir`.
+    pub fn new(
+        node: NodeHandle,
+        shutdown: watch::Receiver<bool>,
+        handlers: Arc<dyn PeerHandlers>,
+        snap_dir: PathBuf,
+    ) -> PeerService {
+        PeerService {
+            node,
+            shutdown,
+            handlers,
+            snap_dir,
+        }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        let local = self.node.config().cluster_id;
+        if cluster_id != local {
+            return Err(PeerError::ClusterMismatch {
+                local,
+                remote: cluster_id,
+                from: 0,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes the snapshot stream after its first chunk to its file, checks it, and returns the
+    /// raft message to step.
+    async fn receive_snapshot(
+        &self,
+        first: SnapshotChunk,
+        stream: &mut Streaming<SnapshotChunk>,
+    ) -> Result<Message, Status> {
+        self.check_cluster(first.cluster_id)?;
+        let mut message = Message::default();
+        message
+            .merge_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        let me = self.node.config().member_id;
+        if message.get_msg_type() != MessageType::MsgSnapshot || message.to != me {
+            return Err(Status::invalid_argument(format!(
+                "expected a snapshot message for {}, got {:?} for {}",
+                hex(me),
+                message.get_msg_type(),
+                hex(message.to)
+            )));
+        }
+        let meta = message.get_snapshot().get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let path = snapshots::snapshot_path(&self.snap_dir, term, index);
+        let part = snapshots::part_path(&path);
+        let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
+        let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+        let mut bytes = first.data.len() as u64;
+        file.write_all(&first.data).await.map_err(io)?;
+        while let Some(chunk) = stream.message().await? {
+            bytes += chunk.data.len() as u64;
+            file.write_all(&chunk.data).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let check = part.clone();
+        let pos = tokio::task::spawn_blocking(move || crate::snapshot::verify_file(&check))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(format!("received snapshot is damaged: {e}")))?;
+        if (pos.index, pos.term) != (index, term) {
+            return Err(Status::data_loss(format!(
+                "received snapshot holds index {} term {}, its message says {index} {term}",
+                pos.index, pos.term
+            )));
+        }
+        tokio::fs::rename(&part, &path).await.map_err(io)?;
+        snapshots::sync_dir(&self.snap_dir).map_err(io)?;
+        tracing::info!(
+            from = %hex(message.from),
+            index,
+            term,
+            bytes,
+            "received a snapshot"
+        );
+        Ok(message)
     }
 
     /// Refuses a batch meant for another cluster or another member.
@@ -86,6 +183,63 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotReceived>, Status> {
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let message = match self.receive_snapshot(first, &mut stream).await {
+            Ok(message) => message,
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "receiving a snapshot failed");
+                return Err(status);
+            }
+        };
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_STEP_TIMEOUT;
+        loop {
+            match self.node.step(message.clone()) {
+                Ok(()) => break,
+                Err(NodeError::TooManyRequests) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(Status::unavailable(format!("etcdserver: {e}"))),
+            }
+        }
+        super::SNAPSHOTS_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(SnapshotReceived {}))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(self.handlers.members()))
+    }
+
+    async fn lease_renew(
+        &self,
+        request: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(req.cluster_id)?;
+        let ttl = self.handlers.lease_renew(req.id).await?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveQuery>,
+    ) -> Result<Response<LeaseTimeToLiveAnswer>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(req.cluster_id)?;
+        Ok(Response::new(
+            self.handlers.lease_time_to_live(req.id, req.keys).await?,
+        ))
+    }
+
     async fn raft(
         &self,
         request: Request<Streaming<RaftBatch>>,

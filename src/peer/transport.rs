@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
@@ -23,8 +23,8 @@ use tracing::Instrument as _;
 
 use super::{BATCH_BYTES_MAX, hex};
 use crate::node::{NodeHandle, Transport};
-use crate::proto::oxetcdpb::RaftBatch;
 use crate::proto::oxetcdpb::peer_client::PeerClient;
+use crate::proto::oxetcdpb::{RaftBatch, SnapshotChunk};
 
 /// Raft messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -41,31 +41,48 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Bytes per snapshot chunk sent to a peer.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshot chunks read ahead of the gRPC stream.
+const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
+
 /// What the transport needs to know about this member.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub cluster_id: u64,
     pub member_id: u64,
+    /// Where the snapshot files raft sends live (none: snapshots cannot be sent).
+    pub snap_dir: Option<std::path::PathBuf>,
 }
 
-/// The node's [`Transport`]: routes each raft message to its peer's queue.
+/// The node's [`Transport`]: routes each raft message to its peer's queue. Cheap to clone; the
+/// set of peers follows the membership ([`PeerTransport::set_peers`]).
+#[derive(Clone)]
 pub struct PeerTransport {
-    peers: HashMap<u64, PeerQueue>,
-    node: Arc<OnceLock<NodeHandle>>,
+    shared: Arc<TransportShared>,
+}
+
+struct TransportShared {
+    cfg: TransportConfig,
+    peers: RwLock<HashMap<u64, PeerQueue>>,
+    node: OnceLock<NodeHandle>,
+    /// Where peer tasks run, and the server's shutdown signal; set by [`PeerLinks::spawn`].
+    runtime: OnceLock<(tokio::runtime::Handle, watch::Receiver<bool>)>,
+    /// Peer tasks built before the runtime was known.
+    unstarted: Mutex<Vec<PeerLink>>,
 }
 
 struct PeerQueue {
+    urls: Vec<String>,
     tx: mpsc::Sender<Message>,
     /// Set when the queue overflowed, cleared by the peer task once it caught up; only the first
     /// overflow of an episode is logged.
     congested: Arc<AtomicBool>,
 }
 
-/// The peer tasks, built with the transport and started once the node runs.
+/// Starts the peer tasks once the node runs.
 pub struct PeerLinks {
-    cfg: TransportConfig,
-    links: Vec<PeerLink>,
-    node: Arc<OnceLock<NodeHandle>>,
+    shared: Arc<TransportShared>,
 }
 
 struct PeerLink {
@@ -79,34 +96,65 @@ impl PeerTransport {
     /// Builds the transport for `peers` (member ID, peer URLs; this member excluded) and the tasks that
     /// will carry its messages.
     pub fn new(cfg: TransportConfig, peers: &[(u64, Vec<String>)]) -> (PeerTransport, PeerLinks) {
-        let node = Arc::new(OnceLock::new());
-        let mut queues = HashMap::new();
-        let mut links = Vec::new();
+        let shared = Arc::new(TransportShared {
+            cfg,
+            peers: RwLock::new(HashMap::new()),
+            node: OnceLock::new(),
+            runtime: OnceLock::new(),
+            unstarted: Mutex::new(Vec::new()),
+        });
+        let transport = PeerTransport {
+            shared: shared.clone(),
+        };
+        transport.set_peers(peers);
+        (transport, PeerLinks { shared })
+    }
+
+    /// Makes the peers exactly `peers` (this member excluded): new ones get a queue and a task,
+    /// removed ones lose theirs (the task ends when its queue closes), and a peer whose URLs
+    /// changed is reconnected.
+    pub fn set_peers(&self, peers: &[(u64, Vec<String>)]) {
+        let me = self.shared.cfg.member_id;
+        let mut map = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, queue| {
+            peers
+                .iter()
+                .any(|(peer, urls)| peer == id && *urls == queue.urls)
+        });
         for (peer_id, urls) in peers {
-            assert_ne!(*peer_id, cfg.member_id, "a member is not its own peer");
+            if *peer_id == me || map.contains_key(peer_id) || urls.is_empty() {
+                continue;
+            }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
             let congested = Arc::new(AtomicBool::new(false));
-            queues.insert(
+            map.insert(
                 *peer_id,
                 PeerQueue {
+                    urls: urls.clone(),
                     tx,
                     congested: congested.clone(),
                 },
             );
-            links.push(PeerLink {
+            let link = PeerLink {
                 peer_id: *peer_id,
                 urls: urls.clone(),
                 queue: rx,
                 congested,
-            });
+            };
+            match (self.shared.runtime.get(), self.shared.node.get()) {
+                (Some((runtime, shutdown)), Some(node)) => {
+                    tracing::info!(peer = %hex(*peer_id), urls = ?urls, "added peer");
+                    let (future, span) = self.shared.sender(link, node.clone(), shutdown.clone());
+                    runtime.spawn(future.instrument(span));
+                }
+                _ => self
+                    .shared
+                    .unstarted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(link),
+            }
         }
-        (
-            PeerTransport {
-                peers: queues,
-                node: node.clone(),
-            },
-            PeerLinks { cfg, links, node },
-        )
     }
 }
 
@@ -114,28 +162,45 @@ impl Transport for PeerTransport {
     fn send(&self, messages: Vec<Message>) {
         // The handle is missing only between node::start and PeerLinks::spawn; messages are
         // queued then all the same, and failures cannot be reported yet.
-        self.enqueue(messages, self.node.get());
+        self.enqueue(messages, self.shared.node.get());
+    }
+}
+
+impl TransportShared {
+    fn sender(
+        &self,
+        link: PeerLink,
+        node: NodeHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> (
+        impl std::future::Future<Output = ()> + Send + 'static,
+        tracing::Span,
+    ) {
+        let span = tracing::info_span!("peer_sender", peer = %hex(link.peer_id));
+        let sender = PeerSender {
+            cfg: self.cfg.clone(),
+            link,
+            node,
+        };
+        (sender.run(shutdown), span)
     }
 }
 
 impl PeerTransport {
     fn enqueue(&self, messages: Vec<Message>, node: Option<&NodeHandle>) {
         let mut unreachable: Vec<u64> = Vec::new();
+        let peers = self.shared.peers.read().unwrap_or_else(|p| p.into_inner());
         for message in messages {
             let to = message.to;
-            let Some(peer) = self.peers.get(&to) else {
-                tracing::warn!(to = %hex(to), "raft message for a member this transport does not know; dropped");
+            let Some(peer) = peers.get(&to) else {
+                tracing::debug!(to = %hex(to), "raft message for a member this transport does not know; dropped");
+                if let Some(node) = node {
+                    node.report_unreachable(to);
+                }
                 continue;
             };
             if message.get_msg_type() == MessageType::MsgSnapshot {
-                tracing::warn!(
-                    peer = %hex(to),
-                    index = message.get_snapshot().get_metadata().index,
-                    "cannot send a raft snapshot: snapshot streaming to peers is not supported yet"
-                );
-                if let Some(node) = node {
-                    node.report_snapshot(to, SnapshotStatus::Failure);
-                }
+                self.send_snapshot(message, peer.urls.clone(), node);
                 continue;
             }
             match peer.tx.try_send(message) {
@@ -156,27 +221,137 @@ impl PeerTransport {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        drop(peers);
         if let Some(node) = node {
             for peer in unreachable {
                 node.report_unreachable(peer);
             }
         }
     }
+
+    /// Streams the snapshot file named by `message` to the peer on its own task and reports
+    /// the outcome to raft.
+    fn send_snapshot(&self, message: Message, urls: Vec<String>, node: Option<&NodeHandle>) {
+        let to = message.to;
+        let (Some(node), Some((runtime, _))) = (node, self.shared.runtime.get()) else {
+            return;
+        };
+        let Some(dir) = self.shared.cfg.snap_dir.clone() else {
+            node.report_snapshot(to, SnapshotStatus::Failure);
+            return;
+        };
+        let node = node.clone();
+        let cluster_id = self.shared.cfg.cluster_id;
+        runtime.spawn(async move {
+            let meta = message.get_snapshot().get_metadata();
+            let (index, term) = (meta.index, meta.term);
+            let started = Instant::now();
+            let mut last_error = String::new();
+            for url in &urls {
+                match stream_snapshot(url, cluster_id, &dir, &message).await {
+                    Ok(bytes) => {
+                        super::SNAPSHOTS_SENT.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            peer = %hex(to),
+                            index,
+                            term,
+                            bytes,
+                            took = ?started.elapsed(),
+                            "sent a snapshot"
+                        );
+                        node.report_snapshot(to, SnapshotStatus::Finish);
+                        return;
+                    }
+                    Err(e) => last_error = e,
+                }
+            }
+            tracing::warn!(peer = %hex(to), index, error = %last_error, "sending a snapshot failed");
+            node.report_snapshot(to, SnapshotStatus::Failure);
+        });
+    }
+}
+
+/// Sends one snapshot over a `Peer/Snapshot` stream; returns the file's size.
+async fn stream_snapshot(
+    url: &str,
+    cluster_id: u64,
+    dir: &std::path::Path,
+    message: &Message,
+) -> Result<u64, String> {
+    use tokio::io::AsyncReadExt as _;
+    let meta = message.get_snapshot().get_metadata();
+    let path = crate::raft::snapshots::snapshot_path(dir, meta.term, meta.index);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let channel = connect(url).await.map_err(|e| error_chain(&e))?;
+    let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_QUEUED);
+    let first_message = encode(message);
+    let reader = async move {
+        let mut first = true;
+        let mut total = 0u64;
+        loop {
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = file
+                    .read(&mut buf[filled..])
+                    .await
+                    .map_err(|e| format!("reading the snapshot: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            total += filled as u64;
+            let done = filled == 0;
+            if !done || first {
+                let chunk = SnapshotChunk {
+                    cluster_id: if first { cluster_id } else { 0 },
+                    message: if first {
+                        first_message.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    data: buf,
+                };
+                first = false;
+                if tx.send(chunk).await.is_err() {
+                    return Ok::<u64, String>(total);
+                }
+            }
+            if done {
+                return Ok(total);
+            }
+        }
+    };
+    let call = client.snapshot(ReceiverStream::new(rx));
+    let (read, sent) = tokio::join!(reader, call);
+    sent.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    read
 }
 
 impl PeerLinks {
-    /// Starts one task per peer on `tasks`; they report to `node` and stop when `shutdown` turns
-    /// true.
+    /// Starts the peer tasks (on `tasks`, and later ones on the current runtime); they report
+    /// to `node` and stop when `shutdown` turns true.
     pub fn spawn(self, node: NodeHandle, shutdown: watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
-        let _ = self.node.set(node.clone());
-        for link in self.links {
-            let span = tracing::info_span!("peer_sender", peer = %hex(link.peer_id));
-            let sender = PeerSender {
-                cfg: self.cfg.clone(),
-                link,
-                node: node.clone(),
-            };
-            tasks.spawn(sender.run(shutdown.clone()).instrument(span));
+        let _ = self.shared.node.set(node.clone());
+        let _ = self
+            .shared
+            .runtime
+            .set((tokio::runtime::Handle::current(), shutdown.clone()));
+        let links = std::mem::take(
+            &mut *self
+                .shared
+                .unstarted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for link in links {
+            let (future, span) = self.shared.sender(link, node.clone(), shutdown.clone());
+            tasks.spawn(future.instrument(span));
         }
     }
 }
@@ -370,4 +545,16 @@ fn encode(message: &Message) -> Vec<u8> {
     message
         .write_to_bytes()
         .expect("encoding an in-memory raft message cannot fail")
+}
+
+/// Asks the member at peer URL `url` for the cluster's member list (`Peer/Members`).
+pub async fn fetch_members(url: &str) -> Result<crate::proto::oxetcdpb::MembersResponse, String> {
+    let channel = connect(url).await.map_err(|e| error_chain(&e))?;
+    let mut client = PeerClient::new(channel);
+    let request = tonic::Request::new(crate::proto::oxetcdpb::MembersRequest {});
+    tokio::time::timeout(CONNECT_TIMEOUT * 5, client.members(request))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
 }

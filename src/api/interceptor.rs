@@ -1,0 +1,47 @@
+//! Checks every client gRPC call passes before it reaches a service, as etcd's interceptors do:
+//!
+//! - require-leader: a call carrying the `hasleader: true` metadata (clients set it with
+//!   `WithRequireLeader`) fails at once with `etcdserver: no leader` when this member has no
+//!   leader, instead of waiting for the request timeout. Open watch streams with that metadata
+//!   are ended later by the watch service itself.
+//! - learners: a learner serves only Status and (serializable) Range, and health checks; every
+//!   other call gets `etcdserver: rpc not supported for learner`. Range itself refuses a
+//!   linearizable read on a learner (the body is not decoded here).
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::Response;
+use axum::middleware::Next;
+
+use super::{EtcdError, ServerCtx};
+
+/// The calls a learner serves.
+const LEARNER_PATHS: [&str; 3] = [
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.KV/Range",
+    "/grpc.health.v1.Health/",
+];
+
+/// Whether the request asks for a leader.
+fn requires_leader(request: &Request) -> bool {
+    request
+        .headers()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
+}
+
+/// The middleware: answers a leaderless require-leader call, or a call a learner does not serve,
+/// with etcd's error.
+pub async fn check(ctx: ServerCtx, request: Request, next: Next) -> Response<Body> {
+    if requires_leader(&request) && ctx.node.status().leader_id == 0 {
+        let status: tonic::Status = EtcdError::NoLeader.into();
+        return status.into_http();
+    }
+    let path = request.uri().path();
+    if ctx.is_learner() && !LEARNER_PATHS.iter().any(|p| path.starts_with(p)) {
+        let status: tonic::Status = EtcdError::NotSupportedForLearner.into();
+        return status.into_http();
+    }
+    next.run(request).await
+}
