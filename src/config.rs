@@ -27,6 +27,9 @@ use url::Url;
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 /// Quota above which etcd warns that the backend may become slow (8 GiB).
 pub const QUOTA_BACKEND_BYTES_RECOMMENDED_MAX: u64 = 8 * 1024 * 1024 * 1024;
+/// Lease checkpoint interval used when `--experimental-lease-checkpoint-interval` is 0 (etcd's
+/// 5 minutes).
+pub const LEASE_CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 60);
 /// Longest election timeout etcd accepts.
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
 /// Upper bound of `--distributed-tracing-sampling-rate` (it is per million).
@@ -318,6 +321,21 @@ const KEYS: &[Key] = &[
         Kind::Duration,
         FEATURES,
         "Applying an entry for longer than this logs a warning",
+    ),
+    key(
+        "experimental-lease-checkpoint-interval",
+        "5m",
+        Kind::Duration,
+        FEATURES,
+        "How often the leader records through raft the remaining TTL of every lease granted for \
+         longer than this, so a new leader does not restart it from its full TTL; 0 means 5m",
+    ),
+    key(
+        "experimental-enable-lease-checkpoint",
+        "false",
+        Kind::Bool,
+        FEATURES,
+        "Accepted for etcd compatibility and ignored: oxetcd always checkpoints lease TTLs",
     ),
     key(
         "max-learners",
@@ -645,6 +663,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub watch_progress_notify_interval: Duration,
     pub warning_apply_duration: Duration,
+    /// `--experimental-lease-checkpoint-interval`, 0 already replaced by the default.
+    pub lease_checkpoint_interval: Duration,
     pub enable_distributed_tracing: bool,
     pub distributed_tracing_address: String,
     pub distributed_tracing_service_name: String,
@@ -1537,6 +1557,13 @@ impl Merged {
             AutoCompaction::parse(compaction_mode, text)
         })?;
         const WHOLE: &str = "a non-negative whole number";
+        let lease_checkpoint_interval =
+            match self.duration("experimental-lease-checkpoint-interval")? {
+                zero if zero.is_zero() => LEASE_CHECKPOINT_INTERVAL_DEFAULT,
+                interval => interval,
+            };
+        // Checked for a valid boolean, then ignored: checkpoints are always on.
+        self.boolean("experimental-enable-lease-checkpoint")?;
         Ok(Config {
             config_file,
             data_dir,
@@ -1563,6 +1590,7 @@ impl Merged {
             watch_progress_notify_interval: self.duration("watch-progress-notify-interval")?,
             auto_compaction_check_interval: self.duration("auto-compaction-check-interval")?,
             warning_apply_duration: self.duration("warning-apply-duration")?,
+            lease_checkpoint_interval,
             enable_distributed_tracing: self.boolean("enable-distributed-tracing")?,
             distributed_tracing_address: self.text("distributed-tracing-address")?,
             distributed_tracing_service_name: self.text("distributed-tracing-service-name")?,
@@ -1818,6 +1846,10 @@ mod tests {
             Duration::from_secs(600)
         );
         assert_eq!(config.warning_apply_duration, Duration::from_millis(100));
+        assert_eq!(
+            config.lease_checkpoint_interval,
+            LEASE_CHECKPOINT_INTERVAL_DEFAULT
+        );
         assert!(!config.enable_distributed_tracing);
         assert_eq!(config.distributed_tracing_address, "localhost:4317");
         assert_eq!(config.distributed_tracing_service_name, "etcd");
@@ -2356,6 +2388,42 @@ mod tests {
             ],
         );
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn lease_checkpoint_keys() {
+        let config = load_ok(
+            &[
+                "--experimental-lease-checkpoint-interval=1s",
+                "--experimental-enable-lease-checkpoint",
+            ],
+            &[],
+        );
+        assert_eq!(config.lease_checkpoint_interval, Duration::from_secs(1));
+        let config = load_ok(
+            &[],
+            &[("ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", "90s")],
+        );
+        assert_eq!(config.lease_checkpoint_interval, Duration::from_secs(90));
+        let file = TomlFile::new(
+            "experimental-lease-checkpoint-interval = \"2m\"\n\
+             experimental_enable_lease_checkpoint = true\n",
+        );
+        let config = load_ok(&["--config-file", file.path()], &[]);
+        assert_eq!(config.lease_checkpoint_interval, Duration::from_secs(120));
+        // 0 means the default, as in etcd.
+        let config = load_ok(&["--experimental-lease-checkpoint-interval=0"], &[]);
+        assert_eq!(
+            config.lease_checkpoint_interval,
+            LEASE_CHECKPOINT_INTERVAL_DEFAULT
+        );
+        let err = load_err(&["--experimental-lease-checkpoint-interval=soon"], &[]);
+        assert_eq!(err.key(), Some("experimental-lease-checkpoint-interval"));
+        let err = load_err(
+            &[],
+            &[("ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", "maybe")],
+        );
+        assert_eq!(err.key(), Some("experimental-enable-lease-checkpoint"));
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //!
 //! Grant, revoke and checkpoints go through raft and are applied to the lessor in log order.
 //! Keep-alives renew on the leader only and are not replicated: deadlines live in the leader's
-//! memory, and a new leader resets them (see [`crate::lease::Lessor::promote`]). [`run_expiry`] is
-//! the leader's background task that proposes the revocation of leases nobody renewed.
+//! memory. A follower forwards keep-alives and time-to-live queries to the leader
+//! ([`LeaderForwarder`]); the leader answers them with [`renew_on_leader`] and
+//! [`time_to_live_on_leader`], for its own clients and for the peer service alike.
+//! [`run_expiry`] is the leader's background task that proposes the revocation of leases nobody
+//! renewed and, every `--experimental-lease-checkpoint-interval`, records the remaining TTL of
+//! leases longer than that interval through raft, so a new leader counts from there instead of
+//! handing them a fresh full TTL (see [`crate::lease::Lessor::promote`]).
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -16,7 +21,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{EtcdError, ServerCtx};
 use crate::apply::{self, ApplyError};
-use crate::lease::{CHECKPOINT_INTERVAL, LeaseError, Lessor, MAX_LEASE_TTL_SECS};
+use crate::lease::{LeaseError, Lessor, MAX_LEASE_TTL_SECS};
+use crate::peer::forward::{ForwardError, LeaderForwarder};
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -24,13 +30,16 @@ use crate::proto::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::oxetcdpb::internal_request::Request as Internal;
-use crate::proto::oxetcdpb::{LeaseCheckpoint, LeaseCheckpointRequest};
+use crate::proto::oxetcdpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveAnswer};
 
 /// Keep-alive responses queued per stream; when full the stream stops reading requests until the
 /// client takes its responses.
 const KEEPALIVE_QUEUE_CAPACITY: usize = 16;
 /// How often the leader looks for expired leases.
-const EXPIRY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+const EXPIRY_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a new leader checks whether its lessor has been promoted yet (see
+/// [`wait_primary`]).
+const PROMOTION_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Revocations proposed per poll: with the poll interval, at most etcd's 1000 leases a second.
 const REVOKES_PER_POLL_MAX: usize = 500;
 /// Revocation proposals in flight at once.
@@ -40,11 +49,13 @@ const CHECKPOINTS_PER_PROPOSAL_MAX: usize = 1000;
 
 pub struct LeaseService {
     pub ctx: ServerCtx,
+    forwarder: LeaderForwarder,
 }
 
 impl LeaseService {
     pub fn new(ctx: ServerCtx) -> LeaseService {
-        LeaseService { ctx }
+        let forwarder = LeaderForwarder::new(ctx.node.clone(), ctx.membership.clone());
+        LeaseService { ctx, forwarder }
     }
 }
 
@@ -106,6 +117,7 @@ impl Lease for LeaseService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE_CAPACITY);
         let ctx = self.ctx.clone();
+        let forwarder = self.forwarder.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -125,7 +137,11 @@ impl Lease for LeaseService {
                         break;
                     }
                 };
-                let reply = keep_alive_once(&ctx, req.id).await.map_err(Status::from);
+                let reply = tokio::select! {
+                    reply = keep_alive_once(&ctx, &forwarder, req.id) => reply,
+                    () = ctx.stopping() => Err(EtcdError::Stopped),
+                };
+                let reply = reply.map_err(Status::from);
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
                     break;
@@ -140,28 +156,25 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
-        self.ctx
-            .node
-            .read_barrier()
-            .await
-            .map_err(EtcdError::from)?;
+        let answer = time_to_live(&self.ctx, &self.forwarder, req.id, req.keys).await?;
         let header = Some(self.ctx.header_now());
-        let found = lock(&self.ctx.lessor).time_to_live(req.id, Instant::now());
-        let resp = match found {
-            None => LeaseTimeToLiveResponse {
+        let resp = if answer.found {
+            LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: answer.ttl,
+                granted_ttl: answer.granted_ttl,
+                keys: answer.keys,
+            }
+        } else {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            LeaseTimeToLiveResponse {
                 header,
                 id: req.id,
                 ttl: -1,
                 granted_ttl: 0,
                 keys: Vec::new(),
-            },
-            Some(ttl) => LeaseTimeToLiveResponse {
-                header,
-                id: req.id,
-                ttl: ttl.remaining_secs,
-                granted_ttl: ttl.granted_secs,
-                keys: if req.keys { ttl.keys } else { Vec::new() },
-            },
+            }
         };
         Ok(Response::new(resp))
     }
@@ -179,13 +192,79 @@ impl Lease for LeaseService {
     }
 }
 
-/// Renews one lease for a keep-alive request. An unknown or expired lease is answered with TTL 0,
-/// not an error; the header is taken before the renewal, as etcd does.
-async fn keep_alive_once(ctx: &ServerCtx, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
+/// Renews one lease for a keep-alive request, here or on the leader. An unknown or expired lease
+/// is answered with TTL 0, not an error; the header is taken before the renewal, as etcd does.
+async fn keep_alive_once(
+    ctx: &ServerCtx,
+    forwarder: &LeaderForwarder,
+    id: i64,
+) -> Result<LeaseKeepAliveResponse, EtcdError> {
     let header = Some(ctx.header_now());
-    if !ctx.node.status().is_leader {
-        return Err(EtcdError::NotLeader);
+    let ttl = renew(ctx, forwarder, id).await?;
+    Ok(LeaseKeepAliveResponse { header, id, ttl })
+}
+
+/// Renews lease `id` locally when this member leads, else through the leader.
+async fn renew(ctx: &ServerCtx, forwarder: &LeaderForwarder, id: i64) -> Result<i64, EtcdError> {
+    if ctx.node.status().is_leader {
+        match renew_on_leader(ctx, id).await {
+            // Leadership moved on meanwhile: ask the new leader.
+            Err(EtcdError::NotLeader) => {}
+            other => return other,
+        }
     }
+    match forwarder.lease_renew(id).await {
+        Ok(ttl) => Ok(ttl),
+        Err(ForwardError::LocalLeader) => renew_on_leader(ctx, id).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lease `id`'s TTL, asked here when this member leads, else of the leader.
+async fn time_to_live(
+    ctx: &ServerCtx,
+    forwarder: &LeaderForwarder,
+    id: i64,
+    keys: bool,
+) -> Result<LeaseTimeToLiveAnswer, EtcdError> {
+    if ctx.node.status().is_leader {
+        match time_to_live_on_leader(ctx, id, keys).await {
+            Err(EtcdError::NotLeader) => {}
+            other => return other,
+        }
+    }
+    match forwarder.lease_time_to_live(id, keys).await {
+        Ok(answer) => Ok(answer),
+        Err(ForwardError::LocalLeader) => time_to_live_on_leader(ctx, id, keys).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until this member leads and its lessor has been promoted (deadlines reset by
+/// [`run_expiry`], at most one poll after the election); until then the lessor's deadlines are a
+/// follower's guesses. Fails with `NotLeader` as soon as this member does not lead, and with
+/// `Timeout` if the promotion does not come within the request timeout.
+async fn wait_primary(ctx: &ServerCtx) -> Result<(), EtcdError> {
+    let deadline = Instant::now() + ctx.node.config().request_timeout;
+    loop {
+        if !ctx.node.status().is_leader {
+            return Err(EtcdError::NotLeader);
+        }
+        if lock(&ctx.lessor).is_primary() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(EtcdError::Timeout);
+        }
+        tokio::time::sleep(PROMOTION_POLL_INTERVAL).await;
+    }
+}
+
+/// Renews lease `id` on this member, which must lead (else `NotLeader`, so a forwarding follower
+/// tries again once it knows the new leader). Returns the TTL in seconds, 0 for an unknown or
+/// expired lease. Serves this member's keep-alive streams and the peer service alike.
+pub async fn renew_on_leader(ctx: &ServerCtx, id: i64) -> Result<i64, EtcdError> {
+    wait_primary(ctx).await?;
     let (renewed, clear_checkpoint) = {
         let mut lessor = lock(&ctx.lessor);
         let renewed = lessor.renew(id, Instant::now());
@@ -210,21 +289,44 @@ async fn keep_alive_once(ctx: &ServerCtx, id: i64) -> Result<LeaseKeepAliveRespo
             tracing::warn!(lease_id = id, error = %e, "could not clear a lease checkpoint after renewal");
         }
     }
-    Ok(LeaseKeepAliveResponse { header, id, ttl })
+    Ok(ttl)
+}
+
+/// Lease `id`'s remaining and granted TTL (and its keys, when asked) as this member, which must
+/// lead, sees them after a read barrier; `found` is false for an unknown lease.
+pub async fn time_to_live_on_leader(
+    ctx: &ServerCtx,
+    id: i64,
+    keys: bool,
+) -> Result<LeaseTimeToLiveAnswer, EtcdError> {
+    wait_primary(ctx).await?;
+    ctx.node.read_barrier().await.map_err(EtcdError::from)?;
+    let found = lock(&ctx.lessor).time_to_live(id, Instant::now());
+    Ok(match found {
+        None => LeaseTimeToLiveAnswer::default(),
+        Some(ttl) => LeaseTimeToLiveAnswer {
+            found: true,
+            granted_ttl: ttl.granted_secs,
+            ttl: ttl.remaining_secs,
+            keys: if keys { ttl.keys } else { Vec::new() },
+        },
+    })
 }
 
 /// The leader's lease housekeeping, until `shutdown` turns true (or its sender is dropped).
 ///
 /// Every [`EXPIRY_POLL_INTERVAL`], if this member leads: after a change of leadership it first
 /// resets every deadline ([`Lessor::promote`], extended by one election timeout), then proposes the
-/// revocation of up to [`REVOKES_PER_POLL_MAX`] expired leases, and every [`CHECKPOINT_INTERVAL`]
-/// records the remaining TTL of long leases through raft. When this member stops leading the
+/// revocation of up to [`REVOKES_PER_POLL_MAX`] expired leases, and every checkpoint interval
+/// (`--experimental-lease-checkpoint-interval`) records through raft the remaining TTL of the
+/// leases granted for longer than that interval. When this member stops leading the
 /// lessor is demoted. Failed proposals are logged and retried on a later poll.
 pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
     let mut poll = tokio::time::interval(EXPIRY_POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_term: Option<u64> = None;
-    let mut next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
+    let checkpoint_interval = ctx.config.lease_checkpoint_interval;
+    let mut next_checkpoint = Instant::now() + checkpoint_interval;
     loop {
         if *shutdown.borrow() {
             break;
@@ -257,7 +359,7 @@ pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
                 lessor.promote(Instant::now(), extend);
                 lessor.len()
             };
-            next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
+            next_checkpoint = Instant::now() + checkpoint_interval;
             tracing::info!(
                 term = status.term,
                 leases,
@@ -267,8 +369,8 @@ pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
         let round = async {
             revoke_expired(&ctx).await;
             if Instant::now() >= next_checkpoint {
-                next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
-                checkpoint_long_leases(&ctx).await;
+                next_checkpoint = Instant::now() + checkpoint_interval;
+                checkpoint_long_leases(&ctx, checkpoint_interval).await;
             }
         };
         tokio::select! {
@@ -330,10 +432,10 @@ async fn revoke_expired(ctx: &ServerCtx) {
     }
 }
 
-/// Records the remaining TTL of every long lease through raft, so a new leader does not hand them
-/// a fresh full TTL.
-async fn checkpoint_long_leases(ctx: &ServerCtx) {
-    let remaining = lock(&ctx.lessor).remaining_for_checkpoint(Instant::now());
+/// Records the remaining TTL of every lease longer than `interval` through raft, so a new leader
+/// does not hand them a fresh full TTL.
+async fn checkpoint_long_leases(ctx: &ServerCtx, interval: Duration) {
+    let remaining = lock(&ctx.lessor).remaining_for_checkpoint(Instant::now(), interval);
     for chunk in remaining.chunks(CHECKPOINTS_PER_PROPOSAL_MAX) {
         let request = LeaseCheckpointRequest {
             checkpoints: chunk

@@ -6,10 +6,12 @@
 pub mod cluster;
 pub mod error;
 pub mod health;
+pub mod interceptor;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod oversize;
+pub mod peer;
 pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,17 @@ pub struct ServerCtx {
 }
 
 impl ServerCtx {
+    /// Whether this member is a learner (non-voting) in its current member list.
+    pub fn is_learner(&self) -> bool {
+        let me = self.node.config().member_id;
+        self.membership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .members
+            .iter()
+            .any(|m| m.id == me && m.is_learner)
+    }
+
     /// A response header for this member with the given store revision (0 for calls that do not
     /// touch the key-value store).
     pub fn header(&self, revision: i64) -> ResponseHeader {

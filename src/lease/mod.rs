@@ -23,8 +23,9 @@ use crate::storage::{Batch, Cf, Engine, StorageError};
 /// The longest TTL a lease may be granted with (etcd's `MaxLeaseTTL`), in seconds.
 pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
 
-/// Leases granted with a TTL longer than this have their remaining TTL checkpointed through raft
-/// periodically, so a leader change does not hand them a fresh full TTL.
+/// etcd's default lease checkpoint interval: leases granted with a TTL longer than the interval
+/// have their remaining TTL checkpointed through raft that often, so a leader change does not
+/// hand them a fresh full TTL (`--experimental-lease-checkpoint-interval` sets it).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Where a deadline lands when `now + ttl` does not fit in an `Instant`.
@@ -317,10 +318,11 @@ impl Lessor {
         self.primary
     }
 
-    /// `(id, remaining seconds rounded up)` of every unexpired lease whose TTL exceeds
-    /// [`CHECKPOINT_INTERVAL`], in ID order: what the leader checkpoints periodically.
-    pub fn remaining_for_checkpoint(&self, now: Instant) -> Vec<(i64, i64)> {
-        let interval_secs = i64::try_from(CHECKPOINT_INTERVAL.as_secs()).unwrap_or(i64::MAX);
+    /// `(id, remaining seconds rounded up)` of every unexpired lease whose TTL exceeds `interval`
+    /// (the checkpoint interval, e.g. [`CHECKPOINT_INTERVAL`]), in ID order: what the leader
+    /// checkpoints every `interval`.
+    pub fn remaining_for_checkpoint(&self, now: Instant, interval: Duration) -> Vec<(i64, i64)> {
+        let interval_secs = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
         let mut out: Vec<(i64, i64)> = self
             .leases
             .iter()
@@ -596,7 +598,10 @@ mod tests {
         assert_eq!(f.lessor.expired(t1 + secs(901), 10), vec![1, 2]);
 
         // The follower's guess (granted at t0 with 3600 s) gives way to the checkpoint.
-        assert_eq!(f.lessor.remaining_for_checkpoint(t1), vec![(2, 901)]);
+        assert_eq!(
+            f.lessor.remaining_for_checkpoint(t1, CHECKPOINT_INTERVAL),
+            vec![(2, 901)]
+        );
 
         // Promotion replaces deadlines rather than merging them.
         f.lessor.renew(1, t1 + secs(5)).unwrap();
@@ -638,12 +643,18 @@ mod tests {
         f.grant(3, 301, t0).unwrap();
         let now = t0 + Duration::from_millis(100_500);
         assert_eq!(
-            f.lessor.remaining_for_checkpoint(now),
+            f.lessor.remaining_for_checkpoint(now, CHECKPOINT_INTERVAL),
             vec![(2, 500), (3, 201)]
         );
         assert_eq!(
-            f.lessor.remaining_for_checkpoint(t0 + secs(301)),
+            f.lessor
+                .remaining_for_checkpoint(t0 + secs(301), CHECKPOINT_INTERVAL),
             vec![(2, 299)]
+        );
+        // A shorter interval checkpoints shorter leases too.
+        assert_eq!(
+            f.lessor.remaining_for_checkpoint(t0 + secs(10), secs(1)),
+            vec![(1, 50), (2, 590), (3, 291)]
         );
     }
 

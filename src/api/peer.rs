@@ -1,0 +1,93 @@
+//! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed and
+//! time-to-live queries forwarded by followers, answered by this member as leader, and the member
+//! list for members joining the cluster.
+
+use tonic::Status;
+
+use super::{EtcdError, ServerCtx, lease};
+use crate::peer::PeerHandlers;
+use crate::peer::forward::ForwardError;
+use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
+
+/// The peer service's handlers, over the same [`ServerCtx`] as the client-facing services.
+pub struct PeerHandlersImpl {
+    ctx: ServerCtx,
+}
+
+impl PeerHandlersImpl {
+    pub fn new(ctx: ServerCtx) -> PeerHandlersImpl {
+        PeerHandlersImpl { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl PeerHandlers for PeerHandlersImpl {
+    /// Answers `etcdserver: not leader` when this member does not lead, so the forwarding
+    /// follower asks again once it knows the new leader.
+    async fn lease_renew(&self, id: i64) -> Result<i64, Status> {
+        lease::renew_on_leader(&self.ctx, id)
+            .await
+            .map_err(Status::from)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveAnswer, Status> {
+        lease::time_to_live_on_leader(&self.ctx, id, keys)
+            .await
+            .map_err(Status::from)
+    }
+
+    fn members(&self) -> MembersResponse {
+        let membership = self
+            .ctx
+            .membership
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        MembersResponse {
+            cluster_id: membership.cluster_id,
+            member_id: membership.member_id,
+            members: membership.members.clone(),
+        }
+    }
+}
+
+/// A follower's failure to reach the leader, as etcd reports it to the client.
+impl From<ForwardError> for EtcdError {
+    fn from(e: ForwardError) -> EtcdError {
+        match e {
+            ForwardError::NoLeader => EtcdError::NoLeader,
+            ForwardError::Timeout => EtcdError::Timeout,
+            // Callers answer locally instead; if it ever leaks, leadership moved to this member
+            // while the request was forwarded.
+            ForwardError::LocalLeader => EtcdError::LeaderChanged,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_failures_read_as_etcd_errors() {
+        let cases = [
+            (
+                ForwardError::NoLeader,
+                tonic::Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                ForwardError::Timeout,
+                tonic::Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(EtcdError::from(error));
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
+    }
+}

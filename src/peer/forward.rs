@@ -1,0 +1,258 @@
+//! Requests a follower forwards to the leader over the peer URLs (lease keep-alives and
+//! time-to-live queries: only the leader tracks lease expiry).
+//!
+//! [`LeaderForwarder`] looks the current leader up in raft's status and its peer URLs in the
+//! membership, keeps one lazily connected gRPC channel to it (replaced when the leader or the URL
+//! changes), and calls the `oxetcdpb.Peer` service there. As etcd does for forwarded renewals, it
+//! keeps trying until the request timeout: while there is no leader it waits for one, and a failed
+//! attempt is retried after [`RETRY_INTERVAL`] on the leader's next peer URL. At the deadline it
+//! answers [`ForwardError::NoLeader`] if there is still no leader, [`ForwardError::Timeout`]
+//! otherwise.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use super::hex;
+use crate::membership::Membership;
+use crate::node::NodeHandle;
+use crate::proto::oxetcdpb::peer_client::PeerClient;
+use crate::proto::oxetcdpb::{LeaseRenewRequest, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery};
+
+/// Pause before the next attempt when there is no leader or the last attempt failed.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// Bound on opening a TCP connection to the leader (as for raft streams).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on an idle channel, so a leader that vanished without closing is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most one warning per this long about a leader that does not answer (every forwarded
+/// request fails the same way then; the clients get their errors regardless).
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a forwarded request got no answer from the leader.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// No leader was known when the request timeout ran out.
+    #[error("no leader")]
+    NoLeader,
+    /// A leader was known but did not answer before the request timeout.
+    #[error("the leader did not answer in time")]
+    Timeout,
+    /// This member is the leader now; the caller answers locally.
+    #[error("this member is the leader")]
+    LocalLeader,
+}
+
+/// Sends requests to the current leader's peer service. Cheap to clone; clones share the channel.
+#[derive(Clone)]
+pub struct LeaderForwarder {
+    node: NodeHandle,
+    membership: Arc<RwLock<Membership>>,
+    channel: Arc<Mutex<Option<LeaderChannel>>>,
+    /// When the last warning about an unresponsive leader was logged.
+    warned_at: Arc<Mutex<Option<Instant>>>,
+}
+
+/// The channel to one leader, over one of its peer URLs.
+struct LeaderChannel {
+    leader_id: u64,
+    url: String,
+    channel: Channel,
+}
+
+impl LeaderForwarder {
+    /// A forwarder finding the leader through `node` and its peer URLs in `membership`; the
+    /// cluster ID and the request timeout come from the node's configuration.
+    pub fn new(node: NodeHandle, membership: Arc<RwLock<Membership>>) -> LeaderForwarder {
+        LeaderForwarder {
+            node,
+            membership,
+            channel: Arc::new(Mutex::new(None)),
+            warned_at: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Renews lease `id` on the leader; returns the TTL in seconds, 0 when the lease does not
+    /// exist.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, ForwardError> {
+        let cluster_id = self.node.config().cluster_id;
+        let answer = self
+            .call("LeaseRenew", move |mut client, timeout| async move {
+                let mut request = tonic::Request::new(LeaseRenewRequest { cluster_id, id });
+                request.set_timeout(timeout);
+                client.lease_renew(request).await
+            })
+            .await?;
+        Ok(answer.ttl)
+    }
+
+    /// Lease `id`'s remaining TTL (and its keys, when asked) as the leader sees it.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveAnswer, ForwardError> {
+        let cluster_id = self.node.config().cluster_id;
+        self.call("LeaseTimeToLive", move |mut client, timeout| async move {
+            let mut request = tonic::Request::new(LeaseTimeToLiveQuery {
+                cluster_id,
+                id,
+                keys,
+            });
+            request.set_timeout(timeout);
+            client.lease_time_to_live(request).await
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the current leader until it succeeds or the request timeout runs
+    /// out. `attempt` gets a client and the time left.
+    async fn call<T, F, Fut>(&self, rpc: &'static str, mut attempt: F) -> Result<T, ForwardError>
+    where
+        F: FnMut(PeerClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.node.config().request_timeout;
+        let mut url_index = 0usize;
+        let mut last_error: Option<String> = None;
+        loop {
+            let status = self.node.status();
+            if status.leader_id != 0 && status.leader_id == status.member_id {
+                return Err(ForwardError::LocalLeader);
+            }
+            if status.leader_id != 0 {
+                match self.channel_to(status.leader_id, url_index) {
+                    Ok(channel) => {
+                        let client = PeerClient::new(channel).max_decoding_message_size(usize::MAX);
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout_at(deadline, attempt(client, left)).await {
+                            Ok(Ok(response)) => return Ok(response.into_inner()),
+                            Ok(Err(status_error)) => {
+                                tracing::debug!(
+                                    rpc,
+                                    leader = %hex(status.leader_id),
+                                    error = %status_error,
+                                    "request forwarded to the leader failed; retrying"
+                                );
+                                last_error = Some(status_error.to_string());
+                                // "Not leader" means our view of the leader is stale, not that
+                                // the connection is bad: keep it.
+                                if status_error.code() != tonic::Code::FailedPrecondition {
+                                    self.forget(status.leader_id);
+                                    url_index += 1;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    Err(reason) => last_error = Some(reason),
+                }
+            }
+            if Instant::now() + RETRY_INTERVAL >= deadline {
+                break;
+            }
+            tokio::time::sleep(RETRY_INTERVAL).await;
+        }
+        let leader_id = self.node.status().leader_id;
+        if leader_id == 0 {
+            tracing::debug!(rpc, "no leader to forward to before the request timeout");
+            return Err(ForwardError::NoLeader);
+        }
+        let last_error = last_error.as_deref().unwrap_or("none");
+        if self.should_warn() {
+            tracing::warn!(
+                rpc,
+                leader = %hex(leader_id),
+                last_error,
+                "the leader did not answer a forwarded request in time"
+            );
+        } else {
+            tracing::debug!(
+                rpc,
+                leader = %hex(leader_id),
+                last_error,
+                "the leader did not answer a forwarded request in time"
+            );
+        }
+        Err(ForwardError::Timeout)
+    }
+
+    /// The channel to `leader_id` over its peer URL number `url_index` (modulo their count),
+    /// reusing the cached one when it matches.
+    fn channel_to(&self, leader_id: u64, url_index: usize) -> Result<Channel, String> {
+        let url = {
+            let membership = self
+                .membership
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let urls = membership
+                .members
+                .iter()
+                .find(|member| member.id == leader_id)
+                .map(|member| member.peer_ur_ls.as_slice())
+                .unwrap_or_default();
+            if urls.is_empty() {
+                return Err(format!("no peer URLs known for leader {}", hex(leader_id)));
+            }
+            urls[url_index % urls.len()].clone()
+        };
+        let mut cached = self.cached();
+        if let Some(cached) = cached.as_ref()
+            && cached.leader_id == leader_id
+            && cached.url == url
+        {
+            return Ok(cached.channel.clone());
+        }
+        let channel = endpoint(&url)
+            .map_err(|e| format!("bad peer URL {url:?} of leader {}: {e}", hex(leader_id)))?
+            .connect_lazy();
+        *cached = Some(LeaderChannel {
+            leader_id,
+            url,
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+
+    /// Drops the cached channel if it leads to `leader_id` (its connection failed).
+    fn forget(&self, leader_id: u64) {
+        let mut cached = self.cached();
+        if cached.as_ref().is_some_and(|c| c.leader_id == leader_id) {
+            *cached = None;
+        }
+    }
+
+    /// True at most once per [`WARN_INTERVAL`].
+    fn should_warn(&self) -> bool {
+        let mut warned_at = self
+            .warned_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if warned_at.is_some_and(|at| now.duration_since(at) < WARN_INTERVAL) {
+            return false;
+        }
+        *warned_at = Some(now);
+        true
+    }
+
+    fn cached(&self) -> MutexGuard<'_, Option<LeaderChannel>> {
+        self.channel
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How a channel to a peer is set up (the same settings as the raft transport's streams).
+fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
