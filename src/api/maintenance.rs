@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +29,9 @@ use crate::version::{ETCD_API_VERSION, ETCD_STORAGE_VERSION, OXETCD_VERSION};
 /// Snapshot chunks queued between the producing thread and the gRPC stream; when full the
 /// producer blocks until the client has taken more.
 const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
+
+/// How often MoveLeader looks whether the target has become leader (an atomic load).
+const LEADER_TRANSFER_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One defragmentation at a time per process; later requests wait their turn.
 static DEFRAG_LOCK: Mutex<()> = Mutex::new(());
@@ -256,9 +259,36 @@ impl Maintenance for MaintenanceService {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
         if target != node.member_id {
-            return Err(Status::unimplemented(
-                "leader transfer arrives with multi-member support",
-            ));
+            let started = Instant::now();
+            tracing::info!(
+                from = %format!("{:x}", node.member_id),
+                to = %format!("{target:x}"),
+                term = node.term,
+                "leadership transfer starting"
+            );
+            self.ctx
+                .node
+                .transfer_leader(target)
+                .map_err(EtcdError::from)?;
+            // Raft gives no signal when a transfer ends (it may also give up after an election
+            // timeout, silently); like etcd, watch the leader until it is the target.
+            let deadline = started + self.ctx.config.request_timeout();
+            while self.ctx.node.status().leader_id != target {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        to = %format!("{target:x}"),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "leadership transfer failed"
+                    );
+                    return Err(EtcdError::TimeoutLeaderTransfer.into());
+                }
+                tokio::time::sleep(LEADER_TRANSFER_POLL_INTERVAL).await;
+            }
+            tracing::info!(
+                to = %format!("{target:x}"),
+                took_ms = started.elapsed().as_millis() as u64,
+                "leadership transfer finished"
+            );
         }
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.ctx.header_now()),
