@@ -13,6 +13,8 @@
 #      REQUESTS_1  puts in the 1-client run (default 2000)
 #      REQUESTS_64 puts in the 64-client run (default 20000)
 #      MAX_SECONDS upper bound on each run (default 60)
+#      MEMBERS     members per server under test (default 1); with 3 or 5 each server is a
+#                  loopback cluster and the load goes to its leader
 #      BENCH_DIR   where the throwaway data dirs go (default $TMPDIR or /tmp; put it on the disk
 #                  you care about: fsync cost dominates single-client latency)
 # Only loopback endpoints are accepted; started servers are stopped and their data removed on exit.
@@ -27,6 +29,8 @@ REQUESTS_64=${REQUESTS_64:-20000}
 MAX_SECONDS=${MAX_SECONDS:-60}
 WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/put-throughput.XXXXXX")
 SERVER_PID=
+MEMBERS=${MEMBERS:-1}
+SERVER_PIDS=()
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -39,7 +43,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 stop_server() {
-    local i
+    local i pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        for i in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    SERVER_PIDS=()
     [[ -n $SERVER_PID ]] || return 0
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for i in $(seq 100); do
@@ -99,6 +115,55 @@ start_server() {
     die "$label not healthy within 30 s"
 }
 
+# start_cluster LABEL BIN: MEMBERS members on fresh loopback ports; sets EP to the leader's
+# client URL once every member is healthy.
+start_cluster() {
+    local label=$1 bin=$2 i cports=() pports=() initial="" endpoints=""
+    for i in $(seq "$MEMBERS"); do
+        cports+=("$(pick_port)")
+        pports+=("$(pick_port)")
+        initial+="${initial:+,}m$i=http://127.0.0.1:${pports[-1]}"
+        endpoints+="${endpoints:+,}http://127.0.0.1:${cports[-1]}"
+    done
+    for i in $(seq "$MEMBERS"); do
+        local c="http://127.0.0.1:${cports[$((i - 1))]}" p="http://127.0.0.1:${pports[$((i - 1))]}"
+        "$bin" --name "m$i" --data-dir "$WORK/$label.m$i.data" \
+            --listen-client-urls "$c" --advertise-client-urls "$c" \
+            --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
+            --initial-cluster "$initial" --initial-cluster-state new \
+            --initial-cluster-token "bench-$label" >"$WORK/$label.m$i.log" 2>&1 &
+        SERVER_PIDS+=($!)
+    done
+    for i in $(seq 300); do
+        local all=1 port
+        for port in "${cports[@]}"; do
+            healthy "$port" || all=0
+        done
+        if [[ $all == 1 ]]; then
+            # The leader: the member whose status names itself as leader.
+            EP=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status -w fields 2>/dev/null |
+                awk -F' : ' '/"MemberID"/ {id = $2} /"Leader"/ {lead = ($2 == id)} /"Endpoint"/ {if (lead) print $2}' |
+                tr -d '"' | head -1)
+            if [[ -n $EP ]]; then
+                log "$label: $MEMBERS members ready; leader $EP"
+                return 0
+            fi
+        fi
+        sleep 0.1
+    done
+    tail -50 "$WORK/$label.m1.log" >&2
+    die "$label cluster not healthy within 30 s"
+}
+
+# start LABEL BIN: one server or one cluster, per MEMBERS.
+start() {
+    if [[ $MEMBERS == 1 ]]; then
+        start_server "$1" "$2"
+    else
+        start_cluster "$1" "$2"
+    fi
+}
+
 # bench ENDPOINT CLIENTS REQUESTS: prints "puts/s p50_ms p99_ms completed errors".
 bench() {
     local out
@@ -136,7 +201,7 @@ case "${1:-}" in
             || die "only loopback endpoints (http://127.x.x.x:PORT, localhost, [::1]) are allowed"
         ;;
     --etcd-only) MODE=etcd ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     "") ;;
     *) OXETCD_BIN=$1 ;;
 esac
@@ -161,7 +226,7 @@ if [[ $MODE == endpoint ]]; then
 fi
 
 [[ -x $ETCD ]] || die "$ETCD not found (apt-get install etcd-server)"
-start_server etcd "$ETCD"
+start etcd "$ETCD"
 measure etcd "$EP"
 stop_server
 
@@ -176,7 +241,7 @@ if [[ $MODE == etcd ]]; then
 fi
 
 [[ -x $OXETCD_BIN ]] || die "oxetcd binary $OXETCD_BIN not found (cargo build --release, or pass its path)"
-start_server oxetcd "$OXETCD_BIN"
+start oxetcd "$OXETCD_BIN"
 measure oxetcd "$EP"
 stop_server
 
