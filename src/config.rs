@@ -338,6 +338,13 @@ const KEYS: &[Key] = &[
         "Accepted for etcd compatibility and ignored: oxetcd always checkpoints lease TTLs",
     ),
     key(
+        "experimental-enable-lease-checkpoint-persist",
+        "false",
+        Kind::Bool,
+        FEATURES,
+        "Accepted for etcd compatibility and ignored: oxetcd always persists lease checkpoints",
+    ),
+    key(
         "max-learners",
         "1",
         Kind::Integer,
@@ -1564,6 +1571,7 @@ impl Merged {
             };
         // Checked for a valid boolean, then ignored: checkpoints are always on.
         self.boolean("experimental-enable-lease-checkpoint")?;
+        self.boolean("experimental-enable-lease-checkpoint-persist")?;
         Ok(Config {
             config_file,
             data_dir,
@@ -2396,6 +2404,7 @@ mod tests {
             &[
                 "--experimental-lease-checkpoint-interval=1s",
                 "--experimental-enable-lease-checkpoint",
+                "--experimental-enable-lease-checkpoint-persist",
             ],
             &[],
         );
