@@ -71,6 +71,9 @@ const RECONFIGURE_RETRYABLE: [&str; 2] = [
     "etcdserver: unhealthy cluster",
     "etcdserver: re-configuration failed due to not enough started members",
 ];
+/// etcd's refusal to promote a learner that has not caught up with the leader yet.
+pub const LEARNER_NOT_READY: &str =
+    "etcdserver: can only promote a learner member which is in sync with leader";
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const SPAWN_ATTEMPTS: usize = 3;
@@ -298,6 +301,15 @@ impl Cluster {
             "http://127.0.0.1:{}",
             self.members[index].advertise_peer_port
         )
+    }
+
+    /// The URL member `index` really listens on for peers (bypassing the proxy).
+    pub fn listen_peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].listen_peer_port)
+    }
+
+    pub fn listen_peer_port(&self, index: usize) -> u16 {
+        self.members[index].listen_peer_port
     }
 
     pub fn data_dir(&self, index: usize) -> PathBuf {
@@ -651,6 +663,31 @@ impl Cluster {
     /// the printed `ETCD_INITIAL_CLUSTER` and `--initial-cluster-state existing`, and waits until it
     /// is healthy. Returns its index.
     pub fn add_member(&mut self) -> usize {
+        let (index, _) = self.add_member_unstarted(false);
+        self.spawn(index);
+        if let Err(reason) = self.wait_healthy(index, MEMBER_READY_TIMEOUT) {
+            self.fail(&reason);
+        }
+        index
+    }
+
+    /// Like [`Cluster::add_member`] for a learner (`etcdctl member add --learner`): started and
+    /// healthy, not promoted. Returns its index.
+    pub fn add_learner(&mut self) -> usize {
+        let (index, _) = self.add_member_unstarted(true);
+        self.spawn(index);
+        if let Err(reason) = self.wait_healthy(index, MEMBER_READY_TIMEOUT) {
+            self.fail(&reason);
+        }
+        index
+    }
+
+    /// Declares a new member with `etcdctl member add` (`--learner` when `learner`) on a running
+    /// member, retrying refusals under the strict reconfiguration checks, and gives it a slot
+    /// (name `m<index + 1>`, a proxied peer URL, `--initial-cluster` as printed by etcdctl,
+    /// `--initial-cluster-state existing`) without starting it: [`Cluster::start_member`] does.
+    /// Returns its index and the member ID etcdctl printed.
+    pub fn add_member_unstarted(&mut self, learner: bool) -> (usize, u64) {
         let index = self.members.len();
         let name = format!("m{}", index + 1);
         let listen_peer_port = free_port();
@@ -662,7 +699,21 @@ impl Cluster {
             .next()
             .unwrap_or_else(|| self.fail("member add needs a running member"));
         let peer_urls_flag = format!("--peer-urls={peer_url}");
-        let stdout = self.reconfigure(via, &["member", "add", &name, &peer_urls_flag]);
+        let mut args = vec!["member", "add", &name, &peer_urls_flag];
+        if learner {
+            args.push("--learner");
+        }
+        let stdout = self.reconfigure(via, &args);
+        let id = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("Member "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or_else(|| {
+                self.fail(&format!(
+                    "member add printed no \"Member <id> added\" line:\n{stdout}"
+                ))
+            });
         let initial_cluster = stdout
             .lines()
             .find_map(|line| line.strip_prefix("ETCD_INITIAL_CLUSTER="))
@@ -688,11 +739,98 @@ impl Cluster {
             starts: 0,
             removed: false,
         });
-        self.spawn(index);
-        if let Err(reason) = self.wait_healthy(index, MEMBER_READY_TIMEOUT) {
-            self.fail(&reason);
+        (index, id)
+    }
+
+    /// Promotes learner `index` with `etcdctl member promote` sent to member `via`, retrying while
+    /// the server answers that the learner is not yet in sync with the leader (or refuses under
+    /// the strict reconfiguration checks). Returns stdout.
+    pub fn promote(&self, via: usize, index: usize) -> String {
+        let id = self.member_entry(via, index).id;
+        let args = ["member", "promote", &format!("{id:x}")];
+        let deadline = Instant::now() + RECONFIGURE_TIMEOUT;
+        loop {
+            let output = self.etcdctl(via, &args);
+            if output.status.success() {
+                return String::from_utf8_lossy(&output.stdout).into_owned();
+            }
+            let stderr = without_client_logs(&String::from_utf8_lossy(&output.stderr));
+            let not_yet = stderr.contains(LEARNER_NOT_READY)
+                || RECONFIGURE_RETRYABLE
+                    .iter()
+                    .any(|reason| stderr.contains(reason));
+            if !not_yet || Instant::now() >= deadline {
+                self.fail(&format!(
+                    "etcdctl {args:?} failed with {}\nstderr:\n{stderr}",
+                    output.status
+                ));
+            }
+            thread::sleep(RECONFIGURE_RETRY_INTERVAL);
         }
-        index
+    }
+
+    /// Removes member `index`, which is not running (stopped, or declared and never started),
+    /// with `etcdctl member remove` sent to a running member (retrying refusals under the strict
+    /// reconfiguration checks). Returns stdout.
+    pub fn remove_stopped_member(&mut self, index: usize) -> String {
+        assert!(
+            !self.is_running(index),
+            "remove_stopped_member: member {index} is running"
+        );
+        let via = self
+            .running()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.fail("member remove needs a running member"));
+        let id = self.member_entry(via, index).id;
+        let stdout = self.reconfigure(via, &["member", "remove", &format!("{id:x}")]);
+        self.members[index].removed = true;
+        stdout
+    }
+
+    /// Member `index` as `etcdctl member list` on member `via` shows it, found by its advertised
+    /// peer URL (a member that never started has no name yet).
+    pub fn member_entry(&self, via: usize, index: usize) -> MemberInfo {
+        let peer_url = self.peer_url(index);
+        self.member_list(via)
+            .into_iter()
+            .find(|member| member.peer_urls.split(',').any(|url| url == peer_url))
+            .unwrap_or_else(|| {
+                self.fail(&format!(
+                    "no member with peer URL {peer_url} in the member list"
+                ))
+            })
+    }
+
+    /// Runs etcdctl against member `index`, asserts that it fails, returns stderr without the
+    /// client library's log lines.
+    pub fn etcdctl_err(&self, index: usize, args: &[&str]) -> String {
+        let output = self.etcdctl(index, args);
+        let stderr = without_client_logs(&String::from_utf8_lossy(&output.stderr));
+        if output.status.success() {
+            self.fail(&format!(
+                "etcdctl {args:?} should fail but succeeded\nstdout:\n{}\nstderr:\n{stderr}",
+                String::from_utf8_lossy(&output.stdout)
+            ));
+        }
+        stderr
+    }
+
+    /// Runs a membership change that must be refused for a reason other than the transient ones
+    /// [`Cluster::reconfigure`] retries (those are retried here too, as etcd checks cluster
+    /// health before it looks at the change itself). Returns stderr without client log lines.
+    pub fn reconfigure_refused(&self, via: usize, args: &[&str]) -> String {
+        let deadline = Instant::now() + RECONFIGURE_TIMEOUT;
+        loop {
+            let stderr = self.etcdctl_err(via, args);
+            let refused_for_now = RECONFIGURE_RETRYABLE
+                .iter()
+                .any(|reason| stderr.contains(reason));
+            if !refused_for_now || Instant::now() >= deadline {
+                return stderr;
+            }
+            thread::sleep(RECONFIGURE_RETRY_INTERVAL);
+        }
     }
 
     /// Removes member `index` with `etcdctl member remove` sent to another running member, then
@@ -737,7 +875,7 @@ impl Cluster {
     /// Runs a membership change with etcdctl against member `via`, retrying while the server
     /// refuses it under its strict reconfiguration checks (etcd 3.4 wants every voter connected
     /// for 5 s before it adds one: `etcdserver: unhealthy cluster`). Returns stdout.
-    fn reconfigure(&self, via: usize, args: &[&str]) -> String {
+    pub fn reconfigure(&self, via: usize, args: &[&str]) -> String {
         let deadline = Instant::now() + RECONFIGURE_TIMEOUT;
         loop {
             let output = self.etcdctl(via, args);
