@@ -176,7 +176,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
     tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(sample_quota(ctx.clone(), shutdown_rx.clone()));
-    tasks.spawn(publish_attributes(ctx.clone(), shutdown_rx.clone()));
+    let (published_tx, published_rx) = watch::channel(false);
+    tasks.spawn(publish_attributes(
+        ctx.clone(),
+        published_tx,
+        shutdown_rx.clone(),
+    ));
     if config.auto_compaction != AutoCompaction::Disabled {
         tasks.spawn(auto_compact(ctx.clone(), shutdown_rx.clone()));
     }
@@ -196,8 +201,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let listener = bind(url).await?;
         let router =
             grpc_router(&ctx).merge(crate::http::router(ctx.clone(), metrics_text.clone()));
-        listeners.spawn(serve(listener, router, shutdown_rx.clone()));
-        tracing::info!(address = %url_host_port(url), "serving client traffic insecurely; this is strongly discouraged!");
+        // Clients are served once this member has published its name and client URLs (as
+        // etcd does); until then their connections wait in the listen backlog.
+        let mut published = published_rx.clone();
+        let shutdown = shutdown_rx.clone();
+        let address = url_host_port(url);
+        listeners.spawn(async move {
+            if published.wait_for(|p| *p).await.is_err() {
+                return;
+            }
+            tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
+            serve(listener, router, shutdown).await;
+        });
     }
     for url in &config.listen_metrics_urls {
         let listener = bind(url).await?;
@@ -205,14 +220,24 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         listeners.spawn(serve(listener, router, shutdown_rx.clone()));
         tracing::info!(address = %url_host_port(url), "serving metrics");
     }
-    tracing::info!("ready to serve client requests");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-
-    tokio::select! {
-        _ = wait_for_signal() => tracing::info!("received a stop signal; shutting down"),
-        Ok(_) = removed_rx.wait_for(|removed| *removed) => {
-            tracing::warn!("the member has been permanently removed from the cluster; shutting down");
+    let stop = async {
+        tokio::select! {
+            _ = wait_for_signal() => tracing::info!("received a stop signal; shutting down"),
+            Ok(_) = removed_rx.wait_for(|removed| *removed) => {
+                tracing::warn!("the member has been permanently removed from the cluster; shutting down");
+            }
         }
+    };
+    tokio::pin!(stop);
+    let mut published = published_rx.clone();
+    let stopped_early = tokio::select! {
+        _ = &mut stop => true,
+        Ok(_) = published.wait_for(|p| *p) => false,
+    };
+    if !stopped_early {
+        tracing::info!("ready to serve client requests");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        stop.await;
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
@@ -429,8 +454,13 @@ async fn join_existing(
 }
 
 /// Publishes this member's name and client URLs through raft (etcd's attribute publishing),
-/// retrying until it is applied, so every member lists them.
-async fn publish_attributes(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
+/// retrying until it is applied, so every member lists them; then sets `published` (at once
+/// when the member list already has them, as after a restart with unchanged flags).
+async fn publish_attributes(
+    ctx: ServerCtx,
+    published: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let member_id = ctx.node.config().member_id;
     let attrs = MemberAttributes {
         member_id,
@@ -452,6 +482,7 @@ async fn publish_attributes(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>)
             .find(|m| m.id == member_id)
             .map(|m| (m.name.clone(), m.client_ur_ls.clone()));
         if current == Some((attrs.name.clone(), attrs.client_urls.clone())) {
+            published.send_replace(true);
             return;
         }
         if ctx.node.status().leader_id != 0 {
@@ -462,6 +493,7 @@ async fn publish_attributes(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>)
             {
                 Ok(Ok(_)) => {
                     tracing::info!(client_urls = ?attrs.client_urls, "published local member to cluster through raft");
+                    published.send_replace(true);
                     return;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes failed"),
