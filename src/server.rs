@@ -16,6 +16,7 @@ use crate::apply::{Applier, MembershipSink};
 use crate::config::{AutoCompaction, ClusterState, Config, etcd_url_string, url_host_port};
 use crate::lease::Lessor;
 use crate::membership::Membership;
+use crate::metrics::{DiskSpace, Metrics};
 use crate::mvcc::MvccStore;
 use crate::node::{self, NodeConfig};
 use crate::peer::{PeerService, PeerTransport, TransportConfig};
@@ -117,6 +118,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         })?;
     let snap_dir = snapshot_files.dir().to_path_buf();
     let store = store.with_snapshots(snapshot_files);
+    let metrics = Arc::new(Metrics::with_identity(
+        membership.member_id,
+        crate::version::ETCD_API_VERSION,
+    ));
     let (transport, peer_links) = PeerTransport::new(
         TransportConfig {
             cluster_id: membership.cluster_id,
@@ -124,21 +129,24 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             snap_dir: Some(snap_dir.clone()),
         },
         &peer_list(&membership),
+        metrics.clone(),
     );
     let (removed_tx, mut removed_rx) = watch::channel(false);
     let member_id = membership.member_id;
     let cluster_id = membership.cluster_id;
     let membership = Arc::new(RwLock::new(membership));
     let peers_transport = transport.clone();
-    let applier = applier.with_membership(MembershipSink {
-        membership: membership.clone(),
-        on_change: Box::new(move |m: &Membership| {
-            peers_transport.set_peers(&peer_list(m));
-            if !m.members.iter().any(|x| x.id == member_id) {
-                removed_tx.send_replace(true);
-            }
-        }),
-    });
+    let applier = applier
+        .with_metrics(metrics.clone())
+        .with_membership(MembershipSink {
+            membership: membership.clone(),
+            on_change: Box::new(move |m: &Membership| {
+                peers_transport.set_peers(&peer_list(m));
+                if !m.members.iter().any(|x| x.id == member_id) {
+                    removed_tx.send_replace(true);
+                }
+            }),
+        });
     let (node, threads) = node::start(
         NodeConfig {
             member_id,
@@ -153,6 +161,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         engine.clone(),
         applier,
         Box::new(transport),
+        metrics.clone(),
     )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -186,21 +195,21 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tasks.spawn(auto_compact(ctx.clone(), shutdown_rx.clone()));
     }
 
-    let metrics_text = metrics_text(ctx.clone());
+    let metrics_text = metrics_text(ctx.clone(), metrics.clone());
     let mut listeners = JoinSet::new();
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
         listeners.spawn(serve(
             listener,
-            peer_router(&ctx, snap_dir.clone()),
+            peer_router(&ctx, snap_dir.clone(), metrics.clone()),
             shutdown_rx.clone(),
         ));
         tracing::info!(address = %url_host_port(url), "serving peer traffic");
     }
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
-        let router =
-            grpc_router(&ctx).merge(crate::http::router(ctx.clone(), metrics_text.clone()));
+        let router = grpc_router(&ctx, &metrics)
+            .merge(crate::http::router(ctx.clone(), metrics_text.clone()));
         // Clients are served once this member has published its name and client URLs (as
         // etcd does); until then their connections wait in the listen backlog.
         let mut published = published_rx.clone();
@@ -287,8 +296,15 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
 }
 
 /// `/metrics`: samples the member's state, then encodes every metric.
-fn metrics_text(ctx: ServerCtx) -> crate::http::MetricsText {
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+fn metrics_text(ctx: ServerCtx, metrics: Arc<Metrics>) -> crate::http::MetricsText {
+    // The log file's directory, or the data directory when logging to stderr/stdout.
+    let log_dir = ctx
+        .config
+        .log_outputs
+        .iter()
+        .find(|o| !matches!(o.as_str(), "stderr" | "stdout" | "default"))
+        .and_then(|f| std::path::Path::new(f).parent().map(|p| p.to_path_buf()))
+        .unwrap_or_else(|| ctx.config.data_dir.clone());
     Arc::new(move || {
         let status = ctx.node.status();
         let sizes = ctx.engine.sizes();
@@ -296,7 +312,11 @@ fn metrics_text(ctx: ServerCtx) -> crate::http::MetricsText {
         metrics.observe(crate::metrics::Sample {
             has_leader: status.leader_id != 0,
             is_leader: status.is_leader,
+            is_learner: ctx.is_learner(),
             leader_changes: status.leader_changes,
+            committed_index: status.commit_index,
+            applied_index: status.applied_index,
+            proposals_pending: ctx.node.pending_proposals() as u64,
             db_size_bytes: sizes.on_disk_bytes,
             db_size_in_use_bytes: sizes.in_use_bytes,
             quota_backend_bytes: ctx.quota.quota_bytes,
@@ -309,6 +329,10 @@ fn metrics_text(ctx: ServerCtx) -> crate::http::MetricsText {
                 .load(std::sync::atomic::Ordering::Relaxed),
             snapshots_received_total: crate::peer::SNAPSHOTS_RECEIVED
                 .load(std::sync::atomic::Ordering::Relaxed),
+            data_dir_disk: DiskSpace::of(&ctx.config.data_dir),
+            log_dir_disk: DiskSpace::of(&log_dir),
+            pending_compaction_bytes: sizes.pending_compaction_bytes,
+            live_data_bytes: sizes.live_data_bytes,
         });
         metrics.encode()
     })
@@ -513,7 +537,7 @@ fn min_lease_ttl_secs(config: &Config) -> i64 {
     (ms + 999) / 1000
 }
 
-fn grpc_router(ctx: &ServerCtx) -> axum::Router {
+fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Router {
     let decode_max = ctx.config.request_bytes_max as usize + GRPC_OVERHEAD_BYTES;
     macro_rules! limits {
         ($server:expr) => {
@@ -543,16 +567,25 @@ fn grpc_router(ctx: &ServerCtx) -> axum::Router {
             let ctx = ctx.clone();
             move |request, next| api::interceptor::check(ctx.clone(), request, next)
         }))
+        .layer(axum::middleware::from_fn({
+            let metrics = metrics.clone();
+            move |request, next| api::grpc_metrics::record(metrics.clone(), request, next)
+        }))
 }
 
 /// The peer URLs' service: raft messages from the other members.
-fn peer_router(ctx: &ServerCtx, snap_dir: std::path::PathBuf) -> axum::Router {
+fn peer_router(
+    ctx: &ServerCtx,
+    snap_dir: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+) -> axum::Router {
     let decode_max = crate::peer::batch_bytes_limit(ctx.config.request_bytes_max as usize);
     let service = PeerService::new(
         ctx.node.clone(),
         ctx.shutdown.clone(),
         Arc::new(api::peer::PeerHandlersImpl::new(ctx.clone())),
         snap_dir,
+        metrics,
     );
     tonic::service::Routes::new(PeerServer::new(service).max_decoding_message_size(decode_max))
         .prepare()

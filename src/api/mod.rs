@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod grpc_metrics;
 pub mod health;
 pub mod interceptor;
 pub mod kv;

@@ -97,6 +97,15 @@ impl Waiters {
         self.lock().remove(&id);
     }
 
+    /// Proposers still waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     pub fn trigger(&self, id: u64, reply: Reply) {
         if let Some(tx) = self.lock().remove(&id) {
             let _ = tx.send(reply);
@@ -114,6 +123,7 @@ pub struct Applier {
     waiters: Arc<Waiters>,
     applied_index: u64,
     membership: Option<MembershipSink>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Configuration changes applied since raft last took them (raft must apply them too).
     conf_changes: Vec<ConfChange>,
 }
@@ -143,8 +153,15 @@ impl Applier {
             waiters: Arc::new(Waiters::default()),
             applied_index,
             membership: None,
+            metrics: None,
             conf_changes: Vec::new(),
         })
+    }
+
+    /// Records each state-machine write in `metrics` (etcd's backend commit duration).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Applier {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Applies membership changes to `sink` (without one they only reach raft).
@@ -361,8 +378,14 @@ impl Applier {
                 Some((id, pending)) => (Some(id), Some(pending)),
                 None => (None, None),
             };
+            let started = std::time::Instant::now();
             if let Err(e) = self.engine.write(batch, false) {
                 crate::fatal("writing applied state", &e);
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics
+                    .backend_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
             }
             self.applied_index = entry.index;
             if let (Some(id), Some(pending)) = (id, pending) {

@@ -20,6 +20,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{Applier, ApplyError, Response, Waiters};
+use crate::metrics::Metrics;
 use crate::proto::oxetcdpb::{InternalRequest, internal_request};
 use crate::raft::RaftLogStore;
 use crate::storage::{Batch, Engine};
@@ -167,6 +168,7 @@ struct HandleInner {
     applied_rx: watch::Receiver<u64>,
     ids: id::IdGen,
     cfg: NodeConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// The way into consensus. Cheap to clone.
@@ -301,9 +303,10 @@ impl NodeHandle {
         let rx = self.inner.waiters.register(id);
         if let Err(e) = self.send(NodeMsg::Propose { id, data }) {
             self.inner.waiters.cancel(id);
+            self.inner.metrics.proposals_failed.inc();
             return Err(e);
         }
-        match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
+        let outcome = match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
             Ok(Ok(Err(ApplyError::Dropped))) => Err(NodeError::NoLeader),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(NodeError::Stopped),
@@ -311,7 +314,16 @@ impl NodeHandle {
                 self.inner.waiters.cancel(id);
                 Err(NodeError::Timeout)
             }
+        };
+        if outcome.is_err() {
+            self.inner.metrics.proposals_failed.inc();
         }
+        outcome
+    }
+
+    /// Proposals waiting on this member for their outcome.
+    pub fn pending_proposals(&self) -> usize {
+        self.inner.waiters.len()
     }
 
     /// Waits until this member has applied everything committed when the call started, as
@@ -367,6 +379,7 @@ pub fn start(
     engine: Arc<Engine>,
     applier: Applier,
     transport: Box<dyn Transport>,
+    metrics: Arc<Metrics>,
 ) -> Result<(NodeHandle, NodeThreads), raft::Error> {
     let applied = applier.applied_index();
     let voters = store.conf_state().voters.clone();
@@ -396,6 +409,7 @@ pub fn start(
     let raft_shared = shared.clone();
     let raft_waiters = waiters.clone();
     let loop_cfg = cfg.clone();
+    let loop_metrics = metrics.clone();
     let raft = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -412,6 +426,9 @@ pub fn start(
                 ticks: 0,
                 applied_seen: applied,
                 last_active: HashMap::new(),
+                metrics: loop_metrics,
+                leaderless_since: Some(Instant::now()),
+                election_started: None,
             }
             .run()
         })
@@ -425,6 +442,7 @@ pub fn start(
             applied_rx,
             ids: id::IdGen::new(cfg.member_id),
             cfg,
+            metrics: metrics.clone(),
         }),
     };
     Ok((handle, NodeThreads { raft, apply }))
@@ -493,6 +511,11 @@ struct RaftLoop {
     ticks: u64,
     applied_seen: u64,
     last_active: HashMap<u64, Instant>,
+    metrics: Arc<Metrics>,
+    /// When this member last lost its leader (or started without one).
+    leaderless_since: Option<Instant>,
+    /// When this member last started an election it has not seen decided yet.
+    election_started: Option<Instant>,
 }
 
 impl RaftLoop {
@@ -542,6 +565,9 @@ impl RaftLoop {
                 reads: &mut self.reads,
                 term: self.raw.raft.term,
                 snap_dir,
+                metrics: &self.metrics,
+                leaderless_since: &mut self.leaderless_since,
+                election_started: &mut self.election_started,
             };
             crate::raft::handle_ready(&mut self.raw, &mut sink);
             self.publish_status();
@@ -736,6 +762,9 @@ struct LoopSink<'a> {
     reads: &'a mut Reads,
     term: u64,
     snap_dir: Option<std::path::PathBuf>,
+    metrics: &'a Metrics,
+    leaderless_since: &'a mut Option<Instant>,
+    election_started: &'a mut Option<Instant>,
 }
 
 impl crate::raft::ReadySink for LoopSink<'_> {
@@ -746,8 +775,14 @@ impl crate::raft::ReadySink for LoopSink<'_> {
     }
 
     fn write(&mut self, batch: Batch, sync: bool) {
+        let started = Instant::now();
         if let Err(e) = self.engine.write(batch, sync) {
             crate::fatal("persisting raft state", &e);
+        }
+        if sync {
+            self.metrics
+                .wal_fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -778,6 +813,26 @@ impl crate::raft::ReadySink for LoopSink<'_> {
     }
 
     fn soft_state(&mut self, leader_id: u64, role: StateRole) {
+        let now = Instant::now();
+        if matches!(role, StateRole::PreCandidate | StateRole::Candidate)
+            && self.election_started.is_none()
+        {
+            *self.election_started = Some(now);
+        }
+        if leader_id == raft::INVALID_ID {
+            self.leaderless_since.get_or_insert(now);
+        } else {
+            if let Some(since) = self.leaderless_since.take() {
+                self.metrics
+                    .leaderless_seconds
+                    .observe(now.duration_since(since).as_secs_f64());
+            }
+            if let Some(since) = self.election_started.take() {
+                self.metrics
+                    .election_seconds
+                    .observe(now.duration_since(since).as_secs_f64());
+            }
+        }
         let old = self.shared.leader_id.swap(leader_id, Ordering::AcqRel);
         self.shared
             .is_leader

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{PeerError, PeerHandlers, hex};
+use crate::metrics::Metrics;
 use crate::node::{NodeError, NodeHandle};
 use crate::proto::oxetcdpb::peer_server::Peer;
 use crate::proto::oxetcdpb::{
@@ -30,6 +31,7 @@ pub struct PeerService {
     shutdown: watch::Receiver<bool>,
     handlers: Arc<dyn PeerHandlers>,
     snap_dir: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerService {
@@ -40,12 +42,14 @@ impl PeerService {
         shutdown: watch::Receiver<bool>,
         handlers: Arc<dyn PeerHandlers>,
         snap_dir: PathBuf,
+        metrics: Arc<Metrics>,
     ) -> PeerService {
         PeerService {
             node,
             shutdown,
             handlers,
             snap_dir,
+            metrics,
         }
     }
 
@@ -267,6 +271,11 @@ impl Peer for PeerService {
                 tracing::warn!(error = %e, "refused raft messages from a peer");
                 return Err(e.into());
             }
+            let bytes: usize = batch.messages.iter().map(Vec::len).sum();
+            self.metrics
+                .peer_received_bytes
+                .get_or_create(&[("From", hex(batch.from))])
+                .inc_by(bytes as u64);
             if from.is_none() {
                 from = Some(batch.from);
                 tracing::debug!(from = %hex(batch.from), "accepted a raft stream from a peer");

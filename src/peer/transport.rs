@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument as _;
 
 use super::{BATCH_BYTES_MAX, hex};
+use crate::metrics::{Metrics, PeerLabel};
 use crate::node::{NodeHandle, Transport};
 use crate::proto::oxetcdpb::peer_client::PeerClient;
 use crate::proto::oxetcdpb::{RaftBatch, SnapshotChunk};
@@ -41,6 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often the round trip to each peer is measured, and how long a probe may take.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes per snapshot chunk sent to a peer.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Snapshot chunks read ahead of the gRPC stream.
@@ -64,6 +68,7 @@ pub struct PeerTransport {
 
 struct TransportShared {
     cfg: TransportConfig,
+    metrics: Arc<Metrics>,
     peers: RwLock<HashMap<u64, PeerQueue>>,
     node: OnceLock<NodeHandle>,
     /// Where peer tasks run, and the server's shutdown signal; set by [`PeerLinks::spawn`].
@@ -95,9 +100,14 @@ struct PeerLink {
 impl PeerTransport {
     /// Builds the transport for `peers` (member ID, peer URLs; this member excluded) and the tasks that
     /// will carry its messages.
-    pub fn new(cfg: TransportConfig, peers: &[(u64, Vec<String>)]) -> (PeerTransport, PeerLinks) {
+    pub fn new(
+        cfg: TransportConfig,
+        peers: &[(u64, Vec<String>)],
+        metrics: Arc<Metrics>,
+    ) -> (PeerTransport, PeerLinks) {
         let shared = Arc::new(TransportShared {
             cfg,
+            metrics,
             peers: RwLock::new(HashMap::new()),
             node: OnceLock::new(),
             runtime: OnceLock::new(),
@@ -177,12 +187,23 @@ impl TransportShared {
         tracing::Span,
     ) {
         let span = tracing::info_span!("peer_sender", peer = %hex(link.peer_id));
+        let label: PeerLabel = [("To", hex(link.peer_id))];
+        let probe = probe_round_trips(link.urls.clone(), label.clone(), self.metrics.clone());
         let sender = PeerSender {
             cfg: self.cfg.clone(),
             link,
             node,
+            metrics: self.metrics.clone(),
+            label,
         };
-        (sender.run(shutdown), span)
+        let future = async move {
+            // The probe lives as long as the link: it stops when the sender does.
+            tokio::select! {
+                _ = sender.run(shutdown) => {}
+                _ = probe => {}
+            }
+        };
+        (future, span)
     }
 }
 
@@ -216,6 +237,11 @@ impl PeerTransport {
                     if !unreachable.contains(&to) {
                         unreachable.push(to);
                     }
+                    self.shared
+                        .metrics
+                        .peer_sent_failures
+                        .get_or_create(&[("To", hex(to))])
+                        .inc();
                 }
                 // The peer task stopped: the member is shutting down.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -361,6 +387,8 @@ struct PeerSender {
     cfg: TransportConfig,
     link: PeerLink,
     node: NodeHandle,
+    metrics: Arc<Metrics>,
+    label: PeerLabel,
 }
 
 /// How a stream to the peer ended.
@@ -416,6 +444,10 @@ impl PeerSender {
                 }
             }
             self.node.report_unreachable(self.link.peer_id);
+            self.metrics
+                .peer_sent_failures
+                .get_or_create(&self.label)
+                .inc();
             if started.elapsed() >= STREAM_HEALTHY_AFTER {
                 backoff = RECONNECT_BACKOFF_MIN;
             }
@@ -486,6 +518,10 @@ impl PeerSender {
                 }
             }
         }
+        self.metrics
+            .peer_sent_bytes
+            .get_or_create(&self.label)
+            .inc_by(bytes as u64);
         RaftBatch {
             cluster_id: self.cfg.cluster_id,
             from: self.cfg.member_id,
@@ -545,6 +581,37 @@ fn encode(message: &Message) -> Vec<u8> {
     message
         .write_to_bytes()
         .expect("encoding an in-memory raft message cannot fail")
+}
+
+/// Measures the round trip to a peer every [`PROBE_INTERVAL`] with a small `Peer/Members` call
+/// on its own connection (etcd's prober), into `etcd_network_peer_round_trip_time_seconds`.
+async fn probe_round_trips(urls: Vec<String>, label: PeerLabel, metrics: Arc<Metrics>) {
+    let mut interval = tokio::time::interval(PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<PeerClient<Channel>> = None;
+    loop {
+        interval.tick().await;
+        if client.is_none() {
+            for url in &urls {
+                if let Ok(channel) = connect(url).await {
+                    client = Some(PeerClient::new(channel));
+                    break;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else {
+            continue;
+        };
+        let started = Instant::now();
+        let request = tonic::Request::new(crate::proto::oxetcdpb::MembersRequest {});
+        match tokio::time::timeout(PROBE_TIMEOUT, c.members(request)).await {
+            Ok(Ok(_)) => metrics
+                .peer_rtt_seconds
+                .get_or_create(&label)
+                .observe(started.elapsed().as_secs_f64()),
+            _ => client = None,
+        }
+    }
 }
 
 /// Asks the member at peer URL `url` for the cluster's member list (`Peer/Members`).

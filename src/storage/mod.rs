@@ -93,6 +93,8 @@ pub struct SizeInfo {
     pub in_use_bytes: u64,
     /// Bytes RocksDB still has to compact.
     pub pending_compaction_bytes: u64,
+    /// RocksDB's estimate of the live data (without memtables).
+    pub live_data_bytes: u64,
 }
 
 impl Engine {
@@ -215,8 +217,9 @@ impl Engine {
             ..SizeInfo::default()
         };
         for cf in Cf::ALL {
-            info.in_use_bytes += prop(cf, "rocksdb.estimate-live-data-size")
-                + prop(cf, "rocksdb.cur-size-all-mem-tables");
+            let live = prop(cf, "rocksdb.estimate-live-data-size");
+            info.live_data_bytes += live;
+            info.in_use_bytes += live + prop(cf, "rocksdb.cur-size-all-mem-tables");
             info.pending_compaction_bytes += prop(cf, "rocksdb.estimate-pending-compaction-bytes");
         }
         info.in_use_bytes = info.in_use_bytes.min(info.on_disk_bytes.max(1));

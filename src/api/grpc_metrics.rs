@@ -1,0 +1,304 @@
+//! go-grpc-prometheus's server metrics for every client gRPC call (`grpc_server_started_total`,
+//! `grpc_server_handled_total` with `grpc_code`, `grpc_server_msg_{received,sent}_total`,
+//! `grpc_server_handling_seconds`) and etcd's client traffic counters, recorded by one middleware
+//! in front of every service: it counts the gRPC messages (5-byte length prefixes) and bytes in
+//! both bodies and reads the status from the response headers or trailers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, Response};
+use axum::middleware::Next;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::metrics::{GrpcLabels, Metrics};
+
+/// gRPC status codes by number, named as grpc-go names them (the `grpc_code` label values).
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The streaming methods of the services oxetcd serves; everything else is unary.
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot")
+        | ("v3electionpb.Election", "Observe")
+        | ("grpc.health.v1.Health", "Watch") => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (service.contains('.') && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+fn status_code(headers: &HeaderMap) -> Option<&'static str> {
+    let code: usize = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    Some(CODE_NAMES.get(code).copied().unwrap_or("Unknown"))
+}
+
+/// The middleware.
+pub async fn record(metrics: Arc<Metrics>, request: Request, next: Next) -> Response<Body> {
+    let is_grpc = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let Some((service, method)) = split_path(request.uri().path()).filter(|_| is_grpc) else {
+        return next.run(request).await;
+    };
+    let labels: GrpcLabels = [
+        ("grpc_type", grpc_type(service, method).to_owned()),
+        ("grpc_service", service.to_owned()),
+        ("grpc_method", method.to_owned()),
+    ];
+    let started = Instant::now();
+    metrics.grpc_started.get_or_create(&labels).inc();
+    let (parts, body) = request.into_parts();
+    let body = Body::new(Counted::new(
+        body,
+        Side::Received,
+        metrics.clone(),
+        labels.clone(),
+    ));
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let (parts, body) = response.into_parts();
+    let mut tracker = Handled {
+        metrics: metrics.clone(),
+        labels: labels.clone(),
+        started,
+        done: false,
+    };
+    if let Some(code) = status_code(&parts.headers) {
+        // Trailers-only response: the call ended with its headers.
+        tracker.finish(code);
+    }
+    let mut counted = Counted::new(body, Side::Sent, metrics, labels);
+    counted.handled = Some(tracker);
+    Response::from_parts(parts, Body::new(counted))
+}
+
+/// Records `grpc_server_handled_total` and the handling time once per call.
+struct Handled {
+    metrics: Arc<Metrics>,
+    labels: GrpcLabels,
+    started: Instant,
+    done: bool,
+}
+
+impl Handled {
+    fn finish(&mut self, code: &'static str) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let [t, s, m] = self.labels.clone();
+        self.metrics
+            .grpc_handled
+            .get_or_create(&[t, s, m, ("grpc_code", code.to_owned())])
+            .inc();
+        self.metrics
+            .grpc_handling_seconds
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        // The response body went away before its trailers: the client cancelled.
+        self.finish("Canceled");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Received,
+    Sent,
+}
+
+/// A body that counts bytes and gRPC messages as they pass.
+struct Counted {
+    inner: Body,
+    side: Side,
+    metrics: Arc<Metrics>,
+    labels: GrpcLabels,
+    /// Bytes of the current message prefix seen so far, and bytes of message left to skip.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    remaining: u64,
+    handled: Option<Handled>,
+}
+
+impl Counted {
+    fn new(inner: Body, side: Side, metrics: Arc<Metrics>, labels: GrpcLabels) -> Counted {
+        Counted {
+            inner,
+            side,
+            metrics,
+            labels,
+            prefix: [0; 5],
+            prefix_len: 0,
+            remaining: 0,
+            handled: None,
+        }
+    }
+
+    /// Counts the bytes and the messages that start in `data`.
+    fn count(&mut self, mut data: &[u8]) {
+        let bytes = data.len() as u64;
+        let mut messages = 0u64;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let skip = self.remaining.min(data.len() as u64) as usize;
+                self.remaining -= skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            let take = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+            self.prefix_len += take;
+            data = &data[take..];
+            if self.prefix_len == 5 {
+                messages += 1;
+                self.remaining = u64::from(u32::from_be_bytes(
+                    self.prefix[1..5].try_into().expect("four prefix bytes"),
+                ));
+                self.prefix_len = 0;
+            }
+        }
+        match self.side {
+            Side::Received => {
+                self.metrics.client_received_bytes.inc_by(bytes);
+                if messages > 0 {
+                    self.metrics
+                        .grpc_msg_received
+                        .get_or_create(&self.labels)
+                        .inc_by(messages);
+                }
+            }
+            Side::Sent => {
+                self.metrics.client_sent_bytes.inc_by(bytes);
+                if messages > 0 {
+                    self.metrics
+                        .grpc_msg_sent
+                        .get_or_create(&self.labels)
+                        .inc_by(messages);
+                }
+            }
+        }
+    }
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    self.count(&data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let code = status_code(trailers).unwrap_or("Unknown");
+                    if let Some(h) = self.handled.as_mut() {
+                        h.finish(code);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(h) = self.handled.as_mut() {
+                    h.finish("Unknown");
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(h) = self.handled.as_mut() {
+                    // Ended without trailers (a plain HTTP response): nothing failed.
+                    h.finish("OK");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_types() {
+        assert_eq!(
+            split_path("/etcdserverpb.KV/Range"),
+            Some(("etcdserverpb.KV", "Range"))
+        );
+        assert_eq!(split_path("/health"), None);
+        assert_eq!(split_path("/metrics"), None);
+        assert_eq!(grpc_type("etcdserverpb.Watch", "Watch"), "bidi_stream");
+        assert_eq!(
+            grpc_type("etcdserverpb.Maintenance", "Snapshot"),
+            "server_stream"
+        );
+        assert_eq!(grpc_type("etcdserverpb.KV", "Put"), "unary");
+    }
+
+    #[test]
+    fn counts_messages_split_across_chunks() {
+        let metrics = Arc::new(Metrics::new());
+        let labels: GrpcLabels = [
+            ("grpc_type", "unary".into()),
+            ("grpc_service", "etcdserverpb.KV".into()),
+            ("grpc_method", "Put".into()),
+        ];
+        let mut c = Counted::new(
+            Body::empty(),
+            Side::Received,
+            metrics.clone(),
+            labels.clone(),
+        );
+        // Two messages of 3 and 0 bytes, cut in awkward places.
+        let stream = [0u8, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0];
+        c.count(&stream[..2]);
+        c.count(&stream[2..7]);
+        c.count(&stream[7..]);
+        assert_eq!(metrics.grpc_msg_received.get_or_create(&labels).get(), 2);
+        assert_eq!(metrics.client_received_bytes.get(), stream.len() as u64);
+    }
+}
