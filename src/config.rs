@@ -1319,7 +1319,29 @@ fn file_layer(path: &Path, text: &str, warnings: &mut Vec<String>) -> Result<Lay
     let source = format!("config file {}", path.display());
     let mut layer = Layer::default();
     let mut unknown = Vec::new();
+    // The `[log]` table (`file`, `level`, `format`) is the packaged config's spelling of
+    // log-outputs, log-level and log-format.
+    let mut entries: Vec<(String, Value)> = Vec::new();
     for (written, value) in table {
+        match (written.as_str(), value.kind.clone()) {
+            ("log", ValueKind::Table(inner)) => {
+                for (sub, v) in inner {
+                    let key = match sub.as_str() {
+                        "file" => "log-outputs",
+                        "level" => "log-level",
+                        "format" => "log-format",
+                        _ => {
+                            unknown.push(format!("log.{sub}"));
+                            continue;
+                        }
+                    };
+                    entries.push((key.to_owned(), v));
+                }
+            }
+            _ => entries.push((written, value)),
+        }
+    }
+    for (written, value) in entries {
         match canonical_key(&written.replace('_', "-")) {
             Some((key, is_alias)) => {
                 if is_alias {
@@ -2396,6 +2418,20 @@ mod tests {
             ],
         );
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn log_table_in_the_config_file() {
+        let file = TomlFile::new(
+            "[log]\nfile = \"/var/log/etcd.log\"\nlevel = \"debug\"\nformat = \"console\"\n",
+        );
+        let config = load_ok(&["--config-file", file.path()], &[]);
+        assert_eq!(config.log_outputs, vec!["/var/log/etcd.log".to_owned()]);
+        assert_eq!(config.log_level, LogLevel::Debug);
+        assert_eq!(config.log_format, LogFormat::Console);
+        let file = TomlFile::new("[log]\nfiles = \"x\"\n");
+        let err = load_err(&["--config-file", file.path()], &[]);
+        assert!(err.to_string().contains("log.files"), "{err}");
     }
 
     #[test]

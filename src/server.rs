@@ -185,6 +185,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
     tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(sample_quota(ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(reopen_log_on_hangup(shutdown_rx.clone()));
     let (published_tx, published_rx) = watch::channel(false);
     tasks.spawn(publish_attributes(
         ctx.clone(),
@@ -639,6 +640,24 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// SIGHUP (systemd's reload, logrotate's postrotate) reopens the log file.
+async fn reopen_log_on_hangup(mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; the log file will not be reopened");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                crate::telemetry::request_log_reopen();
+                tracing::info!("received SIGHUP; reopened the log file");
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
     }
 }
 

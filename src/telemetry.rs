@@ -1,5 +1,12 @@
-//! Logging: a `tracing` subscriber writing to stderr or to the files named by `--log-outputs`,
-//! as text or JSON lines, at `--log-level`.
+//! Logging: a `tracing` subscriber writing to stderr or to the file named by `--log-outputs`
+//! (TOML `log.file`), as text or JSON lines, at `--log-level`. A log file is reopened by path
+//! after [`request_log_reopen`] (the server calls it on SIGHUP), so logrotate's `create` mode
+//! works: the old file is renamed, the next line goes to a new file at the configured path.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -31,10 +38,7 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
         "stderr" => (BoxMakeWriter::new(std::io::stderr), None),
         "stdout" => (BoxMakeWriter::new(std::io::stdout), None),
         path => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            let file = ReopeningFile::open(PathBuf::from(path))
                 .map_err(|e| format!("cannot open log file {path}: {e}"))?;
             let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(false)
@@ -53,4 +57,88 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(LogGuard { _guard: guard })
+}
+
+/// Set by [`request_log_reopen`], taken by the log file writer before its next write.
+static REOPEN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks the log file writer to reopen its file by path before writing the next line (a no-op
+/// when logging to stderr).
+pub fn request_log_reopen() {
+    REOPEN_REQUESTED.store(true, Ordering::Release);
+}
+
+/// An append-only log file that reopens itself by path when asked.
+struct ReopeningFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl ReopeningFile {
+    fn open(path: PathBuf) -> io::Result<ReopeningFile> {
+        let file = Self::open_path(&path)?;
+        Ok(ReopeningFile { path, file })
+    }
+
+    fn open_path(path: &std::path::Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+    }
+
+    fn reopen_if_asked(&mut self) {
+        if !REOPEN_REQUESTED.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.file.flush();
+        match Self::open_path(&self.path) {
+            Ok(file) => self.file = file,
+            // Keep writing to the old file rather than losing lines.
+            Err(e) => {
+                let _ = writeln!(
+                    self.file,
+                    "cannot reopen log file {}: {e}; still writing here",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+impl Write for ReopeningFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reopen_if_asked();
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopens_by_path_after_a_rename() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("etcd.log");
+        let mut w = ReopeningFile::open(path.clone()).expect("opens");
+        w.write_all(b"one\n").expect("writes");
+        let rotated = dir.path().join("etcd.log.1");
+        std::fs::rename(&path, &rotated).expect("rename");
+        w.write_all(b"two\n").expect("writes");
+        request_log_reopen();
+        w.write_all(b"three\n").expect("writes");
+        w.flush().expect("flush");
+        assert_eq!(
+            std::fs::read_to_string(&rotated).expect("old"),
+            "one\ntwo\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("new"), "three\n");
+    }
 }
