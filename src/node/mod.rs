@@ -838,7 +838,10 @@ impl crate::raft::ReadySink for LoopSink<'_> {
             .is_leader
             .store(role == StateRole::Leader, Ordering::Release);
         if old != leader_id {
-            self.shared.leader_changes.fetch_add(1, Ordering::AcqRel);
+            // As etcd counts: a change to a known leader, not the moment of having none.
+            if leader_id != raft::INVALID_ID {
+                self.shared.leader_changes.fetch_add(1, Ordering::AcqRel);
+            }
             if leader_id == raft::INVALID_ID {
                 tracing::warn!(term = self.term, "lost the leader");
             } else {
