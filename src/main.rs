@@ -23,16 +23,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
-    let _log = match oxetcd::telemetry::init(&config) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("oxetcd: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("oxetcd-worker")
@@ -44,14 +34,34 @@ fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(oxetcd::server::run(config)) {
+    // Inside the runtime: the trace exporter's gRPC channel is created there.
+    let log = {
+        let _in_runtime = runtime.enter();
+        match oxetcd::telemetry::init(&config) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("oxetcd: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let outcome = match runtime.block_on(oxetcd::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server stopped with an error");
             eprintln!("oxetcd: {e}");
             ExitCode::FAILURE
         }
+    };
+    // Flush the log and export the last traces while the runtime still runs.
+    {
+        let _in_runtime = runtime.enter();
+        drop(log);
     }
+    outcome
 }
 
 fn restore(

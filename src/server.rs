@@ -547,31 +547,39 @@ fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Router {
                 .max_encoding_message_size(usize::MAX)
         };
     }
-    tonic::service::Routes::new(limits!(KvServer::new(api::kv::KvService::new(ctx.clone()))))
-        .add_service(limits!(WatchServer::new(api::watch::WatchService::new(
-            ctx.clone()
-        ))))
-        .add_service(limits!(LeaseServer::new(api::lease::LeaseService::new(
-            ctx.clone()
-        ))))
-        .add_service(limits!(ClusterServer::new(
-            api::cluster::ClusterService::new(ctx.clone())
-        )))
-        .add_service(limits!(MaintenanceServer::new(
-            api::maintenance::MaintenanceService::new(ctx.clone())
-        )))
-        .add_service(HealthServer::new(api::health::HealthService))
-        .prepare()
-        .into_axum_router()
-        .layer(axum::middleware::map_response(api::oversize::rewrite))
-        .layer(axum::middleware::from_fn({
-            let ctx = ctx.clone();
-            move |request, next| api::interceptor::check(ctx.clone(), request, next)
-        }))
-        .layer(axum::middleware::from_fn({
-            let metrics = metrics.clone();
-            move |request, next| api::grpc_metrics::record(metrics.clone(), request, next)
-        }))
+    let router =
+        tonic::service::Routes::new(limits!(KvServer::new(api::kv::KvService::new(ctx.clone()))))
+            .add_service(limits!(WatchServer::new(api::watch::WatchService::new(
+                ctx.clone()
+            ))))
+            .add_service(limits!(LeaseServer::new(api::lease::LeaseService::new(
+                ctx.clone()
+            ))))
+            .add_service(limits!(ClusterServer::new(
+                api::cluster::ClusterService::new(ctx.clone())
+            )))
+            .add_service(limits!(MaintenanceServer::new(
+                api::maintenance::MaintenanceService::new(ctx.clone())
+            )))
+            .add_service(HealthServer::new(api::health::HealthService))
+            .prepare()
+            .into_axum_router()
+            .layer(axum::middleware::map_response(api::oversize::rewrite))
+            .layer(axum::middleware::from_fn({
+                let ctx = ctx.clone();
+                move |request, next| api::interceptor::check(ctx.clone(), request, next)
+            }))
+            .layer(axum::middleware::from_fn({
+                let metrics = metrics.clone();
+                move |request, next| api::grpc_metrics::record(metrics.clone(), request, next)
+            }));
+    if !ctx.config.enable_distributed_tracing {
+        return router;
+    }
+    let member_id = ctx.node.config().member_id;
+    router.layer(axum::middleware::from_fn(move |request, next| {
+        api::grpc_metrics::trace(member_id, request, next)
+    }))
 }
 
 /// The peer URLs' service: raft messages from the other members.

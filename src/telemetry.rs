@@ -2,25 +2,76 @@
 //! (TOML `log.file`), as text or JSON lines, at `--log-level`. A log file is reopened by path
 //! after [`request_log_reopen`] (the server calls it on SIGHUP), so logrotate's `create` mode
 //! works: the old file is renamed, the next line goes to a new file at the configured path.
+//!
+//! Traces: with `--enable-distributed-tracing` the spans of target [`TRACE_TARGET`] (a client
+//! request and its propose, commit, apply and reply children) go to an OTLP/gRPC collector,
+//! sampled at `--distributed-tracing-sampling-per-million`. Without it no layer wants those
+//! spans, so creating one costs a cached callsite check and nothing is recorded.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::{Config, LogFormat};
 
-/// Keeps the log writer flushing until dropped (at exit).
+/// The target of the spans exported as traces (never written to the log).
+pub const TRACE_TARGET: &str = "oxetcd::trace";
+
+/// Keeps the log writer flushing, and the trace exporter exporting, until dropped (at exit).
 pub struct LogGuard {
     _guard: Option<WorkerGuard>,
+    tracer: Option<SdkTracerProvider>,
 }
 
-/// Noisy dependencies are held at warn whatever the level.
-const QUIET_DEPENDENCIES: &str = "h2=warn,hyper=warn,tower=warn,tonic=warn,opentelemetry_sdk=warn";
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer.take() {
+            // Sends what is still batched.
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Noisy dependencies are held at warn whatever the level; trace spans stay out of the log.
+const QUIET_DEPENDENCIES: &str = "h2=warn,hyper=warn,tower=warn,tonic=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,oxetcd::trace=off";
+
+/// Builds the OTLP exporter pipeline; must run inside the tokio runtime (the gRPC channel
+/// lives there).
+fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, String> {
+    let address = &config.distributed_tracing_address;
+    let endpoint = if address.contains("://") {
+        address.clone()
+    } else {
+        format!("http://{address}")
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("cannot set up trace export to {address}: {e}"))?;
+    let ratio = f64::from(config.distributed_tracing_sampling_per_million) / 1_000_000.0;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(config.distributed_tracing_service_name.clone())
+                .build(),
+        )
+        .build())
+}
 
 /// Installs the global subscriber. Returns an error text if a log file cannot be opened.
 pub fn init(config: &Config) -> Result<LogGuard, String> {
@@ -46,17 +97,36 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
             (BoxMakeWriter::new(nb), Some(guard))
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(false)
         .with_target(true);
-    let installed = match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        _ => builder.try_init(),
+    let fmt = match config.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        _ => fmt.with_filter(filter).boxed(),
     };
-    installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
-    Ok(LogGuard { _guard: guard })
+    let tracer = if config.enable_distributed_tracing {
+        Some(tracer_provider(config)?)
+    } else {
+        None
+    };
+    let otel = tracer.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("oxetcd"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(TRACE_TARGET, tracing::Level::TRACE),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    Ok(LogGuard {
+        _guard: guard,
+        tracer,
+    })
 }
 
 /// Set by [`request_log_reopen`], taken by the log file writer before its next write.

@@ -3,6 +3,10 @@
 //! `grpc_server_handling_seconds`) and etcd's client traffic counters, recorded by one middleware
 //! in front of every service: it counts the gRPC messages (5-byte length prefixes) and bytes in
 //! both bodies and reads the status from the response headers or trailers.
+//!
+//! With tracing on, [`trace`] makes each call a span (`grpc.request`, with the method and this
+//! member's ID; the apply thread records the revision) whose `reply` child lasts until the
+//! response body has been sent.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, Response};
 use axum::middleware::Next;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tracing::Instrument as _;
 
 use crate::metrics::{GrpcLabels, Metrics};
 
@@ -100,6 +105,70 @@ pub async fn record(metrics: Arc<Metrics>, request: Request, next: Next) -> Resp
     let mut counted = Counted::new(body, Side::Sent, metrics, labels);
     counted.handled = Some(tracker);
     Response::from_parts(parts, Body::new(counted))
+}
+
+/// The tracing middleware (installed only with `--enable-distributed-tracing`).
+pub async fn trace(member_id: u64, request: Request, next: Next) -> Response<Body> {
+    let Some((service, method)) = split_path(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let span = tracing::info_span!(
+        target: crate::telemetry::TRACE_TARGET,
+        "grpc.request",
+        otel.name = %format!("{service}/{method}"),
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        member_id = %format!("{member_id:x}"),
+        revision = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return next.run(request).await;
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    let reply = tracing::info_span!(target: crate::telemetry::TRACE_TARGET, parent: &span, "reply");
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Spanned {
+            inner: body,
+            _reply: reply,
+            _request: span,
+        }),
+    )
+}
+
+/// A response body that keeps the call's spans open until it is sent (or dropped).
+struct Spanned {
+    inner: Body,
+    // Dropped in declaration order: the reply closes before its parent.
+    _reply: tracing::Span,
+    _request: tracing::Span,
+}
+
+impl HttpBody for Spanned {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        // Entered while sending, so both spans end after the last frame went out.
+        let request = self._request.clone();
+        let reply = self._reply.clone();
+        let _request = request.enter();
+        let _reply = reply.enter();
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Records `grpc_server_handled_total` and the handling time once per call.

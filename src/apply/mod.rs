@@ -124,6 +124,8 @@ pub struct Applier {
     applied_index: u64,
     membership: Option<MembershipSink>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Request spans of traced entries about to be applied, by request ID.
+    traces: HashMap<u64, tracing::Span>,
     /// Configuration changes applied since raft last took them (raft must apply them too).
     conf_changes: Vec<ConfChange>,
 }
@@ -154,6 +156,7 @@ impl Applier {
             applied_index,
             membership: None,
             metrics: None,
+            traces: HashMap::new(),
             conf_changes: Vec::new(),
         })
     }
@@ -168,6 +171,11 @@ impl Applier {
     pub fn with_membership(mut self, sink: MembershipSink) -> Applier {
         self.membership = Some(sink);
         self
+    }
+
+    /// The request spans of entries in the next batch whose requests are traced.
+    pub fn trace(&mut self, traces: Vec<(u64, tracing::Span)>) {
+        self.traces.extend(traces);
     }
 
     /// Configuration changes applied since the last call, for raft to apply in the same order.
@@ -351,10 +359,18 @@ impl Applier {
                 continue;
             }
             let mut batch = Batch::new();
+            let mut span: Option<(tracing::Span, tracing::Span)> = None;
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if !entry.data.is_empty() => {
                     match InternalRequest::decode(&entry.data[..]) {
-                        Ok(req) => Some((req.id, self.apply_request(req.request, &mut batch))),
+                        Ok(req) => {
+                            span = self.traces.remove(&req.id).map(|parent| {
+                                let s = tracing::info_span!(target: crate::telemetry::TRACE_TARGET, parent: &parent, "apply", raft_index = entry.index, revision = tracing::field::Empty);
+                                (parent, s)
+                            });
+                            let _entered = span.as_ref().map(|(_, s)| s.enter());
+                            Some((req.id, self.apply_request(req.request, &mut batch)))
+                        }
                         Err(e) => crate::fatal(
                             "decoding a committed raft entry",
                             &format!("entry {}: {e}", entry.index),
@@ -389,7 +405,16 @@ impl Applier {
             }
             self.applied_index = entry.index;
             if let (Some(id), Some(pending)) = (id, pending) {
-                let reply = pending.finish(self);
+                let reply = {
+                    let _entered = span.as_ref().map(|(_, s)| s.enter());
+                    pending.finish(self)
+                };
+                if let (Some((request, apply)), Some(rev)) = (&span, revision_of(&reply)) {
+                    apply.record("revision", rev);
+                    request.record("revision", rev);
+                }
+                // The apply span ends before the proposer wakes up and replies.
+                drop(span.take());
                 self.waiters.trigger(id, reply);
             }
         }
@@ -619,6 +644,19 @@ fn update_attachments(lessor: &mut Lessor, ev: &Event) {
     if ev.r#type == EventType::Put as i32 && kv.lease != 0 {
         lessor.attach(kv.lease, &kv.key);
     }
+}
+
+/// The store revision a reply reports, if it has a header.
+fn revision_of(reply: &Reply) -> Option<i64> {
+    let header = match reply.as_ref().ok()? {
+        Response::Put(r) => r.header.as_ref(),
+        Response::DeleteRange(r) => r.header.as_ref(),
+        Response::Txn(r) => r.header.as_ref(),
+        Response::LeaseGrant(r) => r.header.as_ref(),
+        Response::LeaseRevoke(r) => r.header.as_ref(),
+        _ => None,
+    };
+    header.map(|h| h.revision)
 }
 
 fn header_at(rev: i64) -> Option<ResponseHeader> {

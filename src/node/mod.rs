@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::proto::oxetcdpb::{InternalRequest, internal_request};
 use crate::raft::RaftLogStore;
 use crate::storage::{Batch, Engine};
+use crate::telemetry::TRACE_TARGET;
 
 /// Messages queued for the raft thread before it pushes back.
 const INBOX_CAPACITY: usize = 8192;
@@ -83,6 +84,7 @@ enum NodeMsg {
     Propose {
         id: u64,
         data: Vec<u8>,
+        trace: Option<Box<Traced>>,
     },
     ReadIndex(ReadWaiter),
     /// A raft message from a peer.
@@ -149,9 +151,19 @@ pub struct PeerProgress {
     pub is_learner: bool,
 }
 
+/// The trace of one proposal whose client request is sampled: the request's span (the parent of
+/// the apply span, and where the revision is recorded) and the commit span, which the raft
+/// thread closes when the entry commits.
+struct Traced {
+    request: tracing::Span,
+    commit: tracing::Span,
+    since: Instant,
+}
+
 /// Work for the apply thread, in log order.
 enum ApplyTask {
-    Entries(Vec<Entry>),
+    /// Committed entries, with the request spans of the traced ones by request ID.
+    Entries(Vec<Entry>, Vec<(u64, tracing::Span)>),
     /// Replace the state machine with a snapshot file; `done` is signalled once it is installed.
     Snapshot {
         file: std::path::PathBuf,
@@ -301,7 +313,17 @@ impl NodeHandle {
             return Err(NodeError::RequestTooLarge);
         }
         let rx = self.inner.waiters.register(id);
-        if let Err(e) = self.send(NodeMsg::Propose { id, data }) {
+        let propose_span = tracing::info_span!(target: TRACE_TARGET, "propose", request_id = id);
+        let trace = (!propose_span.is_disabled()).then(|| {
+            Box::new(Traced {
+                request: tracing::Span::current(),
+                commit: tracing::info_span!(target: TRACE_TARGET, "commit", raft_index = tracing::field::Empty),
+                since: Instant::now(),
+            })
+        });
+        let sent = propose_span.in_scope(|| self.send(NodeMsg::Propose { id, data, trace }));
+        drop(propose_span);
+        if let Err(e) = sent {
             self.inner.waiters.cancel(id);
             self.inner.metrics.proposals_failed.inc();
             return Err(e);
@@ -427,6 +449,7 @@ pub fn start(
                 applied_seen: applied,
                 last_active: HashMap::new(),
                 metrics: loop_metrics,
+                traced: HashMap::new(),
                 leaderless_since: Some(Instant::now()),
                 election_started: None,
             }
@@ -457,7 +480,10 @@ fn run_apply(
 ) {
     while let Ok(task) = rx.recv() {
         let applied = match task {
-            ApplyTask::Entries(entries) => applier.apply_entries(entries),
+            ApplyTask::Entries(entries, traces) => {
+                applier.trace(traces);
+                applier.apply_entries(entries)
+            }
             ApplyTask::Snapshot {
                 file,
                 index,
@@ -512,6 +538,8 @@ struct RaftLoop {
     applied_seen: u64,
     last_active: HashMap<u64, Instant>,
     metrics: Arc<Metrics>,
+    /// Sampled proposals not yet committed, by request ID.
+    traced: HashMap<u64, Box<Traced>>,
     /// When this member last lost its leader (or started without one).
     leaderless_since: Option<Instant>,
     /// When this member last started an election it has not seen decided yet.
@@ -549,6 +577,11 @@ impl RaftLoop {
                 next_tick = (next_tick + self.cfg.tick).max(now);
                 self.retry_stale_reads();
                 self.publish_progress();
+                if !self.traced.is_empty() {
+                    // Proposals that never committed (their callers timed out) end their spans.
+                    let timeout = self.cfg.request_timeout;
+                    self.traced.retain(|_, t| t.since.elapsed() < timeout);
+                }
             }
             if !self.apply_conf_changes() {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
@@ -566,6 +599,7 @@ impl RaftLoop {
                 term: self.raw.raft.term,
                 snap_dir,
                 metrics: &self.metrics,
+                traced: &mut self.traced,
                 leaderless_since: &mut self.leaderless_since,
                 election_started: &mut self.election_started,
             };
@@ -578,9 +612,11 @@ impl RaftLoop {
     /// Takes one message in; returns false when the loop must stop.
     fn handle(&mut self, msg: NodeMsg) -> bool {
         match msg {
-            NodeMsg::Propose { id, data } => {
+            NodeMsg::Propose { id, data, trace } => {
                 if self.raw.propose(vec![], data).is_err() {
                     self.waiters.trigger(id, Err(ApplyError::Dropped));
+                } else if let Some(trace) = trace {
+                    self.traced.insert(id, trace);
                 }
             }
             NodeMsg::ReadIndex(reply) => self.reads.waiting.push(reply),
@@ -763,6 +799,7 @@ struct LoopSink<'a> {
     term: u64,
     snap_dir: Option<std::path::PathBuf>,
     metrics: &'a Metrics,
+    traced: &'a mut HashMap<u64, Box<Traced>>,
     leaderless_since: &'a mut Option<Instant>,
     election_started: &'a mut Option<Instant>,
 }
@@ -791,7 +828,28 @@ impl crate::raft::ReadySink for LoopSink<'_> {
             return;
         };
         self.shared.commit.fetch_max(last.index, Ordering::AcqRel);
-        if self.apply_tx.send(ApplyTask::Entries(entries)).is_err() {
+        let mut traces = Vec::new();
+        if !self.traced.is_empty() {
+            for entry in &entries {
+                if entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal
+                    || entry.data.is_empty()
+                {
+                    continue;
+                }
+                let Ok(req) = InternalRequest::decode(&entry.data[..]) else {
+                    continue;
+                };
+                if let Some(t) = self.traced.remove(&req.id) {
+                    t.commit.record("raft_index", entry.index);
+                    traces.push((req.id, t.request));
+                }
+            }
+        }
+        if self
+            .apply_tx
+            .send(ApplyTask::Entries(entries, traces))
+            .is_err()
+        {
             crate::fatal(
                 "handing entries to the apply thread",
                 &"apply thread stopped",
