@@ -176,7 +176,7 @@ async fn dashboards_and_alerts_against_a_live_cluster() {
     fill_quota(&cluster, &prometheus, &rules, &mut problems).await;
     timings.push(("quota filled, alert pending", phase.elapsed()));
 
-    // Every alert expression, and the operands it compares (see `operands`).
+    // Every alert expression, and the operands it compares (see `promql::operands`).
     let phase = Instant::now();
     check_alert_rules(&prometheus, &rules, &mut problems);
     let again: Vec<Check> = dashboard_queries
@@ -517,7 +517,7 @@ async fn fill_quota(
 
 /// Every alert rule Prometheus loaded: the whole expression must parse (it returns a series only
 /// while the alert condition holds), and each operand of its top-level comparisons and set
-/// operators (see [`operands`]) must return data. An alert compares a measured quantity with a
+/// operators (see [`promql::operands`]) must return data. An alert compares a measured quantity with a
 /// threshold; the quantity returning numbers shows the series exist with the labels the rule
 /// matches on and that its arithmetic and label matching work. Whether the threshold is right is
 /// for the promtool unit tests in `alerts/tests/`.
@@ -541,7 +541,7 @@ fn check_alert_rules(prometheus: &Prometheus, rules: &[Rule], problems: &mut Vec
                 rule.name, rule.query
             )),
         }
-        for (n, operand) in operands(&rule.query).into_iter().enumerate() {
+        for (n, operand) in promql::operands(&rule.query).into_iter().enumerate() {
             checks.push(Check {
                 what: format!("rule {} operand {}", rule.name, n + 1),
                 expr: operand,
@@ -712,122 +712,6 @@ fn expect_data(
         pending = waiting.into_iter().map(|(check, _)| check).collect();
         thread::sleep(REQUERY_INTERVAL);
     }
-}
-
-/// The operands of `expr`'s top-level comparison (`== != > < >= <=`) and set (`and or unless`)
-/// operators, numeric literals left out: what an alert compares with its thresholds. An
-/// expression without such operators is its own only operand. `bool` and vector-matching
-/// modifiers after an operator are skipped.
-fn operands(expr: &str) -> Vec<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut parts = Vec::new();
-    let mut depth = 0usize;
-    let mut start = 0;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if matches!(c, '"' | '\'' | '`') {
-            i = skip_string(&chars, i);
-            continue;
-        }
-        if depth == 0
-            && let Some(len) = operator_len(&chars, i)
-        {
-            parts.push(chars[start..i].iter().collect::<String>());
-            i = skip_modifiers(&chars, i + len);
-            start = i;
-            continue;
-        }
-        match c {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            _ if is_ident_char(c) => {
-                // Whole words, so `or` inside `grpc_code` or `error` is never an operator.
-                while i < chars.len() && is_ident_char(chars[i]) {
-                    i += 1;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    parts.push(chars[start..].iter().collect::<String>());
-    parts
-        .into_iter()
-        .map(|part| part.trim().to_string())
-        .filter(|part| !part.is_empty() && part.parse::<f64>().is_err())
-        .collect()
-}
-
-/// Length of the comparison or set operator starting at `i`, if one does.
-fn operator_len(chars: &[char], i: usize) -> Option<usize> {
-    let next = chars.get(i + 1).copied();
-    match chars[i] {
-        '=' | '!' if next == Some('=') => Some(2),
-        '>' | '<' if next == Some('=') => Some(2),
-        '>' | '<' => Some(1),
-        c if is_ident_char(c) => {
-            let word = word_at(chars, i);
-            matches!(word.as_str(), "and" | "or" | "unless").then_some(word.len())
-        }
-        _ => None,
-    }
-}
-
-/// Index past the whitespace, `bool`, `on(...)`/`ignoring(...)` and `group_left`/`group_right`
-/// (with optional label list) that may follow a binary operator.
-fn skip_modifiers(chars: &[char], mut i: usize) -> usize {
-    loop {
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        let word = word_at(chars, i);
-        match word.as_str() {
-            "bool" | "on" | "ignoring" | "group_left" | "group_right" => {
-                i += word.len();
-                let mut j = i;
-                while j < chars.len() && chars[j].is_whitespace() {
-                    j += 1;
-                }
-                if word != "bool" && chars.get(j) == Some(&'(') {
-                    while j < chars.len() && chars[j] != ')' {
-                        j += 1;
-                    }
-                    i = j + 1;
-                }
-            }
-            _ => return i,
-        }
-    }
-}
-
-fn word_at(chars: &[char], i: usize) -> String {
-    chars[i.min(chars.len())..]
-        .iter()
-        .take_while(|c| is_ident_char(**c))
-        .collect()
-}
-
-fn is_ident_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-/// Index just past the string literal opening at `start`.
-fn skip_string(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut i = start + 1;
-    while i < chars.len() {
-        if chars[i] == '\\' && quote != '`' {
-            i += 2;
-            continue;
-        }
-        if chars[i] == quote {
-            return i + 1;
-        }
-        i += 1;
-    }
-    chars.len()
 }
 
 /// A few samples of a result, for the report: `{labels} value`.
@@ -1356,44 +1240,5 @@ async fn lease_loop(mut client: Client, stop: Arc<AtomicBool>, counts: Arc<SideC
             }
         };
         tokio::time::sleep(SIDE_LOAD_INTERVAL).await;
-    }
-}
-
-#[test]
-fn operands_leave_out_thresholds_and_keep_compared_series() {
-    let cases: &[(&str, &[&str])] = &[
-        (
-            r#"etcd_server_has_leader{job=~".*etcd.*"} == 0"#,
-            &[r#"etcd_server_has_leader{job=~".*etcd.*"}"#],
-        ),
-        (
-            r#"max without (endpoint) (sum without (instance) (up == bool 0) or count(x > 0.01)) > 0"#,
-            &[
-                r#"max without (endpoint) (sum without (instance) (up == bool 0) or count(x > 0.01))"#,
-            ],
-        ),
-        (
-            r#"sum(up == bool 1) without (instance) < ((count(up) without (instance) + 1) / 2)"#,
-            &[
-                r#"sum(up == bool 1) without (instance)"#,
-                r#"((count(up) without (instance) + 1) / 2)"#,
-            ],
-        ),
-        (
-            r#"(a{x="or"} / b) < 0.5 and c{grpc_code!="OK"} > 104857600"#,
-            &[r#"(a{x="or"} / b)"#, r#"c{grpc_code!="OK"}"#],
-        ),
-        (
-            "predict_linear(d[4h], 4 * 60 * 60) > on (instance) group_left () q",
-            &["predict_linear(d[4h], 4 * 60 * 60)", "q"],
-        ),
-        (
-            "increase((m or 0 * absent(m))[15m:1m]) >= 4",
-            &["increase((m or 0 * absent(m))[15m:1m])"],
-        ),
-        ("rate(errors_total[5m])", &["rate(errors_total[5m])"]),
-    ];
-    for (expr, expected) in cases {
-        assert_eq!(operands(expr), *expected, "operands of {expr}");
     }
 }
