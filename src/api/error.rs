@@ -196,6 +196,19 @@ impl From<crate::lease::LeaseError> for EtcdError {
     }
 }
 
+/// A follower's failure to reach the leader, as etcd reports it to the client.
+impl From<crate::peer::forward::ForwardError> for EtcdError {
+    fn from(e: crate::peer::forward::ForwardError) -> EtcdError {
+        match e {
+            crate::peer::forward::ForwardError::NoLeader => EtcdError::NoLeader,
+            crate::peer::forward::ForwardError::Timeout => EtcdError::Timeout,
+            // Callers answer locally instead; if it ever leaks, leadership moved to this member
+            // while the request was forwarded.
+            crate::peer::forward::ForwardError::LocalLeader => EtcdError::LeaderChanged,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +275,27 @@ mod tests {
         for (err, code, msg) in cases {
             let status = Status::from(err);
             assert_eq!((status.code(), status.message()), (code, msg));
+        }
+    }
+
+    #[test]
+    fn forwarding_failures_read_as_etcd_errors() {
+        use crate::peer::forward::ForwardError;
+        let cases = [
+            (
+                ForwardError::NoLeader,
+                tonic::Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                ForwardError::Timeout,
+                tonic::Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(EtcdError::from(error));
+            assert_eq!((status.code(), status.message()), (code, message));
         }
     }
 }

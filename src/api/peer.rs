@@ -4,9 +4,8 @@
 
 use tonic::Status;
 
-use super::{EtcdError, ServerCtx, lease};
+use super::{ServerCtx, lease};
 use crate::peer::PeerHandlers;
-use crate::peer::forward::ForwardError;
 use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
 
 /// The peer service's handlers, over the same [`ServerCtx`] as the client-facing services.
@@ -50,44 +49,6 @@ impl PeerHandlers for PeerHandlersImpl {
             cluster_id: membership.cluster_id,
             member_id: membership.member_id,
             members: membership.members.clone(),
-        }
-    }
-}
-
-/// A follower's failure to reach the leader, as etcd reports it to the client.
-impl From<ForwardError> for EtcdError {
-    fn from(e: ForwardError) -> EtcdError {
-        match e {
-            ForwardError::NoLeader => EtcdError::NoLeader,
-            ForwardError::Timeout => EtcdError::Timeout,
-            // Callers answer locally instead; if it ever leaks, leadership moved to this member
-            // while the request was forwarded.
-            ForwardError::LocalLeader => EtcdError::LeaderChanged,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarding_failures_read_as_etcd_errors() {
-        let cases = [
-            (
-                ForwardError::NoLeader,
-                tonic::Code::Unavailable,
-                "etcdserver: no leader",
-            ),
-            (
-                ForwardError::Timeout,
-                tonic::Code::Unavailable,
-                "etcdserver: request timed out",
-            ),
-        ];
-        for (error, code, message) in cases {
-            let status = Status::from(EtcdError::from(error));
-            assert_eq!((status.code(), status.message()), (code, message));
         }
     }
 }

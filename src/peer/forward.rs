@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::hex;
 use crate::membership::Membership;
@@ -24,11 +24,6 @@ use crate::proto::oxetcdpb::{LeaseRenewRequest, LeaseTimeToLiveAnswer, LeaseTime
 
 /// Pause before the next attempt when there is no leader or the last attempt failed.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
-/// Bound on opening a TCP connection to the leader (as for raft streams).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// HTTP/2 pings on an idle channel, so a leader that vanished without closing is noticed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// At most one warning per this long about a leader that does not answer (every forwarded
 /// request fails the same way then; the clients get their errors regardless).
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -207,7 +202,7 @@ impl LeaderForwarder {
         {
             return Ok(cached.channel.clone());
         }
-        let channel = endpoint(&url)
+        let channel = super::transport::endpoint(&url)
             .map_err(|e| format!("bad peer URL {url:?} of leader {}: {e}", hex(leader_id)))?
             .connect_lazy();
         *cached = Some(LeaderChannel {
@@ -245,14 +240,4 @@ impl LeaderForwarder {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// How a channel to a peer is set up (the same settings as the raft transport's streams).
-fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
 }

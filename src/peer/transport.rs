@@ -550,15 +550,19 @@ impl PeerSender {
     }
 }
 
-async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url.to_owned())?
+/// How every channel to a peer is set up: bounded connect, no Nagle delay, HTTP/2 pings so a
+/// peer that vanished without closing is noticed.
+pub(super) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
+        .keep_alive_while_idle(true))
+}
+
+async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
+    endpoint(url)?.connect().await
 }
 
 /// An error and its sources, `outer: inner: ...` (tonic's own text is often just "transport
