@@ -64,8 +64,6 @@ pub struct Sample {
     pub compact_revision: i64,
     /// Entries in this member's raft log (bounded by `--snapshot-count` plus the catch-up tail).
     pub raft_log_entries: u64,
-    pub snapshots_sent_total: u64,
-    pub snapshots_received_total: u64,
     pub data_dir_disk: DiskSpace,
     pub log_dir_disk: DiskSpace,
     pub pending_compaction_bytes: u64,
@@ -124,8 +122,9 @@ pub struct Metrics {
     current_revision: Gauge,
     compact_revision: Gauge,
     raft_log_entries: Gauge,
-    snapshots_sent: Counter,
-    snapshots_received: Counter,
+    /// Snapshots streamed to peers, and received from them (whole and verified).
+    pub snapshots_sent: Counter,
+    pub snapshots_received: Counter,
     /// The synced raft-log write of each Ready (etcd's WAL fsync).
     pub wal_fsync_seconds: Histogram,
     /// The state-machine write of each applied entry (etcd's backend commit).
@@ -442,8 +441,6 @@ impl Metrics {
         self.current_revision.set(s.current_revision);
         self.compact_revision.set(s.compact_revision.max(0));
         self.raft_log_entries.set(s.raft_log_entries as i64);
-        advance_to(&self.snapshots_sent, s.snapshots_sent_total);
-        advance_to(&self.snapshots_received, s.snapshots_received_total);
         self.data_dir_free.set(s.data_dir_disk.free_bytes as i64);
         self.data_dir_total.set(s.data_dir_disk.total_bytes as i64);
         self.log_dir_free.set(s.log_dir_disk.free_bytes as i64);

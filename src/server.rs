@@ -326,10 +326,6 @@ fn metrics_text(ctx: ServerCtx, metrics: Arc<Metrics>) -> crate::http::MetricsTe
             current_revision: ctx.mvcc.current_revision(),
             compact_revision: ctx.mvcc.compact_revision(),
             raft_log_entries: (status.raft_last_index + 1).saturating_sub(status.raft_first_index),
-            snapshots_sent_total: crate::peer::SNAPSHOTS_SENT
-                .load(std::sync::atomic::Ordering::Relaxed),
-            snapshots_received_total: crate::peer::SNAPSHOTS_RECEIVED
-                .load(std::sync::atomic::Ordering::Relaxed),
             data_dir_disk: DiskSpace::of(&ctx.config.data_dir),
             log_dir_disk: DiskSpace::of(&log_dir),
             pending_compaction_bytes: sizes.pending_compaction_bytes,
@@ -547,39 +543,37 @@ fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Router {
                 .max_encoding_message_size(usize::MAX)
         };
     }
-    let router =
-        tonic::service::Routes::new(limits!(KvServer::new(api::kv::KvService::new(ctx.clone()))))
-            .add_service(limits!(WatchServer::new(api::watch::WatchService::new(
-                ctx.clone()
-            ))))
-            .add_service(limits!(LeaseServer::new(api::lease::LeaseService::new(
-                ctx.clone()
-            ))))
-            .add_service(limits!(ClusterServer::new(
-                api::cluster::ClusterService::new(ctx.clone())
-            )))
-            .add_service(limits!(MaintenanceServer::new(
-                api::maintenance::MaintenanceService::new(ctx.clone())
-            )))
-            .add_service(HealthServer::new(api::health::HealthService))
-            .prepare()
-            .into_axum_router()
-            .layer(axum::middleware::map_response(api::oversize::rewrite))
-            .layer(axum::middleware::from_fn({
-                let ctx = ctx.clone();
-                move |request, next| api::interceptor::check(ctx.clone(), request, next)
-            }))
-            .layer(axum::middleware::from_fn({
-                let metrics = metrics.clone();
-                move |request, next| api::grpc_metrics::record(metrics.clone(), request, next)
-            }));
-    if !ctx.config.enable_distributed_tracing {
-        return router;
-    }
-    let member_id = ctx.node.config().member_id;
-    router.layer(axum::middleware::from_fn(move |request, next| {
-        api::grpc_metrics::trace(member_id, request, next)
-    }))
+    tonic::service::Routes::new(limits!(KvServer::new(api::kv::KvService::new(ctx.clone()))))
+        .add_service(limits!(WatchServer::new(api::watch::WatchService::new(
+            ctx.clone()
+        ))))
+        .add_service(limits!(LeaseServer::new(api::lease::LeaseService::new(
+            ctx.clone()
+        ))))
+        .add_service(limits!(ClusterServer::new(
+            api::cluster::ClusterService::new(ctx.clone())
+        )))
+        .add_service(limits!(MaintenanceServer::new(
+            api::maintenance::MaintenanceService::new(ctx.clone())
+        )))
+        .add_service(HealthServer::new(api::health::HealthService))
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::map_response(api::oversize::rewrite))
+        .layer(axum::middleware::from_fn({
+            let ctx = ctx.clone();
+            move |request, next| api::interceptor::check(ctx.clone(), request, next)
+        }))
+        .layer(axum::middleware::from_fn({
+            let metrics = metrics.clone();
+            let trace_member = ctx
+                .config
+                .enable_distributed_tracing
+                .then(|| ctx.node.config().member_id);
+            move |request, next| {
+                api::grpc_metrics::record(metrics.clone(), trace_member, request, next)
+            }
+        }))
 }
 
 /// The peer URLs' service: raft messages from the other members.

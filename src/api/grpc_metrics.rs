@@ -4,9 +4,9 @@
 //! in front of every service: it counts the gRPC messages (5-byte length prefixes) and bytes in
 //! both bodies and reads the status from the response headers or trailers.
 //!
-//! With tracing on, [`trace`] makes each call a span (`grpc.request`, with the method and this
-//! member's ID; the apply thread records the revision) whose `reply` child lasts until the
-//! response body has been sent.
+//! With tracing on, each call is also a span (`grpc.request`, with the method and this member's
+//! ID; the apply thread records the revision) whose `reply` child lasts until the response body
+//! has been sent.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use axum::http::{HeaderMap, Response};
 use axum::middleware::Next;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::Instrument as _;
+
+use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{GrpcLabels, Metrics};
 
@@ -66,8 +68,14 @@ fn status_code(headers: &HeaderMap) -> Option<&'static str> {
     Some(CODE_NAMES.get(code).copied().unwrap_or("Unknown"))
 }
 
-/// The middleware.
-pub async fn record(metrics: Arc<Metrics>, request: Request, next: Next) -> Response<Body> {
+/// The middleware. `trace_member` is this member's ID when tracing is on: each call then also
+/// becomes a `grpc.request` span whose `reply` child lasts until the response body is sent.
+pub async fn record(
+    metrics: Arc<Metrics>,
+    trace_member: Option<u64>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
     let is_grpc = request
         .headers()
         .get("content-type")
@@ -81,94 +89,54 @@ pub async fn record(metrics: Arc<Metrics>, request: Request, next: Next) -> Resp
         ("grpc_service", service.to_owned()),
         ("grpc_method", method.to_owned()),
     ];
+    let span = trace_member.map(|member_id| {
+        tracing::info_span!(
+            target: crate::telemetry::TRACE_TARGET,
+            "grpc.request",
+            otel.name = %format!("{service}/{method}"),
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            member_id = %format!("{member_id:x}"),
+            revision = tracing::field::Empty,
+        )
+    });
     let started = Instant::now();
     metrics.grpc_started.get_or_create(&labels).inc();
     let (parts, body) = request.into_parts();
-    let body = Body::new(Counted::new(
+    let received = Counted::new(
         body,
-        Side::Received,
-        metrics.clone(),
-        labels.clone(),
-    ));
-    let response = next.run(Request::from_parts(parts, body)).await;
+        metrics.client_received_bytes.clone(),
+        metrics.grpc_msg_received.get_or_create_owned(&labels),
+    );
+    let request = Request::from_parts(parts, Body::new(received));
+    let response = match &span {
+        Some(span) => next.run(request).instrument(span.clone()).await,
+        None => next.run(request).await,
+    };
     let (parts, body) = response.into_parts();
-    let mut tracker = Handled {
-        metrics: metrics.clone(),
-        labels: labels.clone(),
+    let mut sent = Counted::new(
+        body,
+        metrics.client_sent_bytes.clone(),
+        metrics.grpc_msg_sent.get_or_create_owned(&labels),
+    );
+    let mut handled = Handled {
+        metrics,
+        labels,
         started,
         done: false,
     };
     if let Some(code) = status_code(&parts.headers) {
         // Trailers-only response: the call ended with its headers.
-        tracker.finish(code);
+        handled.finish(code);
     }
-    let mut counted = Counted::new(body, Side::Sent, metrics, labels);
-    counted.handled = Some(tracker);
-    Response::from_parts(parts, Body::new(counted))
-}
-
-/// The tracing middleware (installed only with `--enable-distributed-tracing`).
-pub async fn trace(member_id: u64, request: Request, next: Next) -> Response<Body> {
-    let Some((service, method)) = split_path(request.uri().path()) else {
-        return next.run(request).await;
-    };
-    let span = tracing::info_span!(
-        target: crate::telemetry::TRACE_TARGET,
-        "grpc.request",
-        otel.name = %format!("{service}/{method}"),
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        member_id = %format!("{member_id:x}"),
-        revision = tracing::field::Empty,
-    );
-    if span.is_disabled() {
-        return next.run(request).await;
-    }
-    let response = next.run(request).instrument(span.clone()).await;
-    let reply = tracing::info_span!(target: crate::telemetry::TRACE_TARGET, parent: &span, "reply");
-    let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(Spanned {
-            inner: body,
-            _reply: reply,
-            _request: span,
-        }),
-    )
-}
-
-/// A response body that keeps the call's spans open until it is sent (or dropped).
-struct Spanned {
-    inner: Body,
-    // Dropped in declaration order: the reply closes before its parent.
-    _reply: tracing::Span,
-    _request: tracing::Span,
-}
-
-impl HttpBody for Spanned {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        // Entered while sending, so both spans end after the last frame went out.
-        let request = self._request.clone();
-        let reply = self._reply.clone();
-        let _request = request.enter();
-        let _reply = reply.enter();
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    sent.handled = Some(handled);
+    sent.spans = span.map(|request| {
+        let reply =
+            tracing::info_span!(target: crate::telemetry::TRACE_TARGET, parent: &request, "reply");
+        (reply, request)
+    });
+    Response::from_parts(parts, Body::new(sent))
 }
 
 /// Records `grpc_server_handled_total` and the handling time once per call.
@@ -203,42 +171,39 @@ impl Drop for Handled {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Received,
-    Sent,
-}
-
-/// A body that counts bytes and gRPC messages as they pass.
+/// A body that counts bytes and gRPC messages as they pass; the response's also ends the call
+/// (handled status, traced spans).
 struct Counted {
     inner: Body,
-    side: Side,
-    metrics: Arc<Metrics>,
-    labels: GrpcLabels,
+    bytes: Counter,
+    messages: Counter,
     /// Bytes of the current message prefix seen so far, and bytes of message left to skip.
     prefix: [u8; 5],
     prefix_len: usize,
     remaining: u64,
     handled: Option<Handled>,
+    /// The `reply` span and its `grpc.request` parent (dropped in that order), entered while
+    /// sending so both end after the last frame went out.
+    spans: Option<(tracing::Span, tracing::Span)>,
 }
 
 impl Counted {
-    fn new(inner: Body, side: Side, metrics: Arc<Metrics>, labels: GrpcLabels) -> Counted {
+    fn new(inner: Body, bytes: Counter, messages: Counter) -> Counted {
         Counted {
             inner,
-            side,
-            metrics,
-            labels,
+            bytes,
+            messages,
             prefix: [0; 5],
             prefix_len: 0,
             remaining: 0,
             handled: None,
+            spans: None,
         }
     }
 
     /// Counts the bytes and the messages that start in `data`.
     fn count(&mut self, mut data: &[u8]) {
-        let bytes = data.len() as u64;
+        self.bytes.inc_by(data.len() as u64);
         let mut messages = 0u64;
         while !data.is_empty() {
             if self.remaining > 0 {
@@ -259,25 +224,8 @@ impl Counted {
                 self.prefix_len = 0;
             }
         }
-        match self.side {
-            Side::Received => {
-                self.metrics.client_received_bytes.inc_by(bytes);
-                if messages > 0 {
-                    self.metrics
-                        .grpc_msg_received
-                        .get_or_create(&self.labels)
-                        .inc_by(messages);
-                }
-            }
-            Side::Sent => {
-                self.metrics.client_sent_bytes.inc_by(bytes);
-                if messages > 0 {
-                    self.metrics
-                        .grpc_msg_sent
-                        .get_or_create(&self.labels)
-                        .inc_by(messages);
-                }
-            }
+        if messages > 0 {
+            self.messages.inc_by(messages);
         }
     }
 }
@@ -290,6 +238,10 @@ impl HttpBody for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let spans = self.spans.clone();
+        // Entered parent first; the guards drop in reverse, so the reply exits first.
+        let _request = spans.as_ref().map(|(_, request)| request.enter());
+        let _reply = spans.as_ref().map(|(reply, _)| reply.enter());
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -358,9 +310,8 @@ mod tests {
         ];
         let mut c = Counted::new(
             Body::empty(),
-            Side::Received,
-            metrics.clone(),
-            labels.clone(),
+            metrics.client_received_bytes.clone(),
+            metrics.grpc_msg_received.get_or_create_owned(&labels),
         );
         // Two messages of 3 and 0 bytes, cut in awkward places.
         let stream = [0u8, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0];

@@ -43,10 +43,6 @@ pub trait PeerHandlers: Send + Sync + 'static {
 }
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};
 
-/// Snapshots this process streamed to peers, and received from them (whole and verified).
-pub static SNAPSHOTS_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static SNAPSHOTS_RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Soft bound on the encoded raft messages in one batch: a batch stops growing once it reaches
 /// this, so it is at most this plus one message.
 pub const BATCH_BYTES_MAX: usize = 4 << 20;

@@ -212,7 +212,7 @@ impl Peer for PeerService {
                 Err(e) => return Err(Status::unavailable(format!("etcdserver: {e}"))),
             }
         }
-        super::SNAPSHOTS_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.snapshots_received.inc();
         Ok(Response::new(SnapshotReceived {}))
     }
 

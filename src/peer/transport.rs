@@ -268,6 +268,7 @@ impl PeerTransport {
         };
         let node = node.clone();
         let cluster_id = self.shared.cfg.cluster_id;
+        let metrics = self.shared.metrics.clone();
         runtime.spawn(async move {
             let meta = message.get_snapshot().get_metadata();
             let (index, term) = (meta.index, meta.term);
@@ -276,7 +277,7 @@ impl PeerTransport {
             for url in &urls {
                 match stream_snapshot(url, cluster_id, &dir, &message).await {
                     Ok(bytes) => {
-                        super::SNAPSHOTS_SENT.fetch_add(1, Ordering::Relaxed);
+                        metrics.snapshots_sent.inc();
                         tracing::info!(
                             peer = %hex(to),
                             index,
