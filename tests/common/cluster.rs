@@ -35,11 +35,9 @@
 //! `OXETCD_TEST_KEEP_DIR`).
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -993,27 +991,12 @@ impl Cluster {
         let member = &mut self.members[index];
         std::fs::create_dir_all(&member.dir).expect("creating a member dir should work");
         member.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(member.log_path())
-            .expect("opening the log file in our temp dir should work");
-        writeln!(log, "=== fixture: start #{}: {command_line}", member.starts)
-            .expect("writing the log file should work");
-        let stderr = log.try_clone().expect("cloning a file handle should work");
-        let mut command = Command::new(&self.bin);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ETCD_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot spawn {}: {err}", self.bin.display()));
+        let child = super::spawn_logged(
+            &self.bin,
+            &args,
+            &member.log_path(),
+            &format!("start #{}: {command_line}", member.starts),
+        );
         self.proxy.set_pid(index, Some(child.id()));
         member.child = Some(child);
     }

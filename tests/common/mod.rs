@@ -354,32 +354,12 @@ impl Server {
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "spawn: server is already running");
         self.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("opening the log file in our temp dir should work");
-        writeln!(
-            log,
-            "=== fixture: start #{}: {}",
-            self.starts,
-            self.command_line()
-        )
-        .expect("writing the log file should work");
-        let stderr = log.try_clone().expect("cloning a file handle should work");
-        let mut command = Command::new(&self.bin);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ETCD_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(self.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot spawn {}: {err}", self.bin.display()));
+        let child = spawn_logged(
+            &self.bin,
+            &self.args(),
+            &self.log_path,
+            &format!("start #{}: {}", self.starts, self.command_line()),
+        );
         self.child = Some(child);
     }
 
@@ -893,3 +873,28 @@ pub fn reference_text(name: &str) -> String {
 }
 pub mod cluster;
 pub mod proxy;
+
+/// Starts `bin` with `args` and without the test environment's `ETCD_*` variables, appending
+/// its stdout and stderr to `log_path` after a `=== fixture: <header>` line.
+pub fn spawn_logged(bin: &Path, args: &[String], log_path: &Path, header: &str) -> Child {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("opening the log file in our temp dir should work");
+    writeln!(log, "=== fixture: {header}").expect("writing the log file should work");
+    let stderr = log.try_clone().expect("cloning a file handle should work");
+    let mut command = Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot spawn {}: {err}", bin.display()))
+}
