@@ -126,7 +126,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         TransportConfig {
             cluster_id: membership.cluster_id,
             member_id: membership.member_id,
-            snap_dir: Some(snap_dir.clone()),
+            snap_dir: snap_dir.clone(),
         },
         &peer_list(&membership),
         metrics.clone(),

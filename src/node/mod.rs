@@ -146,9 +146,8 @@ struct Shared {
 pub struct PeerProgress {
     pub member_id: u64,
     pub matched: u64,
-    /// The leader heard from the member within the last election timeout.
+    /// The leader heard from the member within the last two election timeouts.
     pub recent_active: bool,
-    pub is_learner: bool,
 }
 
 /// The trace of one proposal whose client request is sampled: the request's span (the parent of
@@ -680,7 +679,6 @@ impl RaftLoop {
         let now = Instant::now();
         let window = self.cfg.tick * (2 * self.cfg.election_ticks as u32);
         let progress = if raft.state == StateRole::Leader {
-            let learners = raft.prs().conf().learners().clone();
             let mut out = Vec::new();
             for (id, pr) in raft.prs().iter() {
                 if pr.recent_active || *id == self.cfg.member_id {
@@ -694,7 +692,6 @@ impl RaftLoop {
                     member_id: *id,
                     matched: pr.matched,
                     recent_active: active,
-                    is_learner: learners.contains(id),
                 });
             }
             out

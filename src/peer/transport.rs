@@ -55,8 +55,8 @@ const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 pub struct TransportConfig {
     pub cluster_id: u64,
     pub member_id: u64,
-    /// Where the snapshot files raft sends live (none: snapshots cannot be sent).
-    pub snap_dir: Option<std::path::PathBuf>,
+    /// Where the snapshot files raft sends live.
+    pub snap_dir: std::path::PathBuf,
 }
 
 /// The node's [`Transport`]: routes each raft message to its peer's queue. Cheap to clone; the
@@ -262,10 +262,7 @@ impl PeerTransport {
         let (Some(node), Some((runtime, _))) = (node, self.shared.runtime.get()) else {
             return;
         };
-        let Some(dir) = self.shared.cfg.snap_dir.clone() else {
-            node.report_snapshot(to, SnapshotStatus::Failure);
-            return;
-        };
+        let dir = self.shared.cfg.snap_dir.clone();
         let node = node.clone();
         let cluster_id = self.shared.cfg.cluster_id;
         let metrics = self.shared.metrics.clone();
