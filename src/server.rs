@@ -475,8 +475,9 @@ async fn join_existing(
 }
 
 /// Publishes this member's name and client URLs through raft (etcd's attribute publishing),
-/// retrying until it is applied, so every member lists them; then sets `published` (at once
-/// when the member list already has them, as after a restart with unchanged flags).
+/// retrying until it is applied, so every member lists them; then sets `published` (once a
+/// read barrier passes when the member list already has them, as after a restart with
+/// unchanged flags).
 async fn publish_attributes(
     ctx: ServerCtx,
     published: watch::Sender<bool>,
@@ -503,10 +504,19 @@ async fn publish_attributes(
             .find(|m| m.id == member_id)
             .map(|m| (m.name.clone(), m.client_ur_ls.clone()));
         if current == Some((attrs.name.clone(), attrs.client_urls.clone())) {
-            published.send_replace(true);
-            return;
-        }
-        if ctx.node.status().leader_id != 0 {
+            // Nothing to publish, but wait as etcd's publish (always through raft) does: for a
+            // leader and this member's catching up with it, so READY=1 means a healthy member.
+            tokio::select! {
+                result = ctx.node.read_barrier() => match result {
+                    Ok(()) => {
+                        published.send_replace(true);
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "waiting for a leader before serving clients"),
+                },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        } else if ctx.node.status().leader_id != 0 {
             match ctx
                 .node
                 .propose(Internal::MemberAttributes(attrs.clone()))

@@ -710,9 +710,13 @@ impl RaftLoop {
         if self.reads.waiting.is_empty() {
             return;
         }
-        if self.raw.raft.leader_id == raft::INVALID_ID {
+        let raft = &self.raw.raft;
+        let new_leader = raft.state == StateRole::Leader && !raft.commit_to_current_term();
+        if raft.leader_id == raft::INVALID_ID || new_leader {
             // Without a leader the reads wait (until one is elected or their deadline passes,
             // which answers `request timed out`, as etcd does); callers that gave up are dropped.
+            // A new leader would drop them until its first entry commits: they wait for that
+            // here rather than for the retry.
             self.reads.waiting.retain(|w| !w.is_closed());
             return;
         }
