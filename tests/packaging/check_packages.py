@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""Checks the built .deb and .rpm the way an operator meets them.
+
+    tests/packaging/check_packages.py PACKAGE_DIR
+
+PACKAGE_DIR holds what packaging/build.sh made: oxetcd_*.deb and oxetcd-*.rpm. Needs root: it installs the .deb on this machine with dpkg and removes and
+purges it again at the end (also when a check fails).
+
+1. lintian: no errors.
+2. rpm -qp: file list, config files (noreplace), scriptlets, requirements and provides; then an
+   install into a scratch `rpm --root` directory, verified and erased.
+3. dpkg -i: files, conffiles, user, directories and the enabled unit; the unit's ExecStart
+   line run as systemd would run it (User=, Group=, UMask=, LimitNOFILE=, NOTIFY_SOCKET),
+   READY=1 and /health timed, a key written with etcdctl, the log in /var/log/etcd.log,
+   logrotate's rotation plus the reload line reopening it, STOPPING=1 and exit 0 on SIGTERM.
+4. dpkg -r keeps config, data, log and user; a reinstall keeps an edited conffile and serves
+   the old data; an upgrade with systemd present (a recording systemctl stand-in) restarts
+   the service, remove stops it; dpkg -P deletes config, data and log and keeps the user.
+"""
+
+import configparser
+import glob
+import grp
+import os
+import pwd
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+UNIT = "/usr/lib/systemd/system/oxetcd.service"
+MAN = "/usr/share/man/man1/oxetcd.1"
+CONFIG = "/etc/oxetcd/oxetcd.toml"
+DATA = "/var/lib/oxetcd"
+LOG = "/var/log/etcd.log"
+CLIENT = "127.0.0.1:2379"
+WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/oxetcd.service"
+
+# Every file the packages install, and the ones that are configuration.
+FILES = sorted(
+    [
+        "/usr/bin/oxetcd",
+        CONFIG,
+        "/etc/logrotate.d/oxetcd",
+        UNIT,
+        "/usr/lib/sysusers.d/oxetcd.conf",
+        "/usr/lib/tmpfiles.d/oxetcd.conf",
+        "/usr/share/doc/oxetcd/README.md",
+        "/usr/share/doc/oxetcd/runbooks.md",
+        MAN,
+        "/usr/share/oxetcd/prometheus/oxetcd-alerts.yaml",
+    ]
+    + [
+        "/usr/share/oxetcd/grafana/" + os.path.basename(p)
+        for p in glob.glob(os.path.join(os.path.dirname(__file__), "../../dashboards/*.json"))
+    ]
+)
+CONFFILES = sorted([CONFIG, "/etc/logrotate.d/oxetcd"])
+# cargo-deb gzips man pages, as Debian policy asks; the rpm carries the page as it is.
+DEB_FILES = sorted(f + ".gz" if f == MAN else f for f in FILES)
+
+figures = []
+
+
+def step(title):
+    print(f"== {title}", flush=True)
+
+
+def run(*argv, check=True, env=None, input=None):
+    """Runs a command, returns its stdout; a failure shows the command and its output."""
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, input=input)
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"{shlex.join(argv)} exited {p.returncode}\n{p.stdout}\n{p.stderr}".rstrip()
+        )
+    return p.stdout
+
+
+def expect(cond, message):
+    if not cond:
+        raise AssertionError(message)
+
+
+def etcdctl(*args):
+    env = dict(os.environ, ETCDCTL_API="3")
+    return run("etcdctl", f"--endpoints={CLIENT}", "--command-timeout=10s", *args, env=env)
+
+
+def owner(path):
+    st = os.stat(path)
+    return (
+        pwd.getpwuid(st.st_uid).pw_name,
+        grp.getgrgid(st.st_gid).gr_name,
+        stat.S_IMODE(st.st_mode),
+    )
+
+
+def user_exists(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+# ---- 1. lintian --------------------------------------------------------------------------
+
+
+def check_lintian(deb):
+    step("lintian: no errors")
+    p = subprocess.run(
+        ["lintian", "--pedantic", "--fail-on", "error", deb], capture_output=True, text=True
+    )
+    out = (p.stdout + p.stderr).strip()
+    print(out or "no tags")
+    errors = [line for line in out.splitlines() if line.startswith("E:")]
+    expect(p.returncode == 0 and not errors, f"lintian found errors in {deb}")
+
+
+# ---- 2. rpm ------------------------------------------------------------------------------
+
+
+def check_rpm(rpm):
+    step("rpm -qp: files, config, scripts, requirements")
+    files = sorted(run("rpm", "-qp", "--list", rpm).split())
+    expect(files == FILES, f"rpm file list differs:\n got {files}\nwant {FILES}")
+    configs = sorted(run("rpm", "-qp", "--configfiles", rpm).split())
+    expect(configs == CONFFILES, f"rpm config files: {configs}, want {CONFFILES}")
+    # %{FILEFLAGS:fflags}: c = config, n = noreplace, d = doc.
+    flags = dict(
+        line.split(" ", 1)[::-1]
+        for line in run("rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", rpm)
+        .strip()
+        .splitlines()
+        if " " in line
+    )
+    for conf in CONFFILES:
+        expect("n" in flags.get(conf, ""), f"{conf} is not %config(noreplace): {flags.get(conf)}")
+    modes = run("rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]", rpm)
+    expect("-rwxr-xr-x /usr/bin/oxetcd" in modes, f"binary mode:\n{modes}")
+    scripts = run("rpm", "-qp", "--scripts", rpm)
+    here = os.path.join(os.path.dirname(__file__), "../../packaging/rpm")
+    for name, heading in [
+        ("pre.sh", "preinstall"),
+        ("post.sh", "postinstall"),
+        ("preun.sh", "preuninstall"),
+        ("postun.sh", "postuninstall"),
+    ]:
+        body = open(os.path.join(here, name)).read().strip()
+        expect(heading + " scriptlet" in scripts, f"no {heading} scriptlet")
+        expect(body in scripts, f"the {heading} scriptlet is not packaging/rpm/{name}")
+    requires = run("rpm", "-qp", "--requires", rpm)
+    for need in ["logrotate", "/usr/sbin/useradd", "libc.so.6", "/bin/sh"]:
+        expect(need in requires, f"rpm does not require {need}:\n{requires}")
+    provides = run("rpm", "-qp", "--provides", rpm)
+    expect("user(oxetcd)" in provides, f"rpm does not provide user(oxetcd):\n{provides}")
+    binary_size = int(
+        run("rpm", "-qp", "--qf", "[%{FILESIZES} %{FILENAMES}\n]", rpm)
+        .split(" /usr/bin/oxetcd")[0]
+        .split()[-1]
+    )
+    expect(binary_size < 64 << 20, f"the rpm's binary is {binary_size} bytes: not stripped?")
+    run("rpm", "-Kv", "--nosignature", rpm)
+
+    step("rpm --root: install, verify, erase")
+    root = tempfile.mkdtemp(prefix="oxetcd-rpmroot-")
+    try:
+        run("rpm", "--root", root, "--initdb")
+        # Scriptlets run chrooted with the root's /bin/sh, which a scratch root lacks; the
+        # scriptlets are checked above and exercised by the .deb's equivalents below.
+        run("rpm", "--root", root, "-ivh", "--nodeps", "--noscripts", rpm)
+        installed = run("rpm", "--root", root, "-qa").split()
+        expect(any(p.startswith("oxetcd-") for p in installed), f"rpm -qa: {installed}")
+        for f in FILES:
+            expect(os.path.isfile(root + f), f"{f} missing in the rpm root")
+        run("rpm", "--root", root, "-V", "--nodeps", "oxetcd")
+        out = run(root + "/usr/bin/oxetcd", "--version")
+        expect("oxetcd" in out.lower(), f"--version from the rpm's binary: {out}")
+        run("rpm", "--root", root, "-e", "--nodeps", "--noscripts", "oxetcd")
+        left = [f for f in FILES if os.path.exists(root + f)]
+        expect(not left, f"rpm -e left {left}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- 3. the service, run as systemd runs it ------------------------------------------------
+
+
+class Service:
+    """The installed unit's ExecStart, started as systemd would start it (without systemd)."""
+
+    def __init__(self):
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str
+        parser.read(UNIT)
+        self.unit = parser["Service"]
+        expect(self.unit.get("Type") == "notify", "the unit is not Type=notify")
+        expect(self.unit.get("Restart") == "on-failure", "the unit does not restart on failure")
+        expect(int(self.unit.get("LimitNOFILE", "0")) >= 65536, "the unit keeps the default open-file limit")
+        self.tmp = tempfile.mkdtemp(prefix="oxetcd-unit-")
+        os.chmod(self.tmp, 0o755)
+        self.notify_path = os.path.join(self.tmp, "notify")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        os.chmod(self.notify_path, 0o777)
+        self.proc = None
+
+    def start(self):
+        user = pwd.getpwnam(self.unit["User"])
+        group = grp.getgrnam(self.unit["Group"])
+        umask = int(self.unit.get("UMask", "0022"), 8)
+        nofile = int(self.unit["LimitNOFILE"])
+        argv = shlex.split(self.unit["ExecStart"])
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": user.pw_dir,
+            "USER": user.pw_name,
+            "LOGNAME": user.pw_name,
+            "SHELL": user.pw_shell,
+            "NOTIFY_SOCKET": self.notify_path,
+            "STATE_DIRECTORY": DATA,
+        }
+
+        # systemd sets LimitNOFILE= as root; a sandbox may cap the hard limit below it.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.nofile = nofile if self.can_raise_nofile(nofile) else hard
+
+        def in_child():
+            # systemd's order: limits while still root, then the user's credentials.
+            os.umask(umask)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+            os.initgroups(user.pw_name, group.gr_gid)
+            os.setgid(group.gr_gid)
+            os.setuid(user.pw_uid)
+
+        self.journal = open(os.path.join(self.tmp, "journal"), "a")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd="/",
+            env=env,
+            preexec_fn=in_child,
+            stdin=subprocess.DEVNULL,
+            stdout=self.journal,
+            stderr=self.journal,
+        )
+        timeout = parse_seconds(self.unit.get("TimeoutStartSec", "90s"))
+        self.wait_notify("READY=1", timeout)
+        limits = open(f"/proc/{self.proc.pid}/limits").read()
+        expect(
+            f"Max open files            {self.nofile}" in limits,
+            f"LimitNOFILE={nofile} not in effect:\n{limits}",
+        )
+        ready = time.monotonic() - self.started
+        health = self.wait_health(timeout)
+        return ready, health
+
+    @staticmethod
+    def can_raise_nofile(n):
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({n}, {n}))"],
+            capture_output=True,
+        )
+        if probe.returncode != 0:
+            print(f"   note: this machine caps the open-file limit below LimitNOFILE={n}")
+        return probe.returncode == 0
+
+    def wait_notify(self, state, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"no {state} from the service (exit {self.proc.poll()}); "
+                    f"its output:\n{self.output()}"
+                )
+            self.notify.settimeout(min(left, 0.5))
+            try:
+                msg = self.notify.recv(4096).decode()
+            except socket.timeout:
+                continue
+            if state in msg.split("\n"):
+                return
+
+    def wait_health(self, timeout):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{CLIENT}/health", timeout=2) as r:
+                    body = r.read().decode()
+                    if r.status == 200 and '"health":"true"' in body:
+                        return time.monotonic() - self.started
+                    last = body
+            except OSError as e:
+                last = e
+            time.sleep(0.005)
+        raise AssertionError(f"/health never answered healthy: {last}")
+
+    def reload(self):
+        """Runs the unit's ExecReload= line with $MAINPID, as `systemctl reload` does."""
+        line = self.unit["ExecReload"].replace("$MAINPID", str(self.proc.pid))
+        run(*shlex.split(line))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        timeout = parse_seconds(self.unit.get("TimeoutStopSec", "90s"))
+        self.wait_notify_after_exit("STOPPING=1")
+        code = self.proc.wait(timeout)
+        expect(code == 0, f"the service exited {code} on SIGTERM:\n{self.output()}")
+        self.proc = None
+
+    def wait_notify_after_exit(self, state):
+        # STOPPING=1 is sent before the process exits; it is queued on our socket.
+        self.notify.settimeout(10)
+        while True:
+            try:
+                msg = self.notify.recv(4096).decode()
+            except socket.timeout:
+                raise AssertionError(f"no {state} on SIGTERM:\n{self.output()}")
+            if state in msg.split("\n"):
+                return
+
+    def output(self):
+        self.journal.flush()
+        with open(os.path.join(self.tmp, "journal")) as f:
+            return f.read()[-4000:]
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def close(self):
+        self.kill()
+        self.notify.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def parse_seconds(value):
+    value = value.strip()
+    for suffix, scale in [("min", 60), ("ms", 0.001), ("s", 1)]:
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * scale
+    return float(value)
+
+
+# ---- 4. dpkg -------------------------------------------------------------------------------
+
+
+def dpkg_status():
+    p = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Abbrev}", "oxetcd"], capture_output=True, text=True
+    )
+    return p.stdout.strip() if p.returncode == 0 else "not known"
+
+
+def check_installed_files():
+    listed = set(run("dpkg", "-L", "oxetcd").split())
+    missing = [f for f in DEB_FILES if f not in listed or not os.path.isfile(f)]
+    expect(not missing, f"dpkg -L lacks or the disk lacks: {missing}")
+    conffiles = sorted(
+        line.split()[0]
+        for line in run("dpkg-query", "-W", "-f=${Conffiles}\n", "oxetcd").splitlines()
+        if line.strip()
+    )
+    expect(conffiles == CONFFILES, f"conffiles {conffiles}, want {CONFFILES}")
+    expect(user_exists("oxetcd"), "no oxetcd user after install")
+    expect(pwd.getpwnam("oxetcd").pw_uid < 1000, "oxetcd is not a system user")
+    expect(owner(DATA) == ("oxetcd", "oxetcd", 0o700), f"{DATA}: {owner(DATA)}")
+    expect(owner(LOG) == ("oxetcd", "adm", 0o640), f"{LOG}: {owner(LOG)}")
+    expect(
+        os.path.realpath(WANTS_LINK) == UNIT,
+        f"the unit is not enabled: {WANTS_LINK} -> {os.path.realpath(WANTS_LINK)}",
+    )
+    out = run("/usr/bin/oxetcd", "--help")
+    expect("--data-dir" in out, "oxetcd --help does not list --data-dir")
+
+
+def check_service_run(svc, figures_label):
+    ready, health = svc.start()
+    figures.append((figures_label, ready, health))
+    print(f"   {figures_label}: READY=1 after {ready * 1000:.0f} ms, /health OK after {health * 1000:.0f} ms")
+    for entry in os.listdir(DATA):
+        path = os.path.join(DATA, entry)
+        expect(owner(path)[0] == "oxetcd", f"{path} is owned by {owner(path)[0]}")
+    expect(os.path.isfile(os.path.join(DATA, "CURRENT")), f"no database in {DATA}")
+    log = open(LOG).read()
+    expect("ready to serve client requests" in log, f"{LOG} lacks the start-up lines:\n{log[-2000:]}")
+
+
+def check_log_rotation(svc):
+    step("logrotate rotates /var/log/etcd.log and the server writes to the new file")
+    for old in glob.glob(LOG + ".*"):
+        os.remove(old)
+    state = os.path.join(svc.tmp, "logrotate.state")
+    # Without a running systemd the packaged postrotate signals the process (pidof).
+    run("logrotate", "--force", "--state", state, "/etc/logrotate.d/oxetcd")
+    expect(os.path.isfile(LOG + ".1"), "logrotate left no etcd.log.1")
+    expect("ready to serve client requests" in open(LOG + ".1").read(), "etcd.log.1 lacks the old lines")
+    expect(owner(LOG) == ("oxetcd", "adm", 0o640), f"new {LOG}: {owner(LOG)}")
+    wait_for(lambda: "reopened the log file" in open(LOG).read(), f"no line in the new {LOG}")
+    # systemctl reload: the unit's ExecReload= line.
+    before = open(LOG).read().count("reopened the log file")
+    svc.reload()
+    wait_for(
+        lambda: open(LOG).read().count("reopened the log file") > before,
+        "ExecReload did not make the server reopen its log",
+    )
+
+
+def wait_for(cond, message, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(message)
+
+
+class FakeSystemd:
+    """A recording systemctl/deb-systemd-invoke and /run/systemd/system, so the maintainer
+    scripts take their systemd path; each call is logged, nothing is started."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="oxetcd-fake-systemd-")
+        self.log = os.path.join(self.dir, "calls")
+        for name in ["systemctl", "deb-systemd-invoke"]:
+            path = os.path.join(self.dir, name)
+            with open(path, "w") as f:
+                f.write(f'#!/bin/sh\necho "{name} $*" >> {self.log}\nexit 0\n')
+            os.chmod(path, 0o755)
+        self.created_run_dir = not os.path.isdir("/run/systemd/system")
+
+    def __enter__(self):
+        os.makedirs("/run/systemd/system", exist_ok=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.created_run_dir:
+            os.rmdir("/run/systemd/system")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def env(self):
+        return dict(os.environ, PATH=self.dir + ":" + os.environ["PATH"])
+
+    def calls(self):
+        if not os.path.exists(self.log):
+            return []
+        lines = open(self.log).read().splitlines()
+        os.remove(self.log)
+        return lines
+
+
+def check_deb(deb):
+    svc = None
+    try:
+        step("dpkg -i on this machine (no systemd running)")
+        expect(dpkg_status() in ("not known", "un"), f"oxetcd is already installed: {dpkg_status()}")
+        with socket.socket() as probe:
+            in_use = probe.connect_ex(("127.0.0.1", 2379)) == 0
+        expect(not in_use, "something already listens on 127.0.0.1:2379, the packaged client port")
+        run("dpkg", "-i", deb)
+        expect(dpkg_status() == "ii", f"dpkg status after install: {dpkg_status()}")
+        check_installed_files()
+
+        step("the unit's ExecStart as User=oxetcd with the packaged config")
+        svc = Service()
+        check_service_run(svc, "first start (new data dir)")
+        etcdctl("put", "packaged-key", "kept across remove")
+        check_log_rotation(svc)
+        svc.stop()
+        log = open(LOG).read()
+        expect("stopped" in log, f"{LOG} lacks the shutdown lines")
+        check_service_run(svc, "restart (existing data)")
+        svc.stop()
+
+        step("dpkg -r keeps config, data, log and user")
+        run("dpkg", "-r", "oxetcd")
+        expect(dpkg_status() == "rc", f"dpkg status after remove: {dpkg_status()}")
+        expect(not os.path.exists("/usr/bin/oxetcd"), "the binary survived remove")
+        expect(not os.path.exists(UNIT), "the unit survived remove")
+        for kept in [CONFIG, os.path.join(DATA, "CURRENT"), LOG]:
+            expect(os.path.exists(kept), f"remove deleted {kept}")
+        expect(user_exists("oxetcd"), "remove deleted the user")
+
+        step("reinstall: an edited conffile stays, the old data is served")
+        with open(CONFIG) as f:
+            edited = f.read().replace('# name = "default"', 'name = "packaged"', 1)
+        expect('name = "packaged"' in edited, "the packaged config has no name key to edit")
+        with open(CONFIG, "w") as f:
+            f.write(edited)
+        run("dpkg", "-i", "--force-confold", deb)
+        expect(open(CONFIG).read() == edited, "reinstall replaced the edited config")
+        check_service_run(svc, "start after remove and reinstall")
+        got = etcdctl("get", "packaged-key", "--print-value-only").strip()
+        expect(got == "kept across remove", f"the key written before remove reads {got!r}")
+        members = etcdctl("member", "list")
+        expect("packaged" in members, f"the edited name is not in use: {members}")
+
+        step("upgrade with systemd present restarts the service; remove stops it")
+        with FakeSystemd() as systemd:
+            run("dpkg", "-i", "--force-confold", deb, env=systemd.env())
+            calls = systemd.calls()
+            expect(
+                "deb-systemd-invoke try-restart oxetcd.service" in calls,
+                f"the upgrade did not restart the service: {calls}",
+            )
+            expect(not any(" start " in c for c in calls), f"the upgrade started the service: {calls}")
+            svc.stop()
+            run("dpkg", "-r", "oxetcd", env=systemd.env())
+            calls = systemd.calls()
+            expect(
+                "deb-systemd-invoke stop oxetcd.service" in calls,
+                f"remove did not stop the service: {calls}",
+            )
+            step("first install with systemd present enables but does not start")
+            run("dpkg", "-P", "oxetcd", env=systemd.env())
+            systemd.calls()
+            run("dpkg", "-i", deb, env=systemd.env())
+            calls = systemd.calls()
+            expect(
+                not any("start" in c for c in calls),
+                f"a first install started the service: {calls}",
+            )
+            # With systemd running, deb-systemd-helper enables through `systemctl preset`.
+            expect(
+                any(c.endswith("preset oxetcd.service") for c in calls),
+                f"a first install did not enable the unit: {calls}",
+            )
+            run("dpkg", "-r", "oxetcd", env=systemd.env())
+
+        step("dpkg -P deletes config, data and log, keeps the user")
+        run("dpkg", "-P", "oxetcd")
+        expect(dpkg_status() in ("not known", "un", "pn"), f"status after purge: {dpkg_status()}")
+        for gone in [CONFIG, "/etc/oxetcd", DATA, LOG, LOG + ".1", "/etc/logrotate.d/oxetcd"]:
+            expect(not os.path.exists(gone), f"purge left {gone}")
+        for link in [WANTS_LINK, "/etc/systemd/system/oxetcd.service"]:
+            expect(not os.path.lexists(link), f"purge left {link}")
+        expect(user_exists("oxetcd"), "purge deleted the user (documented to stay)")
+    finally:
+        if svc is not None:
+            svc.close()
+        if dpkg_status() not in ("not known", "un", "pn"):
+            subprocess.run(["dpkg", "-P", "oxetcd"], capture_output=True)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    pkgdir = sys.argv[1]
+    expect(os.geteuid() == 0, "installing the .deb needs root")
+
+    def one(pattern):
+        found = glob.glob(os.path.join(pkgdir, pattern))
+        expect(len(found) == 1, f"want one {pattern} in {pkgdir}, found {found}")
+        return found[0]
+
+    deb, rpm = one("oxetcd_*.deb"), one("oxetcd-*.rpm")
+    check_lintian(deb)
+    check_rpm(rpm)
+    check_deb(deb)
+
+    step("figures")
+    for p in (deb, rpm):
+        print(f"   {os.path.basename(p)}: {os.path.getsize(p) / 1e6:.1f} MB")
+    for label, ready, health in figures:
+        print(f"   {label}: start -> READY=1 {ready * 1000:.0f} ms, -> /health OK {health * 1000:.0f} ms")
+    print("all package checks passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
