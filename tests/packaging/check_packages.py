@@ -14,8 +14,11 @@ purges it again at the end (also when a check fails).
    READY=1 and /health timed, a key written with etcdctl, the log in /var/log/etcd.log,
    logrotate's rotation plus the reload line reopening it, STOPPING=1 and exit 0 on SIGTERM.
 4. dpkg -r keeps config, data, log and user; a reinstall keeps an edited conffile and serves
-   the old data; an upgrade with systemd present (a recording systemctl stand-in) restarts
-   the service, remove stops it; dpkg -P deletes config, data and log and keeps the user.
+   the old data; dpkg -P deletes config, data and log and keeps the user.
+5. The same .deb in a Debian root booted with systemd-nspawn (a real systemd): installed
+   enabled and stopped; `systemctl start` returns only when /health is OK; the hardening
+   applies (user, open-file limit); logrotate reloads the service; a SIGKILLed server is
+   restarted; an upgrade restarts it; stop is clean; remove stops it; purge cleans up.
 """
 
 import configparser
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 UNIT = "/usr/lib/systemd/system/oxetcd.service"
@@ -157,7 +161,7 @@ def check_rpm(rpm):
         expect(heading + " scriptlet" in scripts, f"no {heading} scriptlet")
         expect(body in scripts, f"the {heading} scriptlet is not packaging/rpm/{name}")
     requires = run("rpm", "-qp", "--requires", rpm)
-    for need in ["logrotate", "/usr/sbin/useradd", "libc.so.6", "/bin/sh"]:
+    for need in ["logrotate", "/usr/sbin/useradd", "/usr/bin/kill", "libc.so.6", "/bin/sh"]:
         expect(need in requires, f"rpm does not require {need}:\n{requires}")
     provides = run("rpm", "-qp", "--provides", rpm)
     expect("user(oxetcd)" in provides, f"rpm does not provide user(oxetcd):\n{provides}")
@@ -427,40 +431,6 @@ def wait_for(cond, message, timeout=10):
     raise AssertionError(message)
 
 
-class FakeSystemd:
-    """A recording systemctl/deb-systemd-invoke and /run/systemd/system, so the maintainer
-    scripts take their systemd path; each call is logged, nothing is started."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="oxetcd-fake-systemd-")
-        self.log = os.path.join(self.dir, "calls")
-        for name in ["systemctl", "deb-systemd-invoke"]:
-            path = os.path.join(self.dir, name)
-            with open(path, "w") as f:
-                f.write(f'#!/bin/sh\necho "{name} $*" >> {self.log}\nexit 0\n')
-            os.chmod(path, 0o755)
-        self.created_run_dir = not os.path.isdir("/run/systemd/system")
-
-    def __enter__(self):
-        os.makedirs("/run/systemd/system", exist_ok=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self.created_run_dir:
-            os.rmdir("/run/systemd/system")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def env(self):
-        return dict(os.environ, PATH=self.dir + ":" + os.environ["PATH"])
-
-    def calls(self):
-        if not os.path.exists(self.log):
-            return []
-        lines = open(self.log).read().splitlines()
-        os.remove(self.log)
-        return lines
-
-
 def check_deb(deb):
     svc = None
     try:
@@ -507,37 +477,7 @@ def check_deb(deb):
         members = etcdctl("member", "list")
         expect("packaged" in members, f"the edited name is not in use: {members}")
 
-        step("upgrade with systemd present restarts the service; remove stops it")
-        with FakeSystemd() as systemd:
-            run("dpkg", "-i", "--force-confold", deb, env=systemd.env())
-            calls = systemd.calls()
-            expect(
-                "deb-systemd-invoke try-restart oxetcd.service" in calls,
-                f"the upgrade did not restart the service: {calls}",
-            )
-            expect(not any(" start " in c for c in calls), f"the upgrade started the service: {calls}")
-            svc.stop()
-            run("dpkg", "-r", "oxetcd", env=systemd.env())
-            calls = systemd.calls()
-            expect(
-                "deb-systemd-invoke stop oxetcd.service" in calls,
-                f"remove did not stop the service: {calls}",
-            )
-            step("first install with systemd present enables but does not start")
-            run("dpkg", "-P", "oxetcd", env=systemd.env())
-            systemd.calls()
-            run("dpkg", "-i", deb, env=systemd.env())
-            calls = systemd.calls()
-            expect(
-                not any("start" in c for c in calls),
-                f"a first install started the service: {calls}",
-            )
-            # With systemd running, deb-systemd-helper enables through `systemctl preset`.
-            expect(
-                any(c.endswith("preset oxetcd.service") for c in calls),
-                f"a first install did not enable the unit: {calls}",
-            )
-            run("dpkg", "-r", "oxetcd", env=systemd.env())
+        svc.stop()
 
         step("dpkg -P deletes config, data and log, keeps the user")
         run("dpkg", "-P", "oxetcd")
@@ -552,6 +492,203 @@ def check_deb(deb):
             svc.close()
         if dpkg_status() not in ("not known", "un", "pn"):
             subprocess.run(["dpkg", "-P", "oxetcd"], capture_output=True)
+
+
+# ---- 5. under a real systemd -----------------------------------------------------------------
+
+# What the root holds besides debootstrap's minbase: systemd, and the .deb's dependencies.
+ROOT_PACKAGES = "systemd,systemd-sysv,dbus,logrotate,procps"
+ROOT_CACHE = os.path.expanduser(
+    f"~/.cache/oxetcd/debian-bookworm-{ROOT_PACKAGES.replace(',', '-')}.tar"
+)
+
+
+class SystemdContainer:
+    """A Debian bookworm root booted with systemd-nspawn: a real systemd as its PID 1, sharing
+    this machine's network. The root is made once with debootstrap and kept as a tarball in
+    ~/.cache/oxetcd; each run unpacks a fresh copy."""
+
+    def __init__(self):
+        if not os.path.exists(ROOT_CACHE):
+            print("   building the container root with debootstrap (once per machine)", flush=True)
+            build = tempfile.mkdtemp(prefix="oxetcd-debootstrap-", dir="/var/tmp")
+            try:
+                run(
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={ROOT_PACKAGES}",
+                    "bookworm",
+                    build,
+                    "http://deb.debian.org/debian",
+                )
+                os.makedirs(os.path.dirname(ROOT_CACHE), exist_ok=True)
+                run("tar", "-C", build, "-cf", ROOT_CACHE + ".part", ".")
+                os.rename(ROOT_CACHE + ".part", ROOT_CACHE)
+            finally:
+                shutil.rmtree(build, ignore_errors=True)
+        self.root = tempfile.mkdtemp(prefix="oxetcd-container-", dir="/var/tmp")
+        run("tar", "-C", self.root, "-xf", ROOT_CACHE)
+        os.chmod(self.root, 0o755)  # the container's `/`: mkdtemp's 0700 locks its users out
+        try:
+            self.boot()
+        except BaseException:
+            self.close()
+            raise
+
+    def boot(self):
+        self.console = open(os.path.join(self.root, "root", "console.log"), "w")
+        self.nspawn = subprocess.Popen(
+            [
+                "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
+                f"--directory={self.root}", "--machine=oxetcd-check",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.console,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid1 = None
+        deadline = time.monotonic() + 60
+        while self.pid1 is None:
+            expect(self.nspawn.poll() is None, f"systemd-nspawn exited: {self.console_log()}")
+            expect(time.monotonic() < deadline, f"the container did not boot: {self.console_log()}")
+            children = run("pgrep", "-P", str(self.nspawn.pid), check=False).split()
+            self.pid1 = int(children[0]) if children else None
+            if self.pid1 is not None and open(f"/proc/{self.pid1}/comm").read().strip() != "systemd":
+                self.pid1 = None  # nspawn's child before it became the container's systemd
+            if self.pid1 is None:
+                time.sleep(0.05)
+        # Until systemd has opened its private bus, systemctl fails at once; then --wait waits
+        # for the boot to finish.
+        state = ""
+        while not state and time.monotonic() < deadline:
+            state = self.sh("timeout 120 systemctl is-system-running --wait", check=False).strip()
+            if not state:
+                time.sleep(0.05)
+        expect(state in ("running", "degraded"), f"the container's systemd is {state!r}")
+
+    def sh(self, command, check=True):
+        """Runs a shell command inside the container (all of its namespaces)."""
+        return run("nsenter", f"--target={self.pid1}", "--all", "/bin/sh", "-c", command, check=check)
+
+    def show(self, *props):
+        out = self.sh("systemctl show oxetcd.service " + " ".join(f"-p {p}" for p in props))
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    def log(self):
+        path = self.root + LOG
+        return open(path).read() if os.path.exists(path) else ""
+
+    def console_log(self):
+        self.console.flush()
+        return open(self.console.name).read()[-3000:]
+
+    def close(self):
+        if getattr(self, "nspawn", None) is not None and self.nspawn.poll() is None:
+            self.nspawn.terminate()  # nspawn shuts the container's systemd down
+            try:
+                self.nspawn.wait(60)
+            except subprocess.TimeoutExpired:
+                self.nspawn.kill()
+                self.nspawn.wait()
+        if getattr(self, "console", None) is not None:
+            self.console.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def health_now():
+    """/health once, no retry: right after `systemctl start` returns it must already be OK."""
+    try:
+        with urllib.request.urlopen(f"http://{CLIENT}/health", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return None, str(e)
+
+
+def timed_start(c, label):
+    started = time.monotonic()
+    c.sh("systemctl start oxetcd.service")
+    took = time.monotonic() - started
+    status, body = health_now()
+    expect(
+        status == 200 and '"health":"true"' in body,
+        f"/health right after systemctl start: {status} {body}\n{c.sh('journalctl -u oxetcd --no-pager | tail -20')}",
+    )
+    figures.append((label, took, time.monotonic() - started))
+    print(f"   {label}: systemctl start returned after {took * 1000:.0f} ms, /health OK at once")
+
+
+def check_deb_under_systemd(deb):
+    step("under a real systemd (a booted Debian container)")
+    c = SystemdContainer()
+    try:
+        shutil.copy(deb, os.path.join(c.root, "root", "oxetcd.deb"))
+        c.sh("dpkg -i /root/oxetcd.deb")
+        enabled = c.sh("systemctl is-enabled oxetcd.service", check=False).strip()
+        active = c.sh("systemctl is-active oxetcd.service", check=False).strip()
+        expect((enabled, active) == ("enabled", "inactive"), f"after install: {enabled}, {active}")
+
+        step("systemd: start (Type=notify), log, hardening as applied")
+        timed_start(c, "systemctl start, new data dir")
+        props = c.show("User", "Type", "LimitNOFILE", "NRestarts", "MainPID")
+        expect(props["Type"] == "notify" and props["User"] == "oxetcd", f"unit: {props}")
+        main_pid = props["MainPID"]
+        limits = c.sh(f"cat /proc/{main_pid}/limits")
+        want = 65536 if Service.can_raise_nofile(65536) else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        expect(f"Max open files            {want}" in limits, f"LimitNOFILE not applied:\n{limits}")
+        ids = c.sh(f"stat -c '%U %G' /proc/{main_pid}").split()
+        expect(ids == ["oxetcd", "oxetcd"], f"the service runs as {ids}")
+        expect("ready to serve client requests" in c.log(), f"{LOG} in the container: {c.log()[-2000:]}")
+        exposure = c.sh("systemd-analyze security oxetcd.service | tail -1")
+        print(f"   live {exposure.strip()}")
+        etcdctl("put", "systemd-key", "survives restarts")
+
+        step("systemd: logrotate -> systemctl reload reopens the log")
+        c.sh("logrotate --force /etc/logrotate.d/oxetcd")
+        wait_for(lambda: "reopened the log file" in c.log(), f"no line in the new {LOG} after rotation")
+        rotated = open(c.root + LOG + ".1").read()
+        expect("ready to serve client requests" in rotated, "etcd.log.1 lacks the old lines")
+
+        step("systemd: a killed server is restarted (Restart=on-failure)")
+        c.sh("systemctl kill --signal=KILL oxetcd.service")
+        wait_for(
+            lambda: c.show("NRestarts", "ActiveState", "SubState")
+            == {"NRestarts": "1", "ActiveState": "active", "SubState": "running"},
+            f"not restarted after SIGKILL: {c.show('NRestarts', 'ActiveState', 'SubState')}",
+            timeout=30,
+        )
+        wait_for(lambda: health_now()[0] == 200, "no /health after the automatic restart", timeout=30)
+        got = etcdctl("get", "systemd-key", "--print-value-only").strip()
+        expect(got == "survives restarts", f"after SIGKILL and restart the key reads {got!r}")
+
+        step("systemd: an upgrade restarts the running service")
+        before = c.show("MainPID")["MainPID"]
+        c.sh("dpkg -i /root/oxetcd.deb")
+        after = c.show("MainPID", "ActiveState")
+        expect(after["ActiveState"] == "active", f"after the upgrade: {after}")
+        expect(after["MainPID"] != before, f"the upgrade did not restart the service ({before})")
+        wait_for(lambda: health_now()[0] == 200, "no /health after the upgrade", timeout=30)
+
+        step("systemd: stop is clean (exit 0, Result=success)")
+        c.sh("systemctl stop oxetcd.service")
+        result = c.show("Result", "ExecMainStatus", "ActiveState")
+        expect(
+            result == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"},
+            f"after systemctl stop: {result}",
+        )
+        timed_start(c, "systemctl start, existing data")
+
+        step("systemd: remove stops the service, purge deletes config, data and log")
+        c.sh("dpkg -r oxetcd")
+        expect(c.show("ActiveState")["ActiveState"] == "inactive", "remove left the service running")
+        expect(os.path.exists(c.root + DATA + "/CURRENT"), "remove deleted the data")
+        c.sh("dpkg -P oxetcd")
+        for gone in ["/etc/oxetcd", DATA, LOG, WANTS_LINK]:
+            expect(not os.path.lexists(c.root + gone), f"purge left {gone} in the container")
+        c.sh("getent passwd oxetcd")
+    finally:
+        c.close()
 
 
 def main():
@@ -569,12 +706,13 @@ def main():
     check_lintian(deb)
     check_rpm(rpm)
     check_deb(deb)
+    check_deb_under_systemd(deb)
 
     step("figures")
     for p in (deb, rpm):
         print(f"   {os.path.basename(p)}: {os.path.getsize(p) / 1e6:.1f} MB")
     for label, ready, health in figures:
-        print(f"   {label}: start -> READY=1 {ready * 1000:.0f} ms, -> /health OK {health * 1000:.0f} ms")
+        print(f"   {label}: start -> ready {ready * 1000:.0f} ms, -> /health OK {health * 1000:.0f} ms")
     print("all package checks passed")
 
 
