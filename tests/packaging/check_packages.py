@@ -18,7 +18,9 @@ purges it again at the end (also when a check fails).
 5. The same .deb in a Debian root booted with systemd-nspawn (a real systemd): installed
    enabled and stopped; `systemctl start` returns only when /health is OK; the hardening
    applies (user, open-file limit); logrotate reloads the service; a SIGKILLed server is
-   restarted; an upgrade restarts it; stop is clean; remove stops it; purge cleans up.
+   restarted; an upgrade restarts it; stop is clean; remove stops it; purge cleans up. Then
+   the .rpm there (its scriptlets under that systemd): user, directories, enabled, starts,
+   and `rpm -e` stops and disables it and keeps the data.
 """
 
 import configparser
@@ -496,8 +498,9 @@ def check_deb(deb):
 
 # ---- 5. under a real systemd -----------------------------------------------------------------
 
-# What the root holds besides debootstrap's minbase: systemd, and the .deb's dependencies.
-ROOT_PACKAGES = "systemd,systemd-sysv,dbus,logrotate,procps"
+# What the root holds besides debootstrap's minbase: systemd, the packages' dependencies, and
+# rpm to run the .rpm's scriptlets under that systemd too.
+ROOT_PACKAGES = "systemd,systemd-sysv,dbus,logrotate,procps,rpm"
 ROOT_CACHE = os.path.expanduser(
     f"~/.cache/oxetcd/debian-bookworm-{ROOT_PACKAGES.replace(',', '-')}.tar"
 )
@@ -619,11 +622,12 @@ def timed_start(c, label):
     print(f"   {label}: systemctl start returned after {took * 1000:.0f} ms, /health OK at once")
 
 
-def check_deb_under_systemd(deb):
+def check_under_systemd(deb, rpm):
     step("under a real systemd (a booted Debian container)")
     c = SystemdContainer()
     try:
         shutil.copy(deb, os.path.join(c.root, "root", "oxetcd.deb"))
+        shutil.copy(rpm, os.path.join(c.root, "root", "oxetcd.rpm"))
         c.sh("dpkg -i /root/oxetcd.deb")
         enabled = c.sh("systemctl is-enabled oxetcd.service", check=False).strip()
         active = c.sh("systemctl is-active oxetcd.service", check=False).strip()
@@ -687,8 +691,31 @@ def check_deb_under_systemd(deb):
         for gone in ["/etc/oxetcd", DATA, LOG, WANTS_LINK]:
             expect(not os.path.lexists(c.root + gone), f"purge left {gone} in the container")
         c.sh("getent passwd oxetcd")
+
+        step("systemd: the .rpm's scriptlets (rpm -i, start, rpm -e)")
+        c.sh("userdel oxetcd && groupdel oxetcd 2>/dev/null; true")
+        # --nodeps: this root's rpm database knows none of the Debian packages that provide
+        # the requirements; the scriptlets run for real.
+        c.sh("rpm -i --nodeps /root/oxetcd.rpm 2>&1")
+        c.sh("getent passwd oxetcd")
+        expect(owner_in(c, DATA) == "oxetcd oxetcd 700", f"{DATA}: {owner_in(c, DATA)}")
+        expect(owner_in(c, LOG) == "oxetcd adm 640", f"{LOG}: {owner_in(c, LOG)}")
+        enabled = c.sh("systemctl is-enabled oxetcd.service", check=False).strip()
+        active = c.sh("systemctl is-active oxetcd.service", check=False).strip()
+        expect((enabled, active) == ("enabled", "inactive"), f"after rpm -i: {enabled}, {active}")
+        timed_start(c, "systemctl start, from the .rpm")
+        c.sh("rpm -e --nodeps oxetcd 2>&1")
+        enabled = c.sh("systemctl is-enabled oxetcd.service 2>&1", check=False).strip()
+        active = c.sh("systemctl is-active oxetcd.service", check=False).strip()
+        expect(active == "inactive", f"rpm -e left the service {active}")
+        expect("enabled" not in enabled.split(), f"rpm -e left the service {enabled}")
+        expect(os.path.exists(c.root + DATA + "/CURRENT"), "rpm -e deleted the data")
     finally:
         c.close()
+
+
+def owner_in(c, path):
+    return c.sh(f"stat -c '%U %G %a' {path}").strip()
 
 
 def main():
@@ -706,7 +733,7 @@ def main():
     check_lintian(deb)
     check_rpm(rpm)
     check_deb(deb)
-    check_deb_under_systemd(deb)
+    check_under_systemd(deb, rpm)
 
     step("figures")
     for p in (deb, rpm):
