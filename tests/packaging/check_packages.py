@@ -20,7 +20,7 @@ purges it again at the end (also when a check fails).
    applies (user, open-file limit); logrotate reloads the service; a SIGKILLed server is
    restarted; an upgrade restarts it; stop is clean; remove stops it; purge cleans up. Then
    the .rpm there (its scriptlets under that systemd): user, directories, enabled, starts,
-   and `rpm -e` stops and disables it and keeps the data.
+   a reinstall restarts it, and `rpm -e` stops and disables it and keeps the data.
 """
 
 import configparser
@@ -692,7 +692,7 @@ def check_under_systemd(deb, rpm):
             expect(not os.path.lexists(c.root + gone), f"purge left {gone} in the container")
         c.sh("getent passwd oxetcd")
 
-        step("systemd: the .rpm's scriptlets (rpm -i, start, rpm -e)")
+        step("systemd: the .rpm's scriptlets (rpm -i, start, reinstall restarts, rpm -e)")
         c.sh("userdel oxetcd && groupdel oxetcd 2>/dev/null; true")
         # --nodeps: this root's rpm database knows none of the Debian packages that provide
         # the requirements; the scriptlets run for real.
@@ -704,6 +704,11 @@ def check_under_systemd(deb, rpm):
         active = c.sh("systemctl is-active oxetcd.service", check=False).strip()
         expect((enabled, active) == ("enabled", "inactive"), f"after rpm -i: {enabled}, {active}")
         timed_start(c, "systemctl start, from the .rpm")
+        before = c.show("MainPID")["MainPID"]
+        c.sh("rpm --reinstall --nodeps /root/oxetcd.rpm 2>&1")
+        after = c.show("MainPID", "ActiveState")
+        expect(after["ActiveState"] == "active", f"after rpm --reinstall: {after}")
+        expect(after["MainPID"] != before, f"rpm --reinstall did not restart the service ({before})")
         c.sh("rpm -e --nodeps oxetcd 2>&1")
         enabled = c.sh("systemctl is-enabled oxetcd.service 2>&1", check=False).strip()
         active = c.sh("systemctl is-active oxetcd.service", check=False).strip()
