@@ -18,7 +18,8 @@ purges it again at the end (also when a check fails).
 5. The same .deb in a Debian root booted with systemd-nspawn (a real systemd): installed
    enabled and stopped; `systemctl start` returns only when /health is OK; the hardening
    applies (user, open-file limit); logrotate reloads the service; a SIGKILLed server is
-   restarted; an upgrade restarts it; stop is clean; remove stops it; purge cleans up. Then
+   restarted; an upgrade restarts it; stop is clean; a configuration error fails the start
+   without a restart loop; remove stops it; purge cleans up. Then
    the .rpm there (its scriptlets under that systemd): user, directories, enabled, starts,
    a reinstall restarts it, and `rpm -e` stops and disables it and keeps the data.
 """
@@ -690,6 +691,18 @@ def check_under_systemd(deb, rpm):
             f"after systemctl stop: {result}",
         )
         timed_start(c, "systemctl start, existing data")
+
+        step("systemd: a configuration error fails the start, is logged, is not retried")
+        c.sh(f"systemctl stop oxetcd.service; cp {CONFIG} /root/oxetcd.toml")
+        c.sh(f"sed -i '1i no-such-key = 1' {CONFIG}")
+        failed = c.sh("systemctl start oxetcd.service 2>&1", check=False)
+        expect("failed" in failed, f"systemctl start with a bad config: {failed!r}")
+        journal = c.sh("journalctl -u oxetcd.service --no-pager")
+        expect('unknown key "no-such-key"' in journal, f"the error is not in the journal:\n{journal[-1500:]}")
+        state = c.show("ActiveState", "ExecMainStatus")
+        expect(state == {"ActiveState": "failed", "ExecMainStatus": "2"}, f"after a bad config: {state}")
+        c.sh(f"cp /root/oxetcd.toml {CONFIG}; systemctl reset-failed oxetcd.service")
+        c.sh("systemctl start oxetcd.service")
 
         step("systemd: remove stops the service, purge deletes config, data and log")
         c.sh("dpkg -r oxetcd")
