@@ -28,7 +28,6 @@ REQUESTS_1=${REQUESTS_1:-2000}
 REQUESTS_64=${REQUESTS_64:-20000}
 MAX_SECONDS=${MAX_SECONDS:-60}
 WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/put-throughput.XXXXXX")
-SERVER_PID=
 MEMBERS=${MEMBERS:-1}
 SERVER_PIDS=()
 
@@ -56,15 +55,6 @@ stop_server() {
         wait "$pid" 2>/dev/null || true
     done
     SERVER_PIDS=()
-    [[ -n $SERVER_PID ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for i in $(seq 100); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
 }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -93,7 +83,7 @@ healthy() {
 
 # start_server LABEL BIN: one single-member server on fresh loopback ports and data dir; sets EP.
 start_server() {
-    local label=$1 bin=$2 cport pport i
+    local label=$1 bin=$2 cport pport i pid
     cport=$(pick_port)
     pport=$(pick_port)
     EP="http://127.0.0.1:$cport"
@@ -102,13 +92,14 @@ start_server() {
         --listen-client-urls "$EP" --advertise-client-urls "$EP" \
         --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
         --initial-cluster "bench=$peer" >"$WORK/$label.log" 2>&1 &
-    SERVER_PID=$!
+    pid=$!
+    SERVER_PIDS+=("$pid")
     for i in $(seq 300); do
         if healthy "$cport"; then
             log "$label ready on $EP (data dir $WORK/$label.data)"
             return 0
         fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { tail -50 "$WORK/$label.log" >&2; die "$label exited"; }
+        kill -0 "$pid" 2>/dev/null || { tail -50 "$WORK/$label.log" >&2; die "$label exited"; }
         sleep 0.1
     done
     tail -50 "$WORK/$label.log" >&2
