@@ -171,22 +171,31 @@ fn promtool(args: &[&str]) -> Run {
     }
 }
 
-#[test]
-fn promtool_check_rules_is_clean() {
-    let files = rule_files();
-    let mut args = vec!["check", "rules", "--lint=all", "--lint-fatal"];
+/// Runs `promtool <command...> <files...>` and asserts it succeeded with one SUCCESS per file.
+fn promtool_succeeds_per_file(command: &[&str], files: &[String]) -> Run {
+    let mut args = command.to_vec();
     args.extend(files.iter().map(String::as_str));
     let run = promtool(&args);
+    let what = command.join(" ");
     assert!(
         run.success,
-        "promtool check rules failed (exit {:?}):\n{}",
+        "promtool {what} failed (exit {:?}):\n{}",
         run.code, run.output
     );
     assert_eq!(
         run.output.matches("SUCCESS").count(),
         files.len(),
-        "expected one SUCCESS per rule file:\n{}",
+        "expected one SUCCESS per file from promtool {what}:\n{}",
         run.output
+    );
+    run
+}
+
+#[test]
+fn promtool_check_rules_is_clean() {
+    let run = promtool_succeeds_per_file(
+        &["check", "rules", "--lint=all", "--lint-fatal"],
+        &rule_files(),
     );
     let lower = run.output.to_lowercase();
     for bad in ["warn", "lint", "failed", "error"] {
@@ -200,21 +209,7 @@ fn promtool_check_rules_is_clean() {
 
 #[test]
 fn promtool_unit_tests_pass() {
-    let files = test_files();
-    let mut args = vec!["test", "rules"];
-    args.extend(files.iter().map(String::as_str));
-    let run = promtool(&args);
-    assert!(
-        run.success,
-        "promtool test rules failed (exit {:?}):\n{}",
-        run.code, run.output
-    );
-    assert_eq!(
-        run.output.matches("SUCCESS").count(),
-        files.len(),
-        "expected one SUCCESS per test file:\n{}",
-        run.output
-    );
+    promtool_succeeds_per_file(&["test", "rules"], &test_files());
 }
 
 // ---------------------------------------------------------------------------------------------
