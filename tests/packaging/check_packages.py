@@ -236,14 +236,12 @@ class Service:
             "STATE_DIRECTORY": DATA,
         }
 
-        # systemd sets LimitNOFILE= as root; a sandbox may cap the hard limit below it.
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        self.nofile = nofile if self.can_raise_nofile(nofile) else hard
+        nofile = nofile_in_effect(nofile)
 
         def in_child():
             # systemd's order: limits while still root, then the user's credentials.
             os.umask(umask)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
             os.initgroups(user.pw_name, group.gr_gid)
             os.setgid(group.gr_gid)
             os.setuid(user.pw_uid)
@@ -262,55 +260,37 @@ class Service:
         timeout = parse_seconds(self.unit.get("TimeoutStartSec", "90s"))
         self.wait_notify("READY=1", timeout)
         limits = open(f"/proc/{self.proc.pid}/limits").read()
-        expect(
-            f"Max open files            {self.nofile}" in limits,
-            f"LimitNOFILE={nofile} not in effect:\n{limits}",
-        )
+        expect(f"Max open files            {nofile}" in limits, f"LimitNOFILE not in effect:\n{limits}")
         ready = time.monotonic() - self.started
         health = self.wait_health(timeout)
         return ready, health
 
-    @staticmethod
-    def can_raise_nofile(n):
-        probe = subprocess.run(
-            [sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({n}, {n}))"],
-            capture_output=True,
-        )
-        if probe.returncode != 0:
-            print(f"   note: this machine caps the open-file limit below LimitNOFILE={n}")
-        return probe.returncode == 0
-
     def wait_notify(self, state, timeout):
+        """Waits for `state` on the notify socket; messages sent before the process exited are
+        still read after it."""
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"no {state} from the service (exit {self.proc.poll()}); "
-                    f"its output:\n{self.output()}"
-                )
-            self.notify.settimeout(min(left, 0.5))
+        self.notify.settimeout(0.2)
+        while time.monotonic() < deadline:
             try:
                 msg = self.notify.recv(4096).decode()
             except socket.timeout:
+                if self.proc.poll() is not None:
+                    break  # exited, and nothing more is queued
                 continue
             if state in msg.split("\n"):
                 return
+        raise AssertionError(
+            f"no {state} from the service (exit {self.proc.poll()}); its output:\n{self.output()}"
+        )
 
     def wait_health(self, timeout):
         deadline = time.monotonic() + timeout
-        last = None
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://{CLIENT}/health", timeout=2) as r:
-                    body = r.read().decode()
-                    if r.status == 200 and '"health":"true"' in body:
-                        return time.monotonic() - self.started
-                    last = body
-            except OSError as e:
-                last = e
+            status, body = health_now()
+            if status == 200 and '"health":"true"' in body:
+                return time.monotonic() - self.started
             time.sleep(0.005)
-        raise AssertionError(f"/health never answered healthy: {last}")
+        raise AssertionError(f"/health never answered healthy: {status} {body}")
 
     def reload(self):
         """Runs the unit's ExecReload= line with $MAINPID, as `systemctl reload` does."""
@@ -320,21 +300,10 @@ class Service:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         timeout = parse_seconds(self.unit.get("TimeoutStopSec", "90s"))
-        self.wait_notify_after_exit("STOPPING=1")
+        self.wait_notify("STOPPING=1", timeout)
         code = self.proc.wait(timeout)
         expect(code == 0, f"the service exited {code} on SIGTERM:\n{self.output()}")
         self.proc = None
-
-    def wait_notify_after_exit(self, state):
-        # STOPPING=1 is sent before the process exits; it is queued on our socket.
-        self.notify.settimeout(10)
-        while True:
-            try:
-                msg = self.notify.recv(4096).decode()
-            except socket.timeout:
-                raise AssertionError(f"no {state} on SIGTERM:\n{self.output()}")
-            if state in msg.split("\n"):
-                return
 
     def output(self):
         self.journal.flush()
@@ -351,6 +320,30 @@ class Service:
         self.kill()
         self.notify.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def health_now():
+    """/health once: its status (None when nothing answered) and body."""
+    try:
+        with urllib.request.urlopen(f"http://{CLIENT}/health", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return None, str(e)
+
+
+def nofile_in_effect(want):
+    """The open-file limit systemd can apply for LimitNOFILE=`want`: `want`, unless this
+    machine caps the hard limit below it (even for root), then that cap."""
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({want}, {want}))"],
+        capture_output=True,
+    )
+    if probe.returncode == 0:
+        return want
+    print(f"   note: this machine caps the open-file limit below LimitNOFILE={want}")
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def parse_seconds(value):
@@ -607,22 +600,11 @@ class SystemdContainer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def health_now():
-    """/health once, no retry: right after `systemctl start` returns it must already be OK."""
-    try:
-        with urllib.request.urlopen(f"http://{CLIENT}/health", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return None, str(e)
-
-
 def timed_start(c, label):
     started = time.monotonic()
     c.sh("systemctl start oxetcd.service")
     took = time.monotonic() - started
-    status, body = health_now()
+    status, body = health_now()  # once, no retry: Type=notify means it is ready now
     expect(
         status == 200 and '"health":"true"' in body,
         f"/health right after systemctl start: {status} {body}\n{c.sh('journalctl -u oxetcd --no-pager | tail -20')}",
@@ -648,7 +630,7 @@ def check_under_systemd(deb, rpm):
         expect(props["Type"] == "notify" and props["User"] == "oxetcd", f"unit: {props}")
         main_pid = props["MainPID"]
         limits = c.sh(f"cat /proc/{main_pid}/limits")
-        want = 65536 if Service.can_raise_nofile(65536) else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        want = nofile_in_effect(int(c.sh("systemctl show -p LimitNOFILE --value oxetcd.service")))
         expect(f"Max open files            {want}" in limits, f"LimitNOFILE not applied:\n{limits}")
         ids = c.sh(f"stat -c '%U %G' /proc/{main_pid}").split()
         expect(ids == ["oxetcd", "oxetcd"], f"the service runs as {ids}")
