@@ -4,9 +4,31 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Server;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Starts a server with `--log-outputs=<file>` and `args`, and waits until it has logged that
+/// it serves clients.
+fn start_logging_to(file: &Path, args: &[&str]) -> Server {
+    let output = format!("--log-outputs={}", file.display());
+    let mut all = vec![output.as_str()];
+    all.extend_from_slice(args);
+    let server = Server::start_with(&all);
+    assert!(
+        wait_until(Duration::from_secs(10), || read(file)
+            .contains("ready to serve client requests")),
+        "the server logs its start to {}:\n{}",
+        file.display(),
+        read(file)
+    );
+    server
+}
 
 /// Polls `check` until it holds or `timeout` passes.
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -28,15 +50,7 @@ async fn log_file_is_reopened_on_sighup_and_holds_no_values() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let log_file = dir.path().join("etcd.log");
-    let log_arg = format!("--log-outputs={}", log_file.display());
-    let server = Server::start_with(&[&log_arg, "--log-level=debug", "--log-format=json"]);
-    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        wait_until(Duration::from_secs(10), || read(&log_file)
-            .contains("ready to serve client requests")),
-        "the server logs to the file:\n{}",
-        read(&log_file)
-    );
+    let server = start_logging_to(&log_file, &["--log-level=debug", "--log-format=json"]);
     for line in read(&log_file).lines() {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
@@ -81,15 +95,7 @@ async fn console_format_and_level_filter() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let console = dir.path().join("console.log");
-    let arg = format!("--log-outputs={}", console.display());
-    let server = Server::start_with(&[&arg, "--log-level=info", "--log-format=console"]);
-    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        wait_until(Duration::from_secs(10), || read(&console)
-            .contains("ready to serve client requests")),
-        "console log:\n{}",
-        read(&console)
-    );
+    let server = start_logging_to(&console, &["--log-level=info", "--log-format=console"]);
     let text = read(&console);
     assert!(
         text.lines().all(|l| !l.starts_with('{')) && text.contains(" INFO "),
