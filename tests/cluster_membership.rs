@@ -75,9 +75,7 @@ const ENDPOINT_STATUS_HEADER: [&str; 10] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_is_added_started_and_promoted() {
     let _serial = exclusive().await;
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
-    wait_for_published(&cluster).await;
+    let (mut cluster, leader) = start_published().await;
     let follower = (leader + 1) % 3;
     let cluster_id = cluster_id(&cluster, leader).await;
     cluster.etcdctl_ok(leader, &["put", "before-learner", "1"]);
@@ -180,9 +178,7 @@ async fn learner_is_added_started_and_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_update_moves_peer_url_and_back() {
     let _serial = exclusive().await;
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
-    wait_for_published(&cluster).await;
+    let (mut cluster, leader) = start_published().await;
     let moved = (leader + 1) % 3;
     let cluster_id = cluster_id(&cluster, leader).await;
     let moved_id = cluster.member_id(moved).await;
@@ -253,9 +249,7 @@ async fn member_update_moves_peer_url_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_membership_changes() {
     let _serial = exclusive().await;
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
-    wait_for_published(&cluster).await;
+    let (mut cluster, leader) = start_published().await;
     let follower = (leader + 1) % 3;
     let cluster_id = cluster_id(&cluster, leader).await;
     let members_before = cluster.etcdctl_ok(leader, &["member", "list"]);
@@ -436,9 +430,7 @@ async fn refused_membership_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_reconfig_check_protects_the_quorum() {
     let _serial = exclusive().await;
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
-    wait_for_published(&cluster).await;
+    let (mut cluster, leader) = start_published().await;
     let follower = (leader + 1) % 3;
     let down = (leader + 2) % 3;
     let cluster_id = cluster_id(&cluster, leader).await;
@@ -642,6 +634,14 @@ async fn cluster_id(cluster: &Cluster, index: usize) -> u64 {
 /// Waits until every member lists every member as started, with its name and client URL.
 /// Members publish those through raft once they run; etcd serves clients only after its own are
 /// committed, so a healthy etcd member has published, while oxetcd may answer earlier.
+/// A 3-member cluster with a leader, once every member lists every member as started.
+async fn start_published() -> (Cluster, usize) {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
+    wait_for_published(&cluster).await;
+    (cluster, leader)
+}
+
 async fn wait_for_published(cluster: &Cluster) {
     let mut lines = Vec::new();
     for index in cluster.members() {
