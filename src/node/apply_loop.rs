@@ -1,0 +1,51 @@
+//! The apply thread: takes committed entries and snapshot installs from the raft thread in log
+//! order, runs them through the [`Applier`], and publishes the applied index.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use tokio::sync::watch;
+
+use super::{ApplyTask, NodeMsg, Shared};
+use crate::apply::Applier;
+
+pub(super) fn run_apply(
+    mut applier: Applier,
+    rx: Receiver<ApplyTask>,
+    shared: Arc<Shared>,
+    applied_tx: watch::Sender<u64>,
+    wake: SyncSender<NodeMsg>,
+) {
+    while let Ok(task) = rx.recv() {
+        let applied = match task {
+            ApplyTask::Entries(entries, traces) => {
+                applier.trace(traces);
+                applier.apply_entries(entries)
+            }
+            ApplyTask::Snapshot {
+                file,
+                index,
+                term,
+                done,
+            } => {
+                applier.install_snapshot(&file, index, term);
+                let _ = done.send(());
+                index
+            }
+        };
+        let changes = applier.take_conf_changes();
+        if !changes.is_empty() {
+            shared
+                .applied_conf_changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(changes);
+            // A full inbox wakes the raft thread anyway; it drains the changes every loop.
+            let _ = wake.try_send(NodeMsg::Wake);
+        }
+        shared.applied.store(applied, Ordering::Release);
+        applied_tx.send_replace(applied);
+    }
+    tracing::info!("apply thread stopped");
+}

@@ -1,0 +1,160 @@
+//! Listeners: the client gRPC router with its middleware, the peer router, `/metrics` sampling,
+//! binding URLs and serving until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ServerCtx};
+use crate::config::url_host_port;
+use crate::metrics::{DiskSpace, Metrics};
+use crate::peer::PeerService;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::grpc::health::v1::health_server::HealthServer;
+use crate::proto::oxetcdpb::peer_server::PeerServer;
+
+use super::ServerError;
+
+/// gRPC allows this much beyond `--max-request-bytes` so the size check can answer with etcd's
+/// own error instead of a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// `/metrics`: samples the member's state, then encodes every metric.
+pub(super) fn metrics_text(ctx: ServerCtx, metrics: Arc<Metrics>) -> crate::http::MetricsText {
+    // The log file's directory, or the data directory when logging to stderr/stdout.
+    let log_dir = ctx
+        .config
+        .log_outputs
+        .iter()
+        .find(|o| !matches!(o.as_str(), "stderr" | "stdout" | "default"))
+        .and_then(|f| std::path::Path::new(f).parent().map(|p| p.to_path_buf()))
+        .unwrap_or_else(|| ctx.config.data_dir.clone());
+    Arc::new(move || {
+        let status = ctx.node.status();
+        let sizes = ctx.engine.sizes();
+        let watch = ctx.watch.stats();
+        metrics.observe(crate::metrics::Sample {
+            has_leader: status.leader_id != 0,
+            is_leader: status.is_leader,
+            is_learner: ctx.is_learner(),
+            leader_changes: status.leader_changes,
+            committed_index: status.commit_index,
+            applied_index: status.applied_index,
+            proposals_pending: ctx.node.pending_proposals() as u64,
+            db_size_bytes: sizes.on_disk_bytes,
+            db_size_in_use_bytes: sizes.in_use_bytes,
+            quota_backend_bytes: ctx.quota.quota_bytes,
+            watchers: (watch.synced + watch.unsynced) as u64,
+            slow_watchers_total: watch.slow_total,
+            current_revision: ctx.mvcc.current_revision(),
+            compact_revision: ctx.mvcc.compact_revision(),
+            raft_log_entries: (status.raft_last_index + 1).saturating_sub(status.raft_first_index),
+            data_dir_disk: DiskSpace::of(&ctx.config.data_dir),
+            log_dir_disk: DiskSpace::of(&log_dir),
+            pending_compaction_bytes: sizes.pending_compaction_bytes,
+            live_data_bytes: sizes.live_data_bytes,
+        });
+        metrics.encode()
+    })
+}
+pub(super) fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Router {
+    let decode_max = ctx.config.request_bytes_max as usize + GRPC_OVERHEAD_BYTES;
+    macro_rules! limits {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(decode_max)
+                .max_encoding_message_size(usize::MAX)
+        };
+    }
+    tonic::service::Routes::new(limits!(KvServer::new(api::kv::KvService::new(ctx.clone()))))
+        .add_service(limits!(WatchServer::new(api::watch::WatchService::new(
+            ctx.clone()
+        ))))
+        .add_service(limits!(LeaseServer::new(api::lease::LeaseService::new(
+            ctx.clone()
+        ))))
+        .add_service(limits!(ClusterServer::new(
+            api::cluster::ClusterService::new(ctx.clone())
+        )))
+        .add_service(limits!(MaintenanceServer::new(
+            api::maintenance::MaintenanceService::new(ctx.clone())
+        )))
+        .add_service(HealthServer::new(api::health::HealthService))
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::map_response(api::oversize::rewrite))
+        .layer(axum::middleware::from_fn({
+            let ctx = ctx.clone();
+            move |request, next| api::interceptor::check(ctx.clone(), request, next)
+        }))
+        .layer(axum::middleware::from_fn({
+            let metrics = metrics.clone();
+            let trace_member = ctx
+                .config
+                .enable_distributed_tracing
+                .then(|| ctx.node.config().member_id);
+            move |request, next| {
+                api::grpc_metrics::record(metrics.clone(), trace_member, request, next)
+            }
+        }))
+}
+/// The peer URLs' service: raft messages from the other members.
+pub(super) fn peer_router(
+    ctx: &ServerCtx,
+    snap_dir: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+) -> axum::Router {
+    let decode_max = crate::peer::batch_bytes_limit(ctx.config.request_bytes_max as usize);
+    let service = PeerService::new(
+        ctx.node.clone(),
+        ctx.shutdown.clone(),
+        Arc::new(api::peer::PeerHandlersImpl::new(ctx.clone())),
+        snap_dir,
+        metrics,
+    );
+    tonic::service::Routes::new(PeerServer::new(service).max_decoding_message_size(decode_max))
+        .prepare()
+        .into_axum_router()
+}
+pub(super) async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {
+    let addr = url_host_port(url);
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(&addr)
+        .await
+        .map_err(|source| ServerError::Listen {
+            url: url.to_string(),
+            source,
+        })?
+        .collect();
+    let mut last_err = None;
+    for a in resolved {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(ServerError::Listen {
+        url: url.to_string(),
+        source: last_err.unwrap_or_else(|| std::io::Error::other("address resolved to nothing")),
+    })
+}
+pub(super) async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(crate::authority_fix::FixingListener::new(listener), router)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "listener failed");
+    }
+}

@@ -1,0 +1,280 @@
+//! Wiring: opens the data directory, builds every layer, starts the node threads, the background
+//! tasks and the listeners, and shuts them down in order (stop accepting → stop tasks → stop the
+//! node → flush).
+
+mod bootstrap;
+mod jobs;
+mod listeners;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::alarm::Alarms;
+use crate::api::{self, Quota, ServerCtx};
+use crate::apply::{Applier, MembershipSink};
+use crate::config::{AutoCompaction, Config, url_host_port};
+use crate::lease::Lessor;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::mvcc::MvccStore;
+use crate::node::{self, NodeConfig};
+use crate::peer::{PeerTransport, TransportConfig};
+use crate::raft::RaftLogStore;
+use crate::raft::snapshots::SnapshotFiles;
+use crate::storage::{Engine, StorageError};
+use crate::watch::WatchHub;
+
+use bootstrap::{
+    create_private_dir, load_or_bootstrap_membership, min_lease_ttl_secs, peer_list,
+    reconcile_raft_with_state,
+};
+use jobs::{auto_compact, publish_attributes, reopen_log_on_hangup, sample_quota};
+use listeners::{bind, grpc_router, metrics_text, peer_router, serve};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("mvcc: {0}")]
+    Mvcc(#[from] crate::mvcc::MvccError),
+    #[error("lease: {0}")]
+    Lease(#[from] crate::lease::LeaseError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("cannot listen on {url}: {source}")]
+    Listen {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Bootstrap(String),
+}
+
+/// Runs the member until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    tracing::info!(
+        name = %config.name,
+        data_dir = %config.data_dir.display(),
+        etcd_api_version = crate::version::ETCD_API_VERSION,
+        oxetcd_version = crate::version::OXETCD_VERSION,
+        "starting an etcd server"
+    );
+    create_private_dir(&config.data_dir)?;
+    let engine = Engine::open(&config.data_dir, !config.unsafe_no_fsync)?;
+    tracing::info!(path = %config.data_dir.display(), "opened backend db");
+    crate::snapshot::finish_interrupted_install(&engine)
+        .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
+
+    let (membership, joining) = load_or_bootstrap_membership(&config, &engine).await?;
+    tracing::info!(
+        member_id = %format!("{:x}", membership.member_id),
+        cluster_id = %format!("{:x}", membership.cluster_id),
+        "starting local member"
+    );
+
+    let alarms = Arc::new(Alarms::open(&engine)?);
+    let mvcc = Arc::new(MvccStore::open(engine.clone())?);
+    let lessor = Arc::new(Mutex::new(Lessor::open(
+        engine.clone(),
+        min_lease_ttl_secs(&config),
+        mvcc.live_leases()?,
+        Instant::now(),
+    )?));
+    let watch = WatchHub::new(mvcc.clone());
+    let applier = Applier::new(
+        engine.clone(),
+        mvcc.clone(),
+        lessor.clone(),
+        watch.clone(),
+        alarms.clone(),
+    )?;
+    let applied_index = applier.applied_index();
+    // A member joining an existing cluster starts with no configuration and waits for the
+    // leader's snapshot, which carries it.
+    let initial_voters = if joining {
+        Vec::new()
+    } else {
+        membership.voters()
+    };
+    let mut store = RaftLogStore::open(engine.clone(), &initial_voters)?;
+    reconcile_raft_with_state(&engine, &mut store, &membership, applied_index)?;
+    let snapshot_files =
+        SnapshotFiles::open(&config.data_dir, engine.clone()).map_err(|e| StorageError::Io {
+            path: config.data_dir.join(crate::raft::snapshots::SNAP_DIR),
+            source: e,
+        })?;
+    let snap_dir = snapshot_files.dir().to_path_buf();
+    let store = store.with_snapshots(snapshot_files);
+    let metrics = Arc::new(Metrics::with_identity(
+        membership.member_id,
+        crate::version::ETCD_API_VERSION,
+    ));
+    let (transport, peer_links) = PeerTransport::new(
+        TransportConfig {
+            cluster_id: membership.cluster_id,
+            member_id: membership.member_id,
+            snap_dir: snap_dir.clone(),
+        },
+        &peer_list(&membership),
+        metrics.clone(),
+    );
+    let (removed_tx, mut removed_rx) = watch::channel(false);
+    let member_id = membership.member_id;
+    let cluster_id = membership.cluster_id;
+    let membership = Arc::new(RwLock::new(membership));
+    let peers_transport = transport.clone();
+    let applier = applier
+        .with_metrics(metrics.clone())
+        .with_membership(MembershipSink {
+            membership: membership.clone(),
+            on_change: Box::new(move |m: &Membership| {
+                peers_transport.set_peers(&peer_list(m));
+                if !m.members.iter().any(|x| x.id == member_id) {
+                    removed_tx.send_replace(true);
+                }
+            }),
+        });
+    let (node, threads) = node::start(
+        NodeConfig {
+            member_id,
+            cluster_id,
+            tick: config.heartbeat_interval(),
+            election_ticks: config.election_ticks(),
+            snapshot_count: config.snapshot_count,
+            request_timeout: config.request_timeout(),
+            max_request_bytes: config.request_bytes_max as usize,
+        },
+        store,
+        engine.clone(),
+        applier,
+        Box::new(transport),
+        metrics.clone(),
+    )?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
+    quota.record_db_size(engine.sizes().on_disk_bytes);
+    let ctx = ServerCtx {
+        config: config.clone(),
+        node,
+        engine: engine.clone(),
+        mvcc,
+        lessor,
+        watch: watch.clone(),
+        alarms,
+        membership,
+        quota,
+        shutdown: shutdown_rx.clone(),
+    };
+
+    let mut tasks = JoinSet::new();
+    peer_links.spawn(ctx.node.clone(), shutdown_rx.clone(), &mut tasks);
+    tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
+    tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(sample_quota(ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(reopen_log_on_hangup(shutdown_rx.clone()));
+    let (published_tx, published_rx) = watch::channel(false);
+    tasks.spawn(publish_attributes(
+        ctx.clone(),
+        published_tx,
+        shutdown_rx.clone(),
+    ));
+    if config.auto_compaction != AutoCompaction::Disabled {
+        tasks.spawn(auto_compact(ctx.clone(), shutdown_rx.clone()));
+    }
+
+    let metrics_text = metrics_text(ctx.clone(), metrics.clone());
+    let mut listeners = JoinSet::new();
+    for url in &config.listen_peer_urls {
+        let listener = bind(url).await?;
+        listeners.spawn(serve(
+            listener,
+            peer_router(&ctx, snap_dir.clone(), metrics.clone()),
+            shutdown_rx.clone(),
+        ));
+        tracing::info!(address = %url_host_port(url), "serving peer traffic");
+    }
+    for url in &config.listen_client_urls {
+        let listener = bind(url).await?;
+        let router = grpc_router(&ctx, &metrics)
+            .merge(crate::http::router(ctx.clone(), metrics_text.clone()));
+        // Clients are served once this member has published its name and client URLs (as
+        // etcd does); until then their connections wait in the listen backlog.
+        let mut published = published_rx.clone();
+        let shutdown = shutdown_rx.clone();
+        let address = url_host_port(url);
+        listeners.spawn(async move {
+            if published.wait_for(|p| *p).await.is_err() {
+                return;
+            }
+            tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
+            serve(listener, router, shutdown).await;
+        });
+    }
+    for url in &config.listen_metrics_urls {
+        let listener = bind(url).await?;
+        let router = crate::http::router(ctx.clone(), metrics_text.clone());
+        listeners.spawn(serve(listener, router, shutdown_rx.clone()));
+        tracing::info!(address = %url_host_port(url), "serving metrics");
+    }
+    let stop = async {
+        tokio::select! {
+            _ = wait_for_signal() => tracing::info!("received a stop signal; shutting down"),
+            Ok(_) = removed_rx.wait_for(|removed| *removed) => {
+                tracing::warn!("the member has been permanently removed from the cluster; shutting down");
+            }
+        }
+    };
+    tokio::pin!(stop);
+    let mut published = published_rx.clone();
+    let stopped_early = tokio::select! {
+        _ = &mut stop => true,
+        Ok(_) = published.wait_for(|p| *p) => false,
+    };
+    if !stopped_early {
+        tracing::info!("ready to serve client requests");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        stop.await;
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = shutdown_tx.send(true);
+    while listeners.join_next().await.is_some() {}
+    while tasks.join_next().await.is_some() {}
+    // Connections still open keep handles; stop the node explicitly rather than waiting for them.
+    ctx.node.stop();
+    drop(ctx);
+    let joined = tokio::task::spawn_blocking(move || threads.join());
+    if tokio::time::timeout(Duration::from_secs(10), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("node threads did not stop within 10s");
+    }
+    if let Err(e) = engine.sync_wal() {
+        tracing::error!(error = %e, "final sync of the database failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
