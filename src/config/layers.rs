@@ -27,9 +27,11 @@ impl Layer {
         source: &str,
     ) -> Result<(), ConfigError> {
         if let Some((previous, _)) = self.values.get(key) {
-            return Err(ConfigError::Conflict {
+            return Err(ConfigError::SetTwice {
                 key: key.to_owned(),
-                message: format!("{previous} and {spelling} both set --{key} in {source}"),
+                first: previous.clone(),
+                second: spelling,
+                layer: source.to_owned(),
             });
         }
         self.values.insert(key, (spelling, value));
@@ -75,13 +77,9 @@ fn flag_layer(
         }
     }
     if let Some((key, written)) = spellings.iter().find(|(_, written)| written.len() > 1) {
-        let written: Vec<String> = written.iter().map(|name| format!("--{name}")).collect();
-        return Err(ConfigError::Conflict {
+        return Err(ConfigError::SameSettingTwice {
             key: (*key).to_owned(),
-            message: format!(
-                "{} are the same setting; give only --{key}",
-                written.join(" and ")
-            ),
+            flags: written.iter().cloned().collect(),
         });
     }
 

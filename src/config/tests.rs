@@ -259,7 +259,7 @@ fn unreadable_or_malformed_file_is_an_error() {
 fn same_key_twice_in_toml_is_a_conflict() {
     let file = TomlFile::new("data-dir = \"a\"\ndata_dir = \"b\"\n");
     let err = load_err(&["--config-file", file.path()], &[]);
-    assert!(matches!(err, ConfigError::Conflict { .. }), "{err:?}");
+    assert!(matches!(err, ConfigError::SetTwice { .. }), "{err:?}");
     assert_eq!(err.key(), Some("data-dir"));
     assert_eq!(
         err.to_string(),
@@ -652,7 +652,10 @@ fn experimental_names_are_accepted_with_a_warning() {
         ],
         &[],
     );
-    assert!(matches!(err, ConfigError::Conflict { .. }), "{err:?}");
+    assert!(
+        matches!(err, ConfigError::SameSettingTwice { .. }),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         "--experimental-watch-progress-notify-interval and --watch-progress-notify-interval are \
@@ -666,7 +669,7 @@ fn experimental_names_are_accepted_with_a_warning() {
             ("ETCD_EXPERIMENTAL_MAX_LEARNERS", "3"),
         ],
     );
-    assert!(matches!(err, ConfigError::Conflict { .. }), "{err:?}");
+    assert!(matches!(err, ConfigError::SetTwice { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
         "ETCD_EXPERIMENTAL_MAX_LEARNERS and ETCD_MAX_LEARNERS both set --max-learners in the \

@@ -37,22 +37,14 @@ impl Config {
             ));
         }
         if self.election_timeout_ms < self.heartbeat_interval_ms.saturating_mul(5) {
-            return Err(ConfigError::Invalid {
-                key: "election-timeout".to_owned(),
-                message: format!(
-                    "--election-timeout[{}ms] should be at least as 5 times as \
-                     --heartbeat-interval[{}ms]",
-                    self.election_timeout_ms, self.heartbeat_interval_ms
-                ),
+            return Err(ConfigError::ElectionTimeoutTooShort {
+                election_timeout_ms: self.election_timeout_ms,
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
             });
         }
         if self.election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
-            return Err(ConfigError::Invalid {
-                key: "election-timeout".to_owned(),
-                message: format!(
-                    "--election-timeout[{}ms] is too long, and should be set less than {}ms",
-                    self.election_timeout_ms, ELECTION_TIMEOUT_MS_MAX
-                ),
+            return Err(ConfigError::ElectionTimeoutTooLong {
+                election_timeout_ms: self.election_timeout_ms,
             });
         }
         if self.snapshot_count == 0 {
@@ -182,14 +174,9 @@ impl Config {
             .iter()
             .find(|member| member.name == self.name)
         else {
-            return Err(ConfigError::Invalid {
-                key: "initial-cluster".to_owned(),
-                message: format!(
-                    "couldn't find local name {:?} in the initial cluster configuration \
-                     (--initial-cluster {:?})",
-                    self.name,
-                    self.initial_cluster_string()
-                ),
+            return Err(ConfigError::NotInInitialCluster {
+                name: self.name.clone(),
+                initial_cluster: self.initial_cluster_string(),
             });
         };
         if self.initial_cluster_state == ClusterState::New {
@@ -201,15 +188,10 @@ impl Config {
                 .map(etcd_url_string)
                 .collect();
             if in_cluster != advertised {
-                return Err(ConfigError::Invalid {
-                    key: "initial-advertise-peer-urls".to_owned(),
-                    message: format!(
-                        "--initial-advertise-peer-urls {:?} does not match the URLs of {:?} in \
-                         --initial-cluster ({:?})",
-                        join_urls(&self.initial_advertise_peer_urls),
-                        self.name,
-                        join_urls(&member.peer_urls)
-                    ),
+                return Err(ConfigError::PeerUrlsMismatch {
+                    name: self.name.clone(),
+                    advertised: join_urls(&self.initial_advertise_peer_urls),
+                    in_cluster: join_urls(&member.peer_urls),
                 });
             }
         }
