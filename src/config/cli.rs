@@ -1,0 +1,175 @@
+//! The command line: the clap commands generated from the keys table, and `parse_command`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, ArgMatches};
+
+use super::Config;
+use super::error::ConfigError;
+use super::keys::{ALIASES, CONFIG_FILE, KEYS, Key, Kind, RESTORE_KEYS};
+use super::layers::resolve;
+
+const RESTORE_FILE: &str = "file";
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `oxetcd [flags]`: run the server.
+    Serve(Config),
+    /// `oxetcd snapshot restore <FILE> [--data-dir ..] [--name ..] [--initial-cluster ..] ...`:
+    /// build a fresh data directory from a snapshot file. `data_dir` equals `config.data_dir`.
+    SnapshotRestore {
+        file: PathBuf,
+        data_dir: PathBuf,
+        config: Config,
+    },
+}
+
+/// Parses the full command line (server or `snapshot restore`) with the given environment.
+/// Returns the command and the warnings to log. `--help` and `--version` print and exit 0.
+pub fn parse_command<I, T>(
+    args: I,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Command, Vec<String>), ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let matches = get_matches(cli_command(), &args)?;
+    match matches.subcommand() {
+        None => {
+            let (config, warnings) = resolve(&matches, &args, env)?;
+            Ok((Command::Serve(config), warnings))
+        }
+        Some(("snapshot", snapshot)) => match snapshot.subcommand() {
+            Some(("restore", restore)) => {
+                let file = restore
+                    .get_one::<PathBuf>(RESTORE_FILE)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ConfigError::Usage("snapshot restore needs a FILE".to_owned())
+                    })?;
+                let (config, warnings) = resolve(restore, &args, env)?;
+                config.verify_bootstrap()?;
+                let data_dir = config.data_dir.clone();
+                Ok((
+                    Command::SnapshotRestore {
+                        file,
+                        data_dir,
+                        config,
+                    },
+                    warnings,
+                ))
+            }
+            _ => Err(ConfigError::Usage(
+                "snapshot needs a subcommand: restore".to_owned(),
+            )),
+        },
+        Some((other, _)) => Err(ConfigError::Usage(format!("unknown subcommand {other:?}"))),
+    }
+}
+
+/// [`parse_command`] on this process's arguments and environment.
+pub fn parse_command_from_env_and_args() -> Result<(Command, Vec<String>), ConfigError> {
+    parse_command(std::env::args_os(), process_env())
+}
+
+pub(super) fn process_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().map(|(key, value)| {
+        (
+            key.to_string_lossy().into_owned(),
+            value.to_string_lossy().into_owned(),
+        )
+    })
+}
+
+fn key_arg(key: &Key) -> Arg {
+    let mut arg = Arg::new(key.name)
+        .long(key.name)
+        .help(format!("{} [default: {}]", key.help, key.shown_default()))
+        .help_heading(key.section)
+        .action(ArgAction::Set)
+        .value_parser(clap::value_parser!(String));
+    arg = match key.kind {
+        Kind::Bool => arg
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true")
+            .value_name("BOOL"),
+        Kind::Integer => arg.value_name("NUMBER"),
+        Kind::Duration => arg.value_name("DURATION"),
+        Kind::Urls => arg.value_name("URLS"),
+        Kind::List | Kind::Text => arg.value_name("VALUE"),
+    };
+    for (old, current) in ALIASES {
+        if *current == key.name {
+            arg = arg.alias(*old);
+        }
+    }
+    arg
+}
+
+fn config_file_arg() -> Arg {
+    Arg::new(CONFIG_FILE)
+        .long(CONFIG_FILE)
+        .value_name("PATH")
+        .value_parser(clap::value_parser!(PathBuf))
+        .action(ArgAction::Set)
+        .help("TOML configuration file; ETCD_* variables and flags override its values")
+}
+
+pub(super) fn server_command() -> clap::Command {
+    clap::Command::new("oxetcd")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("An etcd v3 compatible, strongly consistent key-value store")
+        .after_help(
+            "Every flag can also be set as an ETCD_* environment variable (ETCD_DATA_DIR for \
+             --data-dir) or as a key of the --config-file TOML file (data-dir = \"...\"). \
+             Flags override the environment, which overrides the file.",
+        )
+        .disable_help_subcommand(true)
+        .args_override_self(true)
+        .arg(config_file_arg())
+        .args(KEYS.iter().map(key_arg))
+}
+
+pub(super) fn cli_command() -> clap::Command {
+    let restore = clap::Command::new("restore")
+        .about("Create a new data directory from a snapshot file")
+        .args_override_self(true)
+        .arg(
+            Arg::new(RESTORE_FILE)
+                .value_name("FILE")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Snapshot file to restore from"),
+        )
+        .arg(config_file_arg())
+        .args(
+            KEYS.iter()
+                .filter(|key| RESTORE_KEYS.contains(&key.name))
+                .map(key_arg),
+        );
+    let snapshot = clap::Command::new("snapshot")
+        .about("Snapshot tools")
+        .subcommand_required(true)
+        .subcommand(restore);
+    server_command()
+        .args_conflicts_with_subcommands(true)
+        .subcommand(snapshot)
+}
+
+pub(super) fn get_matches(
+    command: clap::Command,
+    args: &[OsString],
+) -> Result<ArgMatches, ConfigError> {
+    command.try_get_matches_from(args).map_err(|err| {
+        if !err.use_stderr() {
+            // --help or --version: clap prints to stdout and exits 0.
+            err.exit();
+        }
+        ConfigError::Usage(err.render().to_string().trim_end().to_owned())
+    })
+}

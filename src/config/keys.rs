@@ -1,0 +1,381 @@
+//! The keys table: every configuration key once, with its default, kind, help section and text,
+//! its old spellings, and how a written key or `ETCD_*` variable maps to it.
+
+pub(super) const ENV_PREFIX: &str = "ETCD_";
+pub(super) const CONFIG_FILE: &str = "config-file";
+
+/// What kind of value a key holds; drives how its flag is declared and shown in `--help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Text,
+    Bool,
+    Integer,
+    Duration,
+    Urls,
+    List,
+}
+
+/// The default of a key: a literal, or derived from other keys when left empty.
+#[derive(Clone, Copy, Debug)]
+enum KeyDefault {
+    Value(&'static str),
+    /// Empty in the layered defaults; the text describes the derivation for `--help`.
+    Derived(&'static str),
+}
+
+/// One configuration key: its etcd flag name (without `--`), default, kind, help section and text.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Key {
+    pub(super) name: &'static str,
+    default: KeyDefault,
+    pub(super) kind: Kind,
+    pub(super) section: &'static str,
+    pub(super) help: &'static str,
+}
+
+impl Key {
+    pub(super) fn layered_default(&self) -> &'static str {
+        match self.default {
+            KeyDefault::Value(value) => value,
+            KeyDefault::Derived(_) => "",
+        }
+    }
+
+    pub(super) fn shown_default(&self) -> &'static str {
+        match self.default {
+            KeyDefault::Value("") => "none",
+            KeyDefault::Value(value) => value,
+            KeyDefault::Derived(description) => description,
+        }
+    }
+}
+
+const MEMBER: &str = "Member";
+const CLUSTERING: &str = "Clustering";
+const MONITORING: &str = "Monitoring";
+const LOGGING: &str = "Logging";
+const TRACING: &str = "Distributed tracing";
+const FEATURES: &str = "Features";
+const UNSAFE: &str = "Unsafe";
+
+const fn key(
+    name: &'static str,
+    default: &'static str,
+    kind: Kind,
+    section: &'static str,
+    help: &'static str,
+) -> Key {
+    Key {
+        name,
+        default: KeyDefault::Value(default),
+        kind,
+        section,
+        help,
+    }
+}
+
+/// Every configuration key, with its one default.
+pub(super) const KEYS: &[Key] = &[
+    key(
+        "name",
+        "default",
+        Kind::Text,
+        MEMBER,
+        "Human-readable name of this member",
+    ),
+    Key {
+        name: "data-dir",
+        default: KeyDefault::Derived("${name}.oxetcd"),
+        kind: Kind::Text,
+        section: MEMBER,
+        help: "Directory holding this member's data",
+    },
+    key(
+        "snapshot-count",
+        "10000",
+        Kind::Integer,
+        MEMBER,
+        "Applied entries between two raft snapshots (raft log truncation points)",
+    ),
+    key(
+        "heartbeat-interval",
+        "100",
+        Kind::Integer,
+        MEMBER,
+        "Raft heartbeat interval in milliseconds",
+    ),
+    key(
+        "election-timeout",
+        "1000",
+        Kind::Integer,
+        MEMBER,
+        "Raft election timeout in milliseconds",
+    ),
+    key(
+        "listen-peer-urls",
+        "http://127.0.0.1:2380",
+        Kind::Urls,
+        MEMBER,
+        "Comma-separated URLs to listen on for peer (raft) traffic",
+    ),
+    key(
+        "listen-client-urls",
+        "http://127.0.0.1:2379",
+        Kind::Urls,
+        MEMBER,
+        "Comma-separated URLs to listen on for client traffic",
+    ),
+    key(
+        "quota-backend-bytes",
+        "0",
+        Kind::Integer,
+        MEMBER,
+        "Backend size that raises the NOSPACE alarm; 0 means 2 GiB",
+    ),
+    key(
+        "max-request-bytes",
+        "1572864",
+        Kind::Integer,
+        MEMBER,
+        "Largest client request the server accepts, in bytes",
+    ),
+    key(
+        "max-txn-ops",
+        "128",
+        Kind::Integer,
+        MEMBER,
+        "Most operations allowed in one transaction",
+    ),
+    key(
+        "initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        Kind::Urls,
+        CLUSTERING,
+        "Comma-separated peer URLs of this member as announced to the rest of the cluster",
+    ),
+    Key {
+        name: "initial-cluster",
+        default: KeyDefault::Derived("${name}=${initial-advertise-peer-urls}"),
+        kind: Kind::List,
+        section: CLUSTERING,
+        help: "Initial cluster members for bootstrapping, as name=peer-url,...",
+    },
+    key(
+        "initial-cluster-state",
+        "new",
+        Kind::Text,
+        CLUSTERING,
+        "Initial cluster state: new or existing (to join a running cluster)",
+    ),
+    key(
+        "initial-cluster-token",
+        "etcd-cluster",
+        Kind::Text,
+        CLUSTERING,
+        "Token that keeps clusters bootstrapped from the same member list apart",
+    ),
+    key(
+        "advertise-client-urls",
+        "http://127.0.0.1:2379",
+        Kind::Urls,
+        CLUSTERING,
+        "Comma-separated client URLs of this member as announced to the rest of the cluster",
+    ),
+    key(
+        "strict-reconfig-check",
+        "true",
+        Kind::Bool,
+        CLUSTERING,
+        "Reject membership changes that could cost the cluster its quorum",
+    ),
+    key(
+        "pre-vote",
+        "true",
+        Kind::Bool,
+        CLUSTERING,
+        "Run raft's pre-vote phase before elections",
+    ),
+    key(
+        "auto-compaction-mode",
+        "periodic",
+        Kind::Text,
+        CLUSTERING,
+        "Automatic compaction mode: periodic or revision",
+    ),
+    key(
+        "auto-compaction-retention",
+        "0",
+        Kind::Text,
+        CLUSTERING,
+        "History kept by automatic compaction: a duration such as 1h or 30m (a bare number means \
+         hours) in periodic mode, a revision count in revision mode; 0 disables it",
+    ),
+    key(
+        "listen-metrics-urls",
+        "",
+        Kind::Urls,
+        MONITORING,
+        "Comma-separated extra URLs serving /metrics and /health",
+    ),
+    key(
+        "log-level",
+        "info",
+        Kind::Text,
+        LOGGING,
+        "Log level: debug, info, warn, error, dpanic, panic or fatal",
+    ),
+    key(
+        "log-outputs",
+        "stderr",
+        Kind::List,
+        LOGGING,
+        "Comma-separated log destinations: stderr, stdout, default or file paths",
+    ),
+    key(
+        "log-format",
+        "json",
+        Kind::Text,
+        LOGGING,
+        "Log format: json or console",
+    ),
+    key(
+        "enable-distributed-tracing",
+        "false",
+        Kind::Bool,
+        TRACING,
+        "Export OpenTelemetry traces of requests",
+    ),
+    key(
+        "distributed-tracing-address",
+        "localhost:4317",
+        Kind::Text,
+        TRACING,
+        "OTLP gRPC collector address (host:port)",
+    ),
+    key(
+        "distributed-tracing-service-name",
+        "etcd",
+        Kind::Text,
+        TRACING,
+        "Service name attached to exported traces",
+    ),
+    key(
+        "distributed-tracing-sampling-rate",
+        "0",
+        Kind::Integer,
+        TRACING,
+        "Sampled traces per million requests",
+    ),
+    key(
+        "watch-progress-notify-interval",
+        "10m",
+        Kind::Duration,
+        FEATURES,
+        "Interval between progress notifications sent to idle watchers",
+    ),
+    key(
+        "auto-compaction-check-interval",
+        "5m",
+        Kind::Duration,
+        FEATURES,
+        "oxetcd: how often revision-mode auto compaction checks the store (etcd fixes it at 5m)",
+    ),
+    key(
+        "warning-apply-duration",
+        "100ms",
+        Kind::Duration,
+        FEATURES,
+        "Applying an entry for longer than this logs a warning",
+    ),
+    key(
+        "experimental-lease-checkpoint-interval",
+        "5m",
+        Kind::Duration,
+        FEATURES,
+        "How often the leader records through raft the remaining TTL of every lease granted for \
+         longer than this, so a new leader does not restart it from its full TTL; 0 means 5m",
+    ),
+    key(
+        "experimental-enable-lease-checkpoint",
+        "false",
+        Kind::Bool,
+        FEATURES,
+        "Accepted for etcd compatibility and ignored: oxetcd always checkpoints lease TTLs",
+    ),
+    key(
+        "experimental-enable-lease-checkpoint-persist",
+        "false",
+        Kind::Bool,
+        FEATURES,
+        "Accepted for etcd compatibility and ignored: oxetcd always persists lease checkpoints",
+    ),
+    key(
+        "max-learners",
+        "1",
+        Kind::Integer,
+        FEATURES,
+        "Most learner members the cluster may hold",
+    ),
+    key(
+        "unsafe-no-fsync",
+        "false",
+        Kind::Bool,
+        UNSAFE,
+        "Skip fsync; a crash can lose or corrupt data (testing only)",
+    ),
+];
+
+/// Old spellings accepted for a key (etcd 3.5's `--experimental-` names), as (old, current).
+pub(super) const ALIASES: &[(&str, &str)] = &[
+    (
+        "experimental-watch-progress-notify-interval",
+        "watch-progress-notify-interval",
+    ),
+    (
+        "experimental-warning-apply-duration",
+        "warning-apply-duration",
+    ),
+    ("experimental-max-learners", "max-learners"),
+    (
+        "experimental-enable-distributed-tracing",
+        "enable-distributed-tracing",
+    ),
+    (
+        "experimental-distributed-tracing-address",
+        "distributed-tracing-address",
+    ),
+    (
+        "experimental-distributed-tracing-service-name",
+        "distributed-tracing-service-name",
+    ),
+    (
+        "experimental-distributed-tracing-sampling-rate",
+        "distributed-tracing-sampling-rate",
+    ),
+];
+
+/// Keys `oxetcd snapshot restore` takes as flags (the rest still come from file and environment).
+pub(super) const RESTORE_KEYS: &[&str] = &[
+    "data-dir",
+    "name",
+    "initial-cluster",
+    "initial-cluster-token",
+    "initial-advertise-peer-urls",
+];
+
+/// Maps a key as written (dashes) to its table entry, and says whether an old alias was used.
+pub(super) fn canonical_key(written: &str) -> Option<(&'static str, bool)> {
+    if let Some(key) = KEYS.iter().find(|key| key.name == written) {
+        return Some((key.name, false));
+    }
+    ALIASES
+        .iter()
+        .find(|(old, _)| *old == written)
+        .and_then(|(_, current)| KEYS.iter().find(|key| key.name == *current))
+        .map(|key| (key.name, true))
+}
+
+/// The `ETCD_*` variable that sets a key.
+pub(super) fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('-', "_"))
+}

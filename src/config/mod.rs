@@ -1,0 +1,368 @@
+//! Server configuration: the typed [`Config`] and its parts, loaded from one table of keys and
+//! defaults layered defaults < TOML file < `ETCD_*` environment < command-line flags, and
+//! validated before any file is opened; also the `oxetcd snapshot restore` command line.
+//!
+//! Every key has the same spelling everywhere: the flag is `--data-dir`, the TOML key is `data-dir`
+//! (`data_dir` is accepted too) and the environment variable is `ETCD_DATA_DIR`. The keys table
+//! is the only place keys and defaults are written down; the clap command, the layered defaults
+//! and the help text are all generated from it.
+//!
+//! Divergences from etcd, on purpose: etcd ignores flags and environment once `--config-file` is
+//! given and treats a variable that is also given as a flag as fatal; here the sources are layered
+//! (flags > env > file > defaults) and a shadowed variable is only a warning. As in etcd, an
+//! unrecognized `ETCD_*` variable is a warning, while an unknown key in the config file is an
+//! error.
+//!
+//! Where things live: `keys.rs` (the keys table, aliases, key and variable names), `cli.rs` (the
+//! clap commands and [`parse_command`]), `layers.rs` (one layer per source, merged), `merged.rs`
+//! (the merged layers read into a [`Config`]), `parse.rs` (Go-compatible booleans, durations and
+//! URLs), `validate.rs` (ranges, relations between keys, bootstrap checks), `error.rs`
+//! ([`ConfigError`]) and `tests.rs`.
+
+mod cli;
+mod error;
+mod keys;
+mod layers;
+mod merged;
+mod parse;
+mod validate;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+pub use cli::{Command, parse_command, parse_command_from_env_and_args};
+pub use error::ConfigError;
+
+use cli::{get_matches, process_env, server_command};
+use layers::resolve;
+use parse::parse_duration;
+
+/// Backend quota used when `--quota-backend-bytes` is 0 (etcd's 2 GiB).
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+/// Quota above which etcd warns that the backend may become slow (8 GiB).
+pub const QUOTA_BACKEND_BYTES_RECOMMENDED_MAX: u64 = 8 * 1024 * 1024 * 1024;
+/// Lease checkpoint interval used when `--experimental-lease-checkpoint-interval` is 0 (etcd's
+/// 5 minutes).
+pub const LEASE_CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 60);
+/// Longest election timeout etcd accepts.
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
+/// Upper bound of `--distributed-tracing-sampling-rate` (it is per million).
+pub const TRACING_SAMPLING_PER_MILLION_MAX: u32 = 1_000_000;
+
+/// `--initial-cluster-state`: bootstrap a new cluster or join an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "new" => Ok(ClusterState::New),
+            "existing" => Ok(ClusterState::Existing),
+            _ => Err("expected new or existing".to_owned()),
+        }
+    }
+}
+
+/// `--log-level`, with etcd's (zap's) level names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    DPanic,
+    Panic,
+    Fatal,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::DPanic => "dpanic",
+            LogLevel::Panic => "panic",
+            LogLevel::Fatal => "fatal",
+        }
+    }
+
+    /// The `tracing` level directive this maps to; the levels above error all map to `error`.
+    pub fn filter_directive(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error | LogLevel::DPanic | LogLevel::Panic | LogLevel::Fatal => "error",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "debug" => Ok(LogLevel::Debug),
+            "info" => Ok(LogLevel::Info),
+            "warn" => Ok(LogLevel::Warn),
+            "error" => Ok(LogLevel::Error),
+            "dpanic" => Ok(LogLevel::DPanic),
+            "panic" => Ok(LogLevel::Panic),
+            "fatal" => Ok(LogLevel::Fatal),
+            _ => Err("expected one of debug, info, warn, error, dpanic, panic, fatal".to_owned()),
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Console,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Console => "console",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "json" => Ok(LogFormat::Json),
+            "console" => Ok(LogFormat::Console),
+            _ => Err("expected json or console".to_owned()),
+        }
+    }
+}
+
+/// `--auto-compaction-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactionMode {
+    Periodic,
+    Revision,
+}
+
+impl CompactionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompactionMode::Periodic => "periodic",
+            CompactionMode::Revision => "revision",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "periodic" => Ok(CompactionMode::Periodic),
+            "revision" => Ok(CompactionMode::Revision),
+            _ => Err("expected periodic or revision".to_owned()),
+        }
+    }
+}
+
+/// Automatic compaction, from `--auto-compaction-mode` and `--auto-compaction-retention` together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Retention 0.
+    Disabled,
+    /// Keep this much history (periodic mode).
+    Periodic(Duration),
+    /// Keep this many revisions (revision mode).
+    Revision(u64),
+}
+
+impl AutoCompaction {
+    /// Parses a retention the way etcd does: in periodic mode a bare integer is hours, otherwise a
+    /// duration such as `30m`; in revision mode an integer count. Zero disables compaction.
+    pub fn parse(mode: CompactionMode, retention: &str) -> Result<Self, String> {
+        let compaction = match mode {
+            CompactionMode::Periodic => match retention.parse::<u64>() {
+                Ok(hours) => {
+                    let seconds = hours
+                        .checked_mul(3600)
+                        .ok_or_else(|| "retention is too long".to_owned())?;
+                    AutoCompaction::Periodic(Duration::from_secs(seconds))
+                }
+                Err(_) => {
+                    AutoCompaction::Periodic(parse_duration(retention).map_err(|reason| {
+                        format!("{reason} (periodic mode takes hours or a duration such as 30m)")
+                    })?)
+                }
+            },
+            CompactionMode::Revision => {
+                AutoCompaction::Revision(retention.parse::<u64>().map_err(|_| {
+                    "revision mode takes a non-negative number of revisions".to_owned()
+                })?)
+            }
+        };
+        Ok(match compaction {
+            AutoCompaction::Periodic(retention) if retention.is_zero() => AutoCompaction::Disabled,
+            AutoCompaction::Revision(0) => AutoCompaction::Disabled,
+            other => other,
+        })
+    }
+}
+
+/// One member of `--initial-cluster`: a name and its peer URLs (a name may be listed several
+/// times).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<Url>,
+}
+
+/// The effective server configuration. Build it with [`Config::load`] (or [`Default`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The TOML file the configuration was read from, if any.
+    pub config_file: Option<PathBuf>,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<Url>,
+    pub advertise_client_urls: Vec<Url>,
+    pub listen_peer_urls: Vec<Url>,
+    pub initial_advertise_peer_urls: Vec<Url>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub snapshot_count: u64,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// As configured; 0 means the default, see [`Config::quota_backend_bytes_effective`].
+    pub quota_backend_bytes: i64,
+    /// `--max-request-bytes`.
+    pub request_bytes_max: u64,
+    /// `--max-txn-ops`.
+    pub txn_ops_max: u64,
+    pub auto_compaction: AutoCompaction,
+    /// `--auto-compaction-check-interval` (oxetcd's own): revision-mode check period.
+    pub auto_compaction_check_interval: Duration,
+    pub listen_metrics_urls: Vec<Url>,
+    pub log_level: LogLevel,
+    pub log_outputs: Vec<String>,
+    pub log_format: LogFormat,
+    pub watch_progress_notify_interval: Duration,
+    pub warning_apply_duration: Duration,
+    /// `--experimental-lease-checkpoint-interval`, 0 already replaced by the default.
+    pub lease_checkpoint_interval: Duration,
+    pub enable_distributed_tracing: bool,
+    pub distributed_tracing_address: String,
+    pub distributed_tracing_service_name: String,
+    /// `--distributed-tracing-sampling-rate`.
+    pub distributed_tracing_sampling_per_million: u32,
+    /// `--max-learners`.
+    pub learners_max: u32,
+    pub strict_reconfig_check: bool,
+    pub pre_vote: bool,
+    pub unsafe_no_fsync: bool,
+}
+
+impl Config {
+    /// Loads the server configuration from flags (`args`, program name first) and `env`, reading
+    /// the TOML file named by `--config-file` or `ETCD_CONFIG_FILE`, and validates it.
+    /// Returns the configuration and the warnings to log (unrecognized `ETCD_*` variables, ...).
+    pub fn load<I, T>(
+        args: I,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<String>), ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = get_matches(server_command(), &args)?;
+        resolve(&matches, &args, env)
+    }
+
+    /// [`Config::load`] on this process's arguments and environment.
+    pub fn from_env_and_args() -> Result<(Config, Vec<String>), ConfigError> {
+        Config::load(std::env::args_os(), process_env())
+    }
+
+    /// `--initial-cluster` written back as `name=url,name=url`.
+    pub fn initial_cluster_string(&self) -> String {
+        let entries: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .flat_map(|member| {
+                member
+                    .peer_urls
+                    .iter()
+                    .map(|url| format!("{}={}", member.name, etcd_url_string(url)))
+            })
+            .collect();
+        entries.join(",")
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
+    }
+
+    /// Raft election timeout in heartbeat ticks (election timeout / heartbeat interval).
+    pub fn election_ticks(&self) -> usize {
+        let ticks = self.election_timeout_ms / self.heartbeat_interval_ms.max(1);
+        usize::try_from(ticks).unwrap_or(usize::MAX)
+    }
+
+    /// The backend quota in force: the configured one, or 2 GiB when it is 0.
+    pub fn quota_backend_bytes_effective(&self) -> u64 {
+        match u64::try_from(self.quota_backend_bytes) {
+            Ok(0) | Err(_) => QUOTA_BACKEND_BYTES_DEFAULT,
+            Ok(quota_bytes) => quota_bytes,
+        }
+    }
+
+    /// How long a client request may wait for raft: 5s plus two election timeouts, as in etcd.
+    pub fn request_timeout(&self) -> Duration {
+        let election_ms = (self.election_ticks() as u64).saturating_mul(self.heartbeat_interval_ms);
+        Duration::from_secs(5) + Duration::from_millis(election_ms.saturating_mul(2))
+    }
+}
+
+impl Default for Config {
+    /// The built-in defaults, with no file, environment or flags.
+    fn default() -> Self {
+        let (config, _warnings) = Config::load(["oxetcd"], std::iter::empty())
+            .expect("the built-in defaults are a valid configuration");
+        config
+    }
+}
+
+/// A URL the way etcd writes it: `scheme://host:port`, no trailing slash.
+pub fn etcd_url_string(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), url_host_port(url))
+}
+
+/// The `host:port` of a URL, suitable for binding or dialing (`[::1]:2379` for IPv6).
+pub fn url_host_port(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+fn join_urls(urls: &[Url]) -> String {
+    let urls: Vec<String> = urls.iter().map(etcd_url_string).collect();
+    urls.join(",")
+}
+
+#[cfg(test)]
+mod tests;

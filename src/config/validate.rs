@@ -1,0 +1,215 @@
+//! Validation: ranges and relations between keys, bootstrap checks, and advisory warnings.
+
+use std::collections::BTreeSet;
+
+use super::error::ConfigError;
+use super::{
+    ClusterState, Config, ELECTION_TIMEOUT_MS_MAX, QUOTA_BACKEND_BYTES_RECOMMENDED_MAX,
+    TRACING_SAMPLING_PER_MILLION_MAX, etcd_url_string, join_urls,
+};
+
+impl Config {
+    /// Checks ranges and the relations between keys. [`Config::load`] calls it; call it again after
+    /// changing a configuration in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::invalid_value("name", "", "must not be empty"));
+        }
+        if self.name.contains(['=', ',']) {
+            return Err(ConfigError::invalid_value(
+                "name",
+                &self.name,
+                "must not contain '=' or ','",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid_value(
+                "data-dir",
+                "",
+                "must not be empty",
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(ConfigError::invalid_value(
+                "heartbeat-interval",
+                0,
+                "must be greater than 0",
+            ));
+        }
+        if self.election_timeout_ms < self.heartbeat_interval_ms.saturating_mul(5) {
+            return Err(ConfigError::ElectionTimeoutTooShort {
+                election_timeout_ms: self.election_timeout_ms,
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
+            });
+        }
+        if self.election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
+            return Err(ConfigError::ElectionTimeoutTooLong {
+                election_timeout_ms: self.election_timeout_ms,
+            });
+        }
+        if self.snapshot_count == 0 {
+            return Err(ConfigError::invalid_value(
+                "snapshot-count",
+                0,
+                "must be greater than 0",
+            ));
+        }
+        if self.quota_backend_bytes < 0 {
+            return Err(ConfigError::invalid_value(
+                "quota-backend-bytes",
+                self.quota_backend_bytes,
+                "must not be negative (0 means the 2 GiB default)",
+            ));
+        }
+        if self.request_bytes_max == 0 {
+            return Err(ConfigError::invalid_value(
+                "max-request-bytes",
+                0,
+                "must be greater than 0",
+            ));
+        }
+        if self.txn_ops_max == 0 {
+            return Err(ConfigError::invalid_value(
+                "max-txn-ops",
+                0,
+                "must be greater than 0",
+            ));
+        }
+        for (key, urls) in [
+            ("listen-client-urls", &self.listen_client_urls),
+            ("advertise-client-urls", &self.advertise_client_urls),
+            ("listen-peer-urls", &self.listen_peer_urls),
+            (
+                "initial-advertise-peer-urls",
+                &self.initial_advertise_peer_urls,
+            ),
+        ] {
+            if urls.is_empty() {
+                return Err(ConfigError::invalid_value(
+                    key,
+                    "",
+                    "needs at least one URL",
+                ));
+            }
+        }
+        self.validate_initial_cluster()?;
+        if self.distributed_tracing_sampling_per_million > TRACING_SAMPLING_PER_MILLION_MAX {
+            return Err(ConfigError::invalid_value(
+                "distributed-tracing-sampling-rate",
+                self.distributed_tracing_sampling_per_million,
+                format!("must be between 0 and {TRACING_SAMPLING_PER_MILLION_MAX} (per million)"),
+            ));
+        }
+        if self.enable_distributed_tracing {
+            if self.distributed_tracing_address.is_empty() {
+                return Err(ConfigError::invalid_value(
+                    "distributed-tracing-address",
+                    "",
+                    "must not be empty when tracing is enabled",
+                ));
+            }
+            if self.distributed_tracing_service_name.is_empty() {
+                return Err(ConfigError::invalid_value(
+                    "distributed-tracing-service-name",
+                    "",
+                    "must not be empty when tracing is enabled",
+                ));
+            }
+        }
+        if self.learners_max == 0 {
+            return Err(ConfigError::invalid_value(
+                "max-learners",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.log_outputs.is_empty() {
+            return Err(ConfigError::invalid_value(
+                "log-outputs",
+                "",
+                "needs at least one output",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_initial_cluster(&self) -> Result<(), ConfigError> {
+        if self.initial_cluster.is_empty() {
+            return Err(ConfigError::invalid_value(
+                "initial-cluster",
+                "",
+                "needs at least one member",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for member in &self.initial_cluster {
+            if member.name.is_empty() || member.peer_urls.is_empty() {
+                return Err(ConfigError::invalid_value(
+                    "initial-cluster",
+                    self.initial_cluster_string(),
+                    "every member needs a name and a peer URL",
+                ));
+            }
+            for url in &member.peer_urls {
+                let url = etcd_url_string(url);
+                if !seen.insert(url.clone()) {
+                    return Err(ConfigError::invalid_value(
+                        "initial-cluster",
+                        self.initial_cluster_string(),
+                        format!("peer URL {url} is listed twice"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what bootstrapping a member from this configuration needs (etcd does this only when
+    /// the data directory is empty, so it is not part of [`Config::validate`]): this member's name
+    /// is in `--initial-cluster`, and for a new cluster its URLs there equal
+    /// `--initial-advertise-peer-urls`.
+    pub fn verify_bootstrap(&self) -> Result<(), ConfigError> {
+        let Some(member) = self
+            .initial_cluster
+            .iter()
+            .find(|member| member.name == self.name)
+        else {
+            return Err(ConfigError::NotInInitialCluster {
+                name: self.name.clone(),
+                initial_cluster: self.initial_cluster_string(),
+            });
+        };
+        if self.initial_cluster_state == ClusterState::New {
+            let in_cluster: BTreeSet<String> =
+                member.peer_urls.iter().map(etcd_url_string).collect();
+            let advertised: BTreeSet<String> = self
+                .initial_advertise_peer_urls
+                .iter()
+                .map(etcd_url_string)
+                .collect();
+            if in_cluster != advertised {
+                return Err(ConfigError::PeerUrlsMismatch {
+                    name: self.name.clone(),
+                    advertised: join_urls(&self.initial_advertise_peer_urls),
+                    in_cluster: join_urls(&member.peer_urls),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings about a valid but risky configuration.
+    pub(super) fn advisories(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.quota_backend_bytes_effective() > QUOTA_BACKEND_BYTES_RECOMMENDED_MAX {
+            warnings.push(format!(
+                "--quota-backend-bytes {} exceeds the recommended maximum of {} bytes",
+                self.quota_backend_bytes, QUOTA_BACKEND_BYTES_RECOMMENDED_MAX
+            ));
+        }
+        if self.unsafe_no_fsync {
+            warnings.push("--unsafe-no-fsync is set: a crash can lose or corrupt data".to_owned());
+        }
+        warnings
+    }
+}
