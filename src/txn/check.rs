@@ -18,7 +18,10 @@ pub fn check_range(req: &RangeRequest) -> Result<(), TxnError> {
     if SortOrder::try_from(req.sort_order).is_err()
         || SortTarget::try_from(req.sort_target).is_err()
     {
-        return Err(TxnError::InvalidSortOption);
+        return Err(TxnError::InvalidSortOption {
+            sort_order: req.sort_order,
+            sort_target: req.sort_target,
+        });
     }
     Ok(())
 }
@@ -32,7 +35,9 @@ pub fn check_put(req: &PutRequest) -> Result<(), TxnError> {
         return Err(TxnError::ValueProvided);
     }
     if req.ignore_lease && req.lease != 0 {
-        return Err(TxnError::LeaseProvided);
+        return Err(TxnError::LeaseProvided {
+            lease_id: req.lease,
+        });
     }
     Ok(())
 }
@@ -63,7 +68,10 @@ fn check_txn_ops(req: &TxnRequest, max_txn_ops: usize) -> Result<(), TxnError> {
         .max(req.success.len())
         .max(req.failure.len());
     if ops > max_txn_ops {
-        return Err(TxnError::TooManyOps);
+        return Err(TxnError::TooManyOps {
+            ops,
+            max: max_txn_ops,
+        });
     }
     if req.compare.iter().any(|c| c.key.is_empty()) {
         return Err(TxnError::KeyNotProvided);
@@ -80,7 +88,7 @@ fn check_request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), TxnError> 
         Some(Request::RequestPut(p)) => check_put(p),
         Some(Request::RequestDeleteRange(d)) => check_delete_range(d),
         Some(Request::RequestTxn(t)) => check_txn_ops(t, max_txn_ops),
-        None => Err(TxnError::KeyNotFound),
+        None => Err(TxnError::EmptyOp),
     }
 }
 
@@ -126,13 +134,13 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<DeletedS
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
             if puts.contains(k) || deleted(&dels, k) {
-                return Err(TxnError::DuplicateKey);
+                return Err(TxnError::DuplicateKey { key: k.clone() });
             }
             puts.insert(k.clone());
         }
         for k in puts_else {
             if (puts.contains(&k) && !puts_then.contains(&k)) || deleted(&dels, &k) {
-                return Err(TxnError::DuplicateKey);
+                return Err(TxnError::DuplicateKey { key: k });
             }
             puts.insert(k);
         }
@@ -145,7 +153,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<DeletedS
             continue;
         };
         if puts.contains(&p.key) || deleted(&dels, &p.key) {
-            return Err(TxnError::DuplicateKey);
+            return Err(TxnError::DuplicateKey { key: p.key.clone() });
         }
         puts.insert(p.key.clone());
     }

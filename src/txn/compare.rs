@@ -114,9 +114,15 @@ pub(super) fn check_range_rev(view: &dyn ReadView, op: &RequestOp) -> Result<(),
     if r.revision == 0 {
         Ok(())
     } else if r.revision > view.rev() {
-        Err(TxnError::FutureRev)
+        Err(TxnError::FutureRev {
+            requested: r.revision,
+            current: view.rev(),
+        })
     } else if r.revision < view.first_rev() {
-        Err(TxnError::Compacted)
+        Err(TxnError::Compacted {
+            requested: r.revision,
+            compacted: view.first_rev(),
+        })
     } else {
         Ok(())
     }

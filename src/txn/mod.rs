@@ -33,31 +33,38 @@ pub use check::{
 pub use read::{range, read_txn};
 pub use write::{apply_delete_range, apply_put, apply_txn};
 
-/// etcd's KV request errors, one variant per etcd error; `Display` is etcd's exact message,
-/// which clients match on.
+/// Why a KV request was refused or failed, one variant per etcd error (plus ours), with the data
+/// that explains it. Messages are plain; etcd's gRPC codes and `etcdserver: ...` strings are
+/// assigned in `api::error`, the one place clients' wire contract lives.
 #[derive(Debug, thiserror::Error)]
 pub enum TxnError {
-    #[error("etcdserver: key is not provided")]
+    #[error("key is not provided")]
     KeyNotProvided,
-    #[error("etcdserver: key not found")]
+    /// A put with `ignore_value` or `ignore_lease` on a key that does not exist.
+    #[error("key not found")]
     KeyNotFound,
-    #[error("etcdserver: value is provided")]
+    /// A txn op with no request in it (etcd refuses it as key-not-found).
+    #[error("txn op carries no request")]
+    EmptyOp,
+    #[error("value is provided with ignore_value")]
     ValueProvided,
-    #[error("etcdserver: lease is provided")]
-    LeaseProvided,
-    #[error("etcdserver: too many operations in txn request")]
-    TooManyOps,
-    #[error("etcdserver: duplicate key given in txn request")]
-    DuplicateKey,
-    #[error("etcdserver: invalid sort option")]
-    InvalidSortOption,
-    #[error("etcdserver: requested lease not found")]
-    LeaseNotFound,
-    #[error("etcdserver: mvcc: required revision has been compacted")]
-    Compacted,
-    #[error("etcdserver: mvcc: required revision is a future revision")]
-    FutureRev,
-    /// [`read_txn`] was given a txn with writes (a caller bug: writes go through consensus).
+    #[error("lease {lease_id} is provided with ignore_lease")]
+    LeaseProvided { lease_id: i64 },
+    /// `ops` is the largest of the compare, success and failure counts; `max` what the txn (or,
+    /// for a nested txn, its parents) left.
+    #[error("txn has {ops} operations, more than the {max} allowed")]
+    TooManyOps { ops: usize, max: usize },
+    #[error("key {} is written twice in one txn branch", .key.escape_ascii())]
+    DuplicateKey { key: Vec<u8> },
+    #[error("invalid sort option (order {sort_order}, target {sort_target})")]
+    InvalidSortOption { sort_order: i32, sort_target: i32 },
+    #[error("lease {lease_id} not found")]
+    LeaseNotFound { lease_id: i64 },
+    #[error("required revision {requested} has been compacted (compacted at {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("required revision {requested} is a future revision (current {current})")]
+    FutureRev { requested: i64, current: i64 },
+    /// `read_txn` was given a txn with writes (a caller bug: writes go through consensus).
     #[error("txn has write operations and cannot be served as a read")]
     NotReadOnly,
     /// The storage below failed; on the apply path this is fatal.
@@ -68,8 +75,16 @@ pub enum TxnError {
 impl From<MvccError> for TxnError {
     fn from(e: MvccError) -> TxnError {
         match e {
-            MvccError::Compacted { .. } => TxnError::Compacted,
-            MvccError::FutureRev { .. } => TxnError::FutureRev,
+            MvccError::Compacted {
+                requested,
+                compacted,
+            } => TxnError::Compacted {
+                requested,
+                compacted,
+            },
+            MvccError::FutureRev { requested, current } => {
+                TxnError::FutureRev { requested, current }
+            }
             other => TxnError::Storage(other),
         }
     }

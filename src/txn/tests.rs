@@ -13,6 +13,24 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::{Batch, Engine};
 
+/// Asserts that `$result` is an `Err` matching `$pattern`; what follows is context for the
+/// failure message, as in `assert!`.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat) => {
+        assert_err!($result, $pattern, "")
+    };
+    ($result:expr, $pattern:pat, $($context:tt)+) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!(
+                "expected Err({}), got {other:?} {}",
+                stringify!($pattern),
+                format_args!($($context)+)
+            ),
+        }
+    };
+}
+
 fn open_store() -> (tempfile::TempDir, MvccStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = MvccStore::open(Engine::open(dir.path(), false).unwrap()).unwrap();
@@ -245,19 +263,18 @@ fn static_validation() {
             failure,
         };
     let ok = |r: Result<(), TxnError>| r.is_ok();
-    let err = |r: Result<(), TxnError>| r.err().map(|e| e.to_string()).unwrap_or_default();
 
     assert!(ok(check_txn(
         &txn(cmps(128), ops("k", 128), ops("k", 128)),
         128
     )));
-    assert_eq!(
-        err(check_txn(&txn(cmps(129), vec![], vec![]), 128)),
-        "etcdserver: too many operations in txn request"
+    assert_err!(
+        check_txn(&txn(cmps(129), vec![], vec![]), 128),
+        TxnError::TooManyOps { ops: 129, max: 128 }
     );
-    assert_eq!(
-        err(check_txn(&txn(vec![], vec![], ops("k", 129)), 128)),
-        "etcdserver: too many operations in txn request"
+    assert_err!(
+        check_txn(&txn(vec![], vec![], ops("k", 129)), 128),
+        TxnError::TooManyOps { ops: 129, max: 128 }
     );
     // A nested txn gets the budget its parent leaves: 128 - 100.
     let mut outer = ops("k", 99);
@@ -265,49 +282,52 @@ fn static_validation() {
     assert!(ok(check_txn(&txn(vec![], outer.clone(), vec![]), 128)));
     outer.pop();
     outer.push(op_txn(ops("n", 29), vec![]));
-    assert_eq!(
-        err(check_txn(&txn(vec![], outer, vec![]), 128)),
-        "etcdserver: too many operations in txn request"
+    assert_err!(
+        check_txn(&txn(vec![], outer, vec![]), 128),
+        TxnError::TooManyOps { ops: 29, max: 28 }
     );
 
     let mut c = compare("", "", CompareResult::Equal, Want::Version(0));
-    assert_eq!(
-        err(check_txn(&txn(vec![c.clone()], vec![], vec![]), 128)),
-        "etcdserver: key is not provided"
+    assert_err!(
+        check_txn(&txn(vec![c.clone()], vec![], vec![]), 128),
+        TxnError::KeyNotProvided
     );
     c.key = b"k".to_vec();
     assert!(ok(check_txn(&txn(vec![c], vec![], vec![]), 128)));
-    assert_eq!(
-        err(check_txn(
-            &txn(vec![], vec![RequestOp { request: None }], vec![]),
-            128
-        )),
-        "etcdserver: key not found"
+    assert_err!(
+        check_txn(&txn(vec![], vec![RequestOp { request: None }], vec![]), 128),
+        TxnError::EmptyOp
     );
-    assert_eq!(
-        err(check_txn(&txn(vec![], vec![], vec![op_put("", "v")]), 128)),
-        "etcdserver: key is not provided"
+    assert_err!(
+        check_txn(&txn(vec![], vec![], vec![op_put("", "v")]), 128),
+        TxnError::KeyNotProvided
     );
-    assert_eq!(
-        err(check_txn(&txn(vec![], vec![op_del("", "")], vec![]), 128)),
-        "etcdserver: key is not provided"
+    assert_err!(
+        check_txn(&txn(vec![], vec![op_del("", "")], vec![]), 128),
+        TxnError::KeyNotProvided
     );
     let mut bad_sort = range_req("a", "");
     bad_sort.sort_order = 3;
-    assert_eq!(
-        err(check_range(&bad_sort)),
-        "etcdserver: invalid sort option"
+    assert_err!(
+        check_range(&bad_sort),
+        TxnError::InvalidSortOption {
+            sort_order: 3,
+            sort_target: 0
+        }
     );
     bad_sort.sort_order = 2;
     bad_sort.sort_target = 5;
-    assert_eq!(
-        err(check_range(&bad_sort)),
-        "etcdserver: invalid sort option"
+    assert_err!(
+        check_range(&bad_sort),
+        TxnError::InvalidSortOption {
+            sort_order: 2,
+            sort_target: 5
+        }
     );
     bad_sort.sort_target = 4;
     assert!(ok(check_range(&bad_sort)));
-    assert_eq!(
-        err(check_txn(
+    assert_err!(
+        check_txn(
             &txn(
                 vec![],
                 vec![op(Request::RequestRange(RangeRequest {
@@ -317,24 +337,21 @@ fn static_validation() {
                 vec![]
             ),
             128
-        )),
-        "etcdserver: invalid sort option"
+        ),
+        TxnError::InvalidSortOption { sort_target: 9, .. }
     );
-    assert_eq!(
-        err(check_range(&range_req("", ""))),
-        "etcdserver: key is not provided"
-    );
+    assert_err!(check_range(&range_req("", "")), TxnError::KeyNotProvided);
     let p = PutRequest {
         ignore_value: true,
         ..put_req("k", "v")
     };
-    assert_eq!(err(check_put(&p)), "etcdserver: value is provided");
+    assert_err!(check_put(&p), TxnError::ValueProvided);
     let p = PutRequest {
         ignore_lease: true,
         lease: 3,
         ..put_req("k", "")
     };
-    assert_eq!(err(check_put(&p)), "etcdserver: lease is provided");
+    assert_err!(check_put(&p), TxnError::LeaseProvided { lease_id: 3 });
     let p = PutRequest {
         ignore_lease: true,
         ignore_value: true,
@@ -345,14 +362,13 @@ fn static_validation() {
 
 #[test]
 fn duplicate_keys_in_a_branch() {
-    let dup = "etcdserver: duplicate key given in txn request";
-    // (success ops, expected error)
+    // (success ops, the key reported as written twice)
     let table: Vec<(Vec<RequestOp>, Option<&str>)> = vec![
-        (vec![op_put("a", "1"), op_put("a", "2")], Some(dup)),
+        (vec![op_put("a", "1"), op_put("a", "2")], Some("a")),
         (vec![op_put("a", "1"), op_put("b", "2")], None),
-        (vec![op_del("a", "c"), op_put("b", "1")], Some(dup)),
+        (vec![op_del("a", "c"), op_put("b", "1")], Some("b")),
         (vec![op_put("c", "1"), op_del("a", "c")], None),
-        (vec![op_del("a", ""), op_put("a", "1")], Some(dup)),
+        (vec![op_del("a", ""), op_put("a", "1")], Some("a")),
         (vec![op_del("a", ""), op_put("ab", "1")], None),
         // etcd compares "\0" as a plain range end here, so from-key deletes never conflict.
         (vec![op_del("a", "\0"), op_put("b", "1")], None),
@@ -364,40 +380,40 @@ fn duplicate_keys_in_a_branch() {
         ),
         (
             vec![op_put("a", "1"), op_txn(vec![op_put("a", "2")], vec![])],
-            Some(dup),
+            Some("a"),
         ),
         (
             vec![op_put("a", "1"), op_txn(vec![], vec![op_put("a", "2")])],
-            Some(dup),
+            Some("a"),
         ),
         (
             vec![
                 op_txn(vec![op_put("a", "1")], vec![]),
                 op_txn(vec![], vec![op_put("a", "2")]),
             ],
-            Some(dup),
+            Some("a"),
         ),
         (
             vec![
                 op_txn(vec![op_put("a", "1")], vec![]),
                 op_txn(vec![op_put("a", "2")], vec![]),
             ],
-            Some(dup),
+            Some("a"),
         ),
         (
             vec![op_del("a", "c"), op_txn(vec![op_put("b", "1")], vec![])],
-            Some(dup),
+            Some("b"),
         ),
         (
             vec![op_txn(vec![op_del("a", "c")], vec![]), op_put("b", "1")],
-            Some(dup),
+            Some("b"),
         ),
         (
             vec![
                 op_txn(vec![op_txn(vec![op_put("a", "1")], vec![])], vec![]),
                 op_put("a", "2"),
             ],
-            Some(dup),
+            Some("a"),
         ),
     ];
     for (i, (ops, want)) in table.into_iter().enumerate() {
@@ -413,7 +429,11 @@ fn duplicate_keys_in_a_branch() {
                     ..TxnRequest::default()
                 }
             };
-            let got = check_txn(&req, 128).err().map(|e| e.to_string());
+            let got = match check_txn(&req, 128) {
+                Ok(()) => None,
+                Err(TxnError::DuplicateKey { key }) => Some(String::from_utf8(key).unwrap()),
+                Err(other) => panic!("case {i}: unexpected {other:?}"),
+            };
             assert_eq!(
                 got.as_deref(),
                 want,
@@ -596,11 +616,12 @@ fn range_sort_filter_limit_more_count() {
         .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
         .collect();
     assert_eq!(values, ["z", "x", "y"]);
-    assert_eq!(
-        range(&store, &with(&|r| r.revision = 8))
-            .unwrap_err()
-            .to_string(),
-        "etcdserver: mvcc: required revision is a future revision"
+    assert_err!(
+        range(&store, &with(&|r| r.revision = 8)),
+        TxnError::FutureRev {
+            requested: 8,
+            current: 7
+        }
     );
 }
 
@@ -665,21 +686,23 @@ fn failing_txns_change_nothing() {
             ..put_req(k, "x")
         }))
     };
-    // (txn, error)
-    let table: Vec<(TxnRequest, &str)> = vec![
+    /// Whether an error is the one a case must fail with.
+    type Expected = fn(&TxnError) -> bool;
+    // (txn, the error it must fail with)
+    let table: Vec<(TxnRequest, Expected)> = vec![
         (
             TxnRequest {
                 success: vec![op_put("a", "1"), with_lease("b", 99)],
                 ..TxnRequest::default()
             },
-            "etcdserver: requested lease not found",
+            |e| matches!(e, TxnError::LeaseNotFound { lease_id: 99 }),
         ),
         (
             TxnRequest {
                 success: vec![op_put("a", "1"), op_txn(vec![with_lease("b", 99)], vec![])],
                 ..TxnRequest::default()
             },
-            "etcdserver: requested lease not found",
+            |e| matches!(e, TxnError::LeaseNotFound { lease_id: 99 }),
         ),
         (
             TxnRequest {
@@ -692,7 +715,7 @@ fn failing_txns_change_nothing() {
                 ],
                 ..TxnRequest::default()
             },
-            "etcdserver: key not found",
+            |e| matches!(e, TxnError::KeyNotFound),
         ),
         (
             TxnRequest {
@@ -705,7 +728,15 @@ fn failing_txns_change_nothing() {
                 ],
                 ..TxnRequest::default()
             },
-            "etcdserver: mvcc: required revision is a future revision",
+            |e| {
+                matches!(
+                    e,
+                    TxnError::FutureRev {
+                        requested: 3,
+                        current: 2
+                    }
+                )
+            },
         ),
     ];
     for (i, (req, want)) in table.into_iter().enumerate() {
@@ -714,7 +745,8 @@ fn failing_txns_change_nothing() {
             assert!(!t.has_changes(), "case {i}: partial changes");
             r
         });
-        assert_eq!(r.unwrap_err().to_string(), want, "case {i}");
+        let e = r.unwrap_err();
+        assert!(want(&e), "case {i}: {e:?}");
         assert!(out.events.is_empty());
         assert_eq!(store.current_revision(), 2);
     }
@@ -834,17 +866,14 @@ fn put_options_and_delete_range() {
         ..put_req("missing", "")
     };
     let (r, out) = commit(&store, |t| apply_put(t, &req, &leases));
-    assert_eq!(
-        r.unwrap_err().to_string(),
-        "etcdserver: requested lease not found"
-    );
+    assert_err!(r, TxnError::LeaseNotFound { lease_id: 9 });
     assert!(out.events.is_empty());
     let req = PutRequest {
         ignore_value: true,
         ..put_req("missing", "")
     };
     let (r, _) = commit(&store, |t| apply_put(t, &req, &leases));
-    assert_eq!(r.unwrap_err().to_string(), "etcdserver: key not found");
+    assert_err!(r, TxnError::KeyNotFound);
 
     put(&store, "k2", "x", 0); // rev 6
     let del = |k: &str, end: &str, prev_kv: bool| DeleteRangeRequest {
@@ -962,9 +991,12 @@ fn read_only_txns() {
     store.engine().write(batch, false).unwrap();
     store.publish_compaction(&job);
     job.run(store.engine()).unwrap();
-    assert_eq!(
-        read_txn(&store, &req).unwrap_err().to_string(),
-        "etcdserver: mvcc: required revision has been compacted"
+    assert_err!(
+        read_txn(&store, &req),
+        TxnError::Compacted {
+            requested: 2,
+            compacted: 3
+        }
     );
 
     let writes = TxnRequest {

@@ -20,7 +20,9 @@ pub fn apply_put(
     lease_exists: &dyn Fn(i64) -> bool,
 ) -> Result<PutResponse, TxnError> {
     if req.lease != 0 && !lease_exists(req.lease) {
-        return Err(TxnError::LeaseNotFound);
+        return Err(TxnError::LeaseNotFound {
+            lease_id: req.lease,
+        });
     }
     execute_put(txn, req)
 }
@@ -87,7 +89,7 @@ pub fn apply_txn(
                 return Err(TxnError::KeyNotFound);
             }
             if p.lease != 0 && !lease_exists(p.lease) {
-                return Err(TxnError::LeaseNotFound);
+                return Err(TxnError::LeaseNotFound { lease_id: p.lease });
             }
             Ok(())
         })?;
