@@ -124,21 +124,23 @@ impl From<EtcdError> for Status {
     }
 }
 
+/// Every variant by name (no catch-all), so a new `TxnError` must be given its etcd error here.
 impl From<crate::txn::TxnError> for EtcdError {
     fn from(e: crate::txn::TxnError) -> EtcdError {
         use crate::txn::TxnError as T;
         match e {
             T::KeyNotProvided => EtcdError::EmptyKey,
-            T::KeyNotFound => EtcdError::KeyNotFound,
+            T::KeyNotFound | T::EmptyOp => EtcdError::KeyNotFound,
             T::ValueProvided => EtcdError::ValueProvided,
-            T::LeaseProvided => EtcdError::LeaseProvided,
-            T::TooManyOps => EtcdError::TooManyOps,
-            T::DuplicateKey => EtcdError::DuplicateKey,
-            T::InvalidSortOption => EtcdError::InvalidSortOption,
-            T::LeaseNotFound => EtcdError::LeaseNotFound,
-            T::Compacted => EtcdError::Compacted,
-            T::FutureRev => EtcdError::FutureRev,
-            other => EtcdError::Other(other.to_string()),
+            T::LeaseProvided { .. } => EtcdError::LeaseProvided,
+            T::TooManyOps { .. } => EtcdError::TooManyOps,
+            T::DuplicateKey { .. } => EtcdError::DuplicateKey,
+            T::InvalidSortOption { .. } => EtcdError::InvalidSortOption,
+            T::LeaseNotFound { .. } => EtcdError::LeaseNotFound,
+            T::Compacted { .. } => EtcdError::Compacted,
+            T::FutureRev { .. } => EtcdError::FutureRev,
+            T::NotReadOnly => EtcdError::Other(e.to_string()),
+            T::Storage(e) => e.into(),
         }
     }
 }
@@ -275,6 +277,91 @@ mod tests {
         for (err, code, msg) in cases {
             let status = Status::from(err);
             assert_eq!((status.code(), status.message()), (code, msg));
+        }
+    }
+
+    #[test]
+    fn txn_errors_read_as_etcd_errors() {
+        use crate::txn::TxnError as T;
+        let cases = [
+            (
+                T::KeyNotProvided,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                T::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                T::EmptyOp,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                T::ValueProvided,
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                T::LeaseProvided { lease_id: 3 },
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                T::TooManyOps { ops: 129, max: 128 },
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                T::DuplicateKey { key: b"k".to_vec() },
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                T::InvalidSortOption {
+                    sort_order: 3,
+                    sort_target: 0,
+                },
+                Code::InvalidArgument,
+                "etcdserver: invalid sort option",
+            ),
+            (
+                T::LeaseNotFound { lease_id: 99 },
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                T::Compacted {
+                    requested: 2,
+                    compacted: 3,
+                },
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                T::FutureRev {
+                    requested: 8,
+                    current: 7,
+                },
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                T::NotReadOnly,
+                Code::Unknown,
+                "txn has write operations and cannot be served as a read",
+            ),
+            (
+                T::Storage(crate::mvcc::MvccError::Corrupt("bad key".to_string())),
+                Code::Unknown,
+                "corrupt mvcc data: bad key",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(EtcdError::from(error));
+            assert_eq!((status.code(), status.message()), (code, message));
         }
     }
 

@@ -139,3 +139,24 @@ impl Kv for KvService {
         }
     }
 }
+
+/// The read behind the health endpoints (`/health`, `/livez`, `/readyz`): a one-key keys-only
+/// Range from this member's state, after a ReadIndex barrier when `linearizable`, as etcd's
+/// health checks read. Unlike the Range RPC it is served on learners too.
+pub async fn probe_read(ctx: &ServerCtx, linearizable: bool) -> Result<(), EtcdError> {
+    if linearizable {
+        ctx.node.read_barrier().await?;
+    }
+    let mvcc = ctx.mvcc.clone();
+    blocking(move || {
+        let req = RangeRequest {
+            key: vec![0],
+            keys_only: true,
+            limit: 1,
+            serializable: !linearizable,
+            ..RangeRequest::default()
+        };
+        txn::range(&mvcc, &req).map(|_| ()).map_err(EtcdError::from)
+    })
+    .await
+}

@@ -19,8 +19,9 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::alarm::{ALARM_CORRUPT, ALARM_NOSPACE};
-use crate::api::{EtcdError, ServerCtx, blocking};
-use crate::proto::etcdserverpb::{AlarmType, RangeRequest};
+use crate::api::ServerCtx;
+use crate::api::kv::probe_read;
+use crate::proto::etcdserverpb::AlarmType;
 use crate::version::{ETCD_API_VERSION, ETCD_CLUSTER_VERSION, OXETCD_VERSION};
 
 /// Produces the Prometheus text exposition for `/metrics`.
@@ -120,7 +121,7 @@ fn json(value: &impl Serialize) -> String {
 }
 
 /// etcd's `/health` checks, in order: alarms not excluded, a leader (unless serializable), and a
-/// one-key keys-only range.
+/// one-key keys-only range (the API layer's [`probe_read`]).
 async fn check_health(
     ctx: &ServerCtx,
     excluded_alarms: &BTreeSet<String>,
@@ -141,30 +142,9 @@ async fn check_health(
     if !serializable && ctx.node.status().leader_id == 0 {
         return Err("RAFT NO LEADER".to_string());
     }
-    read_check(ctx, serializable)
+    probe_read(ctx, !serializable)
         .await
         .map_err(|e| format!("RANGE ERROR:{e}"))
-}
-
-/// A `Range{keys_only, limit: 1}`; linearizable unless `serializable`.
-async fn read_check(ctx: &ServerCtx, serializable: bool) -> Result<(), EtcdError> {
-    if !serializable {
-        ctx.node.read_barrier().await?;
-    }
-    let mvcc = ctx.mvcc.clone();
-    blocking(move || {
-        let req = RangeRequest {
-            key: vec![0],
-            keys_only: true,
-            limit: 1,
-            serializable,
-            ..RangeRequest::default()
-        };
-        crate::txn::range(&mvcc, &req)
-            .map(|_| ())
-            .map_err(EtcdError::from)
-    })
-    .await
 }
 
 /// The named checks behind `/livez` and `/readyz`.
@@ -203,8 +183,8 @@ impl Check {
                     Ok(())
                 }
             }
-            Check::SerializableRead => read_check(ctx, true).await.map_err(|e| e.to_string()),
-            Check::LinearizableRead => read_check(ctx, false).await.map_err(|e| e.to_string()),
+            Check::SerializableRead => probe_read(ctx, false).await.map_err(|e| e.to_string()),
+            Check::LinearizableRead => probe_read(ctx, true).await.map_err(|e| e.to_string()),
             Check::NonLearner => {
                 let membership = ctx.membership.read().unwrap_or_else(|p| p.into_inner());
                 let me = membership.member_id;
