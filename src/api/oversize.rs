@@ -5,6 +5,11 @@
 //! differently. Clients and scripts match etcd's, so a response layer rewrites tonic's status.
 
 use axum::http::{HeaderValue, Response};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// What gRPC percent-encodes in `grpc-message`: every byte outside printable ASCII (0x20–0x7E;
+/// the crate always encodes bytes above 0x7F) and `%` itself.
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
 const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
 
@@ -40,42 +45,37 @@ fn parse_sizes(message: &str) -> Option<(u64, u64)> {
     Some((found.parse().ok()?, limit.parse().ok()?))
 }
 
-/// gRPC's percent-decoding of `grpc-message` (only `%XX` escapes).
+/// gRPC's percent-decoding of `grpc-message` (`%XX` escapes; invalid UTF-8 replaced).
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` stays as it is.
+/// gRPC's percent-encoding of `grpc-message`.
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, GRPC_MESSAGE).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_message_escapes_exactly_non_printable_bytes_and_percent() {
+        let all: String = (0u8..0x80).map(char::from).chain(['é']).collect();
+        let expected: String = all
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        assert_eq!(percent_encode(&all), expected);
+        assert_eq!(percent_decode(&expected), all);
+        assert_eq!(percent_decode("100%25 done%"), "100% done%");
+    }
 
     #[tokio::test]
     async fn tonic_oversize_becomes_etcds_resource_exhausted() {
