@@ -11,6 +11,8 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 /// the crate always encodes bytes above 0x7F) and `%` itself.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
+/// The start of tonic's status for a message over the decoding limit (its `codec/decode.rs`);
+/// `tonic_still_words_the_oversize_error_as_parsed_here` pins it against the tonic in use.
 const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
 
 /// Rewrites tonic's "decoded message length too large" status into etcd's.
@@ -57,7 +59,66 @@ fn percent_encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tonic::service::Routes;
+
     use super::*;
+    use crate::api::health::HealthService;
+    use crate::proto::grpc::health::v1::HealthCheckRequest;
+    use crate::proto::grpc::health::v1::health_client::HealthClient;
+    use crate::proto::grpc::health::v1::health_server::HealthServer;
+
+    /// Serves `router` on a loopback port for the rest of the test; returns its URL.
+    async fn serve(router: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        url
+    }
+
+    /// The real status tonic sends for a request over `max_decoding_message_size`, read by a
+    /// real client: if a tonic upgrade rewords it, this fails instead of etcd's ResourceExhausted
+    /// silently becoming tonic's OutOfRange.
+    #[tokio::test]
+    async fn tonic_still_words_the_oversize_error_as_parsed_here() {
+        const LIMIT_BYTES: usize = 1024;
+        let request = HealthCheckRequest {
+            service: "x".repeat(2 * LIMIT_BYTES),
+        };
+        let found = prost::Message::encoded_len(&request) as u64;
+        let health = || HealthServer::new(HealthService).max_decoding_message_size(LIMIT_BYTES);
+
+        let bare = serve(Routes::new(health()).prepare().into_axum_router()).await;
+        let status = HealthClient::connect(bare)
+            .await
+            .unwrap()
+            .check(request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert_eq!(
+            parse_sizes(status.message()),
+            Some((found, LIMIT_BYTES as u64)),
+            "tonic reworded its over-limit error: {:?}",
+            status.message()
+        );
+
+        // Behind the layer as server.rs mounts it, a client sees etcd's status.
+        let router = Routes::new(health())
+            .prepare()
+            .into_axum_router()
+            .layer(axum::middleware::map_response(rewrite));
+        let status = HealthClient::connect(serve(router).await)
+            .await
+            .unwrap()
+            .check(request)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("grpc: received message larger than max ({found} vs. {LIMIT_BYTES})")
+        );
+    }
 
     #[test]
     fn grpc_message_escapes_exactly_non_printable_bytes_and_percent() {
