@@ -6,6 +6,8 @@
 //! (what clients see) and `peer` (the raft transport between members) → `server` (wiring).
 //! ARCHITECTURE.md is the map.
 
+#![forbid(unsafe_code)]
+
 pub mod alarm;
 pub mod api;
 pub mod apply;

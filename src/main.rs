@@ -1,5 +1,7 @@
 //! The `oxetcd` binary: parse flags → load config → run the server (or restore a snapshot).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use oxetcd::config::{self, Command};

@@ -80,24 +80,12 @@ pub struct DiskSpace {
 impl DiskSpace {
     /// The filesystem holding `path` (zeros when it cannot be read).
     pub fn of(path: &std::path::Path) -> DiskSpace {
-        use std::os::unix::ffi::OsStrExt as _;
-        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        let Ok(st) = rustix::fs::statvfs(path) else {
             return DiskSpace::default();
         };
-        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: c_path is a valid NUL-terminated string and st points to writable memory of
-        // the right size; statvfs fills it completely when it returns 0.
-        let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
-        if rc != 0 {
-            return DiskSpace::default();
-        }
-        // SAFETY: statvfs returned 0, so st is initialised.
-        let st = unsafe { st.assume_init() };
-        // All three are u64 on 64-bit Linux, the only target.
-        let frsize = st.f_frsize;
         DiskSpace {
-            free_bytes: st.f_bavail * frsize,
-            total_bytes: st.f_blocks * frsize,
+            free_bytes: st.f_bavail * st.f_frsize,
+            total_bytes: st.f_blocks * st.f_frsize,
         }
     }
 }
@@ -548,27 +536,22 @@ impl ProcessMetrics {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(dir.count() as i64);
         }
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: limit is a valid, writable rlimit.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            self.max_fds.set(limit.rlim_cur as i64);
-        }
+        // No soft limit (RLIM_INFINITY) reads as the gauge's maximum.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        self.max_fds
+            .set(limit.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX)));
     }
 }
 
 fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        ticks => ticks as f64,
+    }
 }
 
 fn page_size() -> i64 {
-    // SAFETY: sysconf has no memory effects.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as i64 } else { 4096 }
+    i64::try_from(rustix::param::page_size()).expect("the page size fits in i64")
 }
 
 /// The system boot time (`btime` in /proc/stat), cached after the first read.
@@ -641,5 +624,16 @@ mod tests {
             DiskSpace::of(std::path::Path::new("/no/such/dir")),
             DiskSpace::default()
         );
+    }
+
+    #[test]
+    fn process_limits_and_units_come_from_the_kernel() {
+        let process = ProcessMetrics::default();
+        process.sample();
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(process.max_fds.get() as u64, limit.current.unwrap());
+        assert!(process.resident_memory.get() > 0);
+        assert!(page_size() >= 4096 && page_size().count_ones() == 1);
+        assert!(clock_ticks_per_second() >= 1.0);
     }
 }

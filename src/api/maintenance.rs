@@ -46,7 +46,7 @@ impl MaintenanceService {
     }
 }
 
-/// An active alarm the way etcd's `AlarmMember.String()` prints it (protobuf compact text), e.g.
+/// An active alarm the way etcd's `AlarmMember.String()` prints it (Go proto's compact text), e.g.
 /// `memberID:10276657743932975437 alarm:NOSPACE `.
 pub fn alarm_member_string(member_id: u64, alarm: i32) -> String {
     let name = AlarmType::try_from(alarm)

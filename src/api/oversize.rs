@@ -5,7 +5,14 @@
 //! differently. Clients and scripts match etcd's, so a response layer rewrites tonic's status.
 
 use axum::http::{HeaderValue, Response};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
+/// What gRPC percent-encodes in `grpc-message`: every byte outside printable ASCII (0x20–0x7E;
+/// the crate always encodes bytes above 0x7F) and `%` itself.
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+/// The start of tonic's status for a message over the decoding limit (its `codec/decode.rs`);
+/// `tonic_still_words_the_oversize_error_as_parsed_here` pins it against the tonic in use.
 const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
 
 /// Rewrites tonic's "decoded message length too large" status into etcd's.
@@ -40,42 +47,96 @@ fn parse_sizes(message: &str) -> Option<(u64, u64)> {
     Some((found.parse().ok()?, limit.parse().ok()?))
 }
 
-/// gRPC's percent-decoding of `grpc-message` (only `%XX` escapes).
+/// gRPC's percent-decoding of `grpc-message` (`%XX` escapes; invalid UTF-8 replaced).
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` stays as it is.
+/// gRPC's percent-encoding of `grpc-message`.
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, GRPC_MESSAGE).to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    use tonic::service::Routes;
+
     use super::*;
+    use crate::api::health::HealthService;
+    use crate::proto::grpc::health::v1::HealthCheckRequest;
+    use crate::proto::grpc::health::v1::health_client::HealthClient;
+    use crate::proto::grpc::health::v1::health_server::HealthServer;
+
+    /// Serves `router` on a loopback port for the rest of the test; returns its URL.
+    async fn serve(router: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        url
+    }
+
+    /// The real status tonic sends for a request over `max_decoding_message_size`, read by a
+    /// real client: if a tonic upgrade rewords it, this fails instead of etcd's ResourceExhausted
+    /// silently becoming tonic's OutOfRange.
+    #[tokio::test]
+    async fn tonic_still_words_the_oversize_error_as_parsed_here() {
+        const LIMIT_BYTES: usize = 1024;
+        let request = HealthCheckRequest {
+            service: "x".repeat(2 * LIMIT_BYTES),
+        };
+        let found = prost::Message::encoded_len(&request) as u64;
+        let health = || HealthServer::new(HealthService).max_decoding_message_size(LIMIT_BYTES);
+
+        let bare = serve(Routes::new(health()).prepare().into_axum_router()).await;
+        let status = HealthClient::connect(bare)
+            .await
+            .unwrap()
+            .check(request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert_eq!(
+            parse_sizes(status.message()),
+            Some((found, LIMIT_BYTES as u64)),
+            "tonic reworded its over-limit error: {:?}",
+            status.message()
+        );
+
+        // Behind the layer as server.rs mounts it, a client sees etcd's status.
+        let router = Routes::new(health())
+            .prepare()
+            .into_axum_router()
+            .layer(axum::middleware::map_response(rewrite));
+        let status = HealthClient::connect(serve(router).await)
+            .await
+            .unwrap()
+            .check(request)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("grpc: received message larger than max ({found} vs. {LIMIT_BYTES})")
+        );
+    }
+
+    #[test]
+    fn grpc_message_escapes_exactly_non_printable_bytes_and_percent() {
+        let all: String = (0u8..0x80).map(char::from).chain(['é']).collect();
+        let expected: String = all
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        assert_eq!(percent_encode(&all), expected);
+        assert_eq!(percent_decode(&expected), all);
+        assert_eq!(percent_decode("100%25 done%"), "100% done%");
+    }
 
     #[tokio::test]
     async fn tonic_oversize_becomes_etcds_resource_exhausted() {

@@ -242,10 +242,8 @@ impl Applier {
     /// queued for raft unless it is invalid against the current list (then raft never sees it,
     /// as etcd does).
     fn apply_conf_change(&mut self, entry: &Entry, batch: &mut Batch) -> Option<(u64, Reply)> {
-        let mut cc = ConfChange::default();
-        // raft's protobuf compatibility layer implements merge_from_bytes (not parse_from_bytes).
-        match protobuf::Message::merge_from_bytes(&mut cc, &entry.data) {
-            Ok(()) => {}
+        let cc: ConfChange = match crate::raft::codec::decode(&entry.data) {
+            Ok(cc) => cc,
             Err(e) => crate::fatal(
                 "decoding a committed configuration change",
                 &format!("entry {}: {e}", entry.index),

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use crate::proto::oxetcdpb::{
     LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery,
     MembersRequest, MembersResponse, RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotReceived,
 };
+use crate::raft::codec::decode;
 use crate::raft::snapshots;
 
 /// How long a received snapshot may wait for room in a full raft inbox.
@@ -74,9 +74,7 @@ impl PeerService {
         stream: &mut Streaming<SnapshotChunk>,
     ) -> Result<Message, Status> {
         self.check_cluster(first.cluster_id)?;
-        let mut message = Message::default();
-        message
-            .merge_from_bytes(&first.message)
+        let message: Message = decode(&first.message)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
         let me = self.node.config().member_id;
         if message.get_msg_type() != MessageType::MsgSnapshot || message.to != me {
@@ -149,13 +147,10 @@ impl PeerService {
     fn step_all(&self, batch: RaftBatch) -> Result<(), PeerError> {
         let count = batch.messages.len();
         for (i, bytes) in batch.messages.into_iter().enumerate() {
-            let mut message = Message::default();
-            message
-                .merge_from_bytes(&bytes)
-                .map_err(|e| PeerError::BadMessage {
-                    from: batch.from,
-                    reason: e.to_string(),
-                })?;
+            let message: Message = decode(&bytes).map_err(|e| PeerError::BadMessage {
+                from: batch.from,
+                reason: e.to_string(),
+            })?;
             if message.from != batch.from || message.to != batch.to {
                 return Err(PeerError::BadMessage {
                     from: batch.from,

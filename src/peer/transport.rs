@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
 use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
@@ -26,6 +25,7 @@ use crate::metrics::{Metrics, PeerLabel};
 use crate::node::{NodeHandle, Transport};
 use crate::proto::oxetcdpb::peer_client::PeerClient;
 use crate::proto::oxetcdpb::{RaftBatch, SnapshotChunk};
+use crate::raft::codec::encode;
 
 /// Raft messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -577,12 +577,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     text
-}
-
-fn encode(message: &Message) -> Vec<u8> {
-    message
-        .write_to_bytes()
-        .expect("encoding an in-memory raft message cannot fail")
 }
 
 /// Measures the round trip to a peer every [`PROBE_INTERVAL`] with a small `Peer/Members` call

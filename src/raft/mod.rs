@@ -1,6 +1,7 @@
 //! The raft-rs adapter: the log store behind `raft::Storage`, the one Ready cycle every driver
-//! uses, and the logger raft writes to.
+//! uses, the logger raft writes to, and the one codec for raft's messages.
 
+pub mod codec;
 pub mod logger;
 pub mod ready;
 pub mod snapshots;

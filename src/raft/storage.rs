@@ -15,6 +15,7 @@ use std::sync::Arc;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
+use super::codec::{RaftMessage, encode, encoded_len};
 use crate::storage::{Batch, Cf, Engine, StorageError};
 
 const KEY_HARD_STATE: &[u8] = b"hs";
@@ -310,7 +311,7 @@ impl raft::Storage for RaftLogStore {
         let mut out = Vec::new();
         let mut size = 0u64;
         let mut push = |e: Entry, out: &mut Vec<Entry>| {
-            size += u64::from(protobuf::Message::compute_size(&e));
+            size += encoded_len(&e);
             let keep = out.is_empty() || size <= max_size;
             if keep {
                 out.push(e);
@@ -390,26 +391,13 @@ fn index_of(key: &[u8]) -> Result<u64, StorageError> {
         })
 }
 
-/// Encodes a raft protobuf message.
-pub fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    m.write_to_bytes()
-        .expect("encoding an in-memory raft message cannot fail")
-}
-
-/// Decodes a raft protobuf message read from `cf` at `key`.
-pub fn decode<M: protobuf::Message + Default>(
-    cf: Cf,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<M, StorageError> {
-    let mut m = M::default();
-    m.merge_from_bytes(bytes)
-        .map_err(|e| StorageError::Corrupt {
-            cf: cf.name(),
-            key: key.to_vec(),
-            reason: e.to_string(),
-        })?;
-    Ok(m)
+/// Decodes a raft message read from `cf` at `key`; undecodable bytes are corruption.
+fn decode<M: RaftMessage>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<M, StorageError> {
+    super::codec::decode(bytes).map_err(|e| StorageError::Corrupt {
+        cf: cf.name(),
+        key: key.to_vec(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
