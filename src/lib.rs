@@ -1,10 +1,10 @@
 //! oxetcd: an etcd v3 compatible, strongly consistent key-value store on Raft and RocksDB.
 //!
 //! The layers, from the bottom: `storage` (RocksDB) → `mvcc`, `lease`, `watch`, `alarm`,
-//! `membership` (state machines) → `txn` (etcd request semantics) → `raft` (log store) and
-//! `apply` (committed entries → state) → `node` (the threads around raft) → `api`, `http`
-//! (what clients see) and `peer` (the raft transport between members) → `server` (wiring).
-//! ARCHITECTURE.md is the map.
+//! `membership`, `consistent_index`, `snapshot::format` (state machines and their snapshot
+//! codec) → `txn` (etcd request semantics) → `raft` (log store) and `apply` (committed entries →
+//! state) → `node` (the threads around raft) → `api`, `http` (what clients see) and `peer` (the
+//! raft transport between members) → `server` (wiring). ARCHITECTURE.md is the map.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,7 @@ pub mod api;
 pub mod apply;
 pub mod authority_fix;
 pub mod config;
+pub mod consistent_index;
 pub mod http;
 pub mod lease;
 pub mod membership;

@@ -71,7 +71,8 @@ fn restore(
     data_dir: &std::path::Path,
     config: &config::Config,
 ) -> ExitCode {
-    match oxetcd::snapshot::restore_with_config(file, data_dir, config) {
+    let options = oxetcd::snapshot::RestoreOptions::from_config(file, data_dir, config);
+    match oxetcd::snapshot::restore(&options) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS

@@ -1,7 +1,9 @@
 //! Cluster identity and members: the cluster ID and each member's ID, name and URLs, persisted in
-//! the `meta` column family when the member first starts.
+//! the `meta` column family when the member first starts; how member and cluster IDs are derived;
+//! and the raft configuration a member list stands for.
 
 use prost::Message as _;
+use raft::eraftpb::ConfState;
 
 use crate::proto::etcdserverpb::Member;
 use crate::storage::{Batch, Cf, Engine, StorageError};
@@ -94,7 +96,7 @@ impl Membership {
         let members: Vec<Member> = initial_cluster
             .iter()
             .map(|(member_name, peer_urls)| Member {
-                id: crate::node::id::member_id(peer_urls, cluster_token),
+                id: member_id(peer_urls, cluster_token),
                 name: member_name.clone(),
                 peer_ur_ls: peer_urls.clone(),
                 client_ur_ls: Vec::new(),
@@ -104,7 +106,7 @@ impl Membership {
         let me = members.iter().find(|m| m.name == name)?.id;
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         Some(Membership {
-            cluster_id: crate::node::id::cluster_id(&ids, cluster_token),
+            cluster_id: cluster_id(&ids, cluster_token),
             member_id: me,
             members,
         })
@@ -117,5 +119,88 @@ impl Membership {
             .filter(|m| !m.is_learner)
             .map(|m| m.id)
             .collect()
+    }
+}
+
+/// The raft configuration of a member list: its voters and learners.
+pub fn conf_state_from(members: &[Member]) -> ConfState {
+    let voters: Vec<u64> = members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    let learners: Vec<u64> = members
+        .iter()
+        .filter(|m| m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    ConfState::from((voters, learners))
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms, so every member derives the same IDs from
+/// the same flags.
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Separate parts so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// A member's ID: derived from its sorted peer URLs and the cluster token, as etcd does.
+pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let joined = urls.join(",");
+    fnv1a64(&[joined.as_bytes(), cluster_token.as_bytes()])
+}
+
+/// The cluster's ID: derived from the sorted member IDs and the cluster token.
+pub fn cluster_id(member_ids: &[u64], cluster_token: &str) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    fnv1a64(&[&bytes, cluster_token.as_bytes()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_order_independent() {
+        let a = member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster");
+        assert_eq!(
+            a,
+            member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
+        );
+        assert_ne!(a, member_id(&["http://127.0.0.1:2380".into()], "other"));
+        assert_eq!(cluster_id(&[3, 1, 2], "t"), cluster_id(&[1, 2, 3], "t"));
+    }
+
+    #[test]
+    fn conf_state_splits_voters_and_learners() {
+        let members = vec![
+            Member {
+                id: 1,
+                ..Member::default()
+            },
+            Member {
+                id: 2,
+                is_learner: true,
+                ..Member::default()
+            },
+        ];
+        let cs = conf_state_from(&members);
+        assert_eq!(cs.voters, vec![1]);
+        assert_eq!(cs.learners, vec![2]);
+        let decoded = decode_members(&encode_members(members)).expect("decodes");
+        assert_eq!(decoded.len(), 2);
     }
 }

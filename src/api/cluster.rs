@@ -282,7 +282,7 @@ fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    crate::node::id::member_id(peer_urls, &format!("{token}/{now}"))
+    crate::membership::member_id(peer_urls, &format!("{token}/{now}"))
 }
 
 #[tonic::async_trait]

@@ -54,7 +54,8 @@ pub struct LeaseService {
 
 impl LeaseService {
     pub fn new(ctx: ServerCtx) -> LeaseService {
-        let forwarder = LeaderForwarder::new(ctx.node.clone(), ctx.membership.clone());
+        let handlers = std::sync::Arc::new(super::peer::PeerHandlersImpl::new(ctx.clone()));
+        let forwarder = LeaderForwarder::new(ctx.node.clone(), handlers);
         LeaseService { ctx, forwarder }
     }
 }

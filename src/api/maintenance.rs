@@ -421,7 +421,7 @@ mod tests {
         for i in 0u64..100 {
             b.put(&engine, Cf::Kv, &i.to_be_bytes(), &vec![b'x'; 1000]);
         }
-        crate::apply::write_consistent_index(&engine, &mut b, 9, 2);
+        crate::consistent_index::write(&engine, &mut b, 9, 2);
         engine.write(b, true).unwrap();
 
         let (tx, mut rx) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);

@@ -1,6 +1,9 @@
 //! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed and
-//! time-to-live queries forwarded by followers, answered by this member as leader, and the member
-//! list for members joining the cluster.
+//! time-to-live queries forwarded by followers, answered by this member as leader, the member
+//! list for members joining the cluster and a member's peer URLs for the leader forwarder, and
+//! the check of a received snapshot file (the snapshot format's own).
+
+use std::path::Path;
 
 use tonic::Status;
 
@@ -50,5 +53,25 @@ impl PeerHandlers for PeerHandlersImpl {
             member_id: membership.member_id,
             members: membership.members.clone(),
         }
+    }
+
+    fn peer_urls(&self, member_id: u64) -> Vec<String> {
+        let membership = self
+            .ctx
+            .membership
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        membership
+            .members
+            .iter()
+            .find(|member| member.id == member_id)
+            .map(|member| member.peer_ur_ls.clone())
+            .unwrap_or_default()
+    }
+
+    fn verify_snapshot(&self, file: &Path) -> Result<(u64, u64), String> {
+        crate::snapshot::format::verify_file(file)
+            .map(|pos| (pos.index, pos.term))
+            .map_err(|e| e.to_string())
     }
 }

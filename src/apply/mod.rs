@@ -3,7 +3,10 @@
 //!
 //! Each entry becomes one RocksDB write (not synced: the raft log is, and entries after the
 //! persisted `consistent_index` are re-applied on restart), written together with the new
-//! consistent index so the state machine and its position can never disagree.
+//! consistent index so the state machine and its position can never disagree. A raft snapshot
+//! from the leader replaces the state machine through [`install`].
+
+pub mod install;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +17,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 use tokio::sync::oneshot;
 
 use crate::alarm::{ALARM_NOSPACE, Alarms};
+use crate::consistent_index;
 use crate::lease::{LeaseError, Lessor};
 use crate::membership::Membership;
 use crate::mvcc::{MvccError, MvccStore};
@@ -25,11 +29,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{Event, event::EventType};
 use crate::proto::oxetcdpb::{InternalRequest, MemberChange, internal_request::Request};
-use crate::storage::{Batch, Cf, Engine, StorageError};
+use crate::storage::{Batch, Engine, StorageError};
 use crate::txn::{self, TxnError};
 use crate::watch::WatchHub;
-
-const KEY_CONSISTENT_INDEX: &[u8] = b"consistent_index";
 
 /// What applying one request produced.
 #[derive(Debug)]
@@ -145,7 +147,7 @@ impl Applier {
         watch: Arc<WatchHub>,
         alarms: Arc<Alarms>,
     ) -> Result<Applier, StorageError> {
-        let applied_index = read_consistent_index(&engine)?;
+        let applied_index = consistent_index::read_index(&engine)?;
         Ok(Applier {
             engine,
             mvcc,
@@ -187,8 +189,8 @@ impl Applier {
     /// and rebuilds everything held in memory from it.
     pub fn install_snapshot(&mut self, file: &Path, index: u64, term: u64) {
         let started = std::time::Instant::now();
-        let expected = crate::snapshot::SnapshotPosition { index, term };
-        if let Err(e) = crate::snapshot::install_into(&self.engine, file, expected) {
+        let expected = crate::snapshot::format::SnapshotPosition { index, term };
+        if let Err(e) = install::install_into(&self.engine, file, expected) {
             crate::fatal("installing a raft snapshot", &e);
         }
         if let Err(e) = self.mvcc.reload() {
@@ -382,12 +384,7 @@ impl Applier {
                 // (V2) are never proposed.
                 _ => None,
             };
-            batch.put(
-                &self.engine,
-                Cf::Meta,
-                KEY_CONSISTENT_INDEX,
-                &[entry.index.to_be_bytes(), entry.term.to_be_bytes()].concat(),
-            );
+            consistent_index::write(&self.engine, &mut batch, entry.index, entry.term);
             let (id, pending) = match outcome {
                 Some((id, pending)) => (Some(id), Some(pending)),
                 None => (None, None),
@@ -692,31 +689,6 @@ fn with_revision(response: Response, rev: i64) -> Response {
         }
         other => other,
     }
-}
-
-/// The index of the last entry applied to the state machine, as persisted.
-pub fn read_consistent_index(engine: &Engine) -> Result<u64, StorageError> {
-    match engine.get(Cf::Meta, KEY_CONSISTENT_INDEX)? {
-        None => Ok(0),
-        Some(bytes) if bytes.len() == 16 => Ok(u64::from_be_bytes(
-            bytes[..8].try_into().expect("length checked"),
-        )),
-        Some(_) => Err(StorageError::Corrupt {
-            cf: Cf::Meta.name(),
-            key: KEY_CONSISTENT_INDEX.to_vec(),
-            reason: "consistent index is not 16 bytes".into(),
-        }),
-    }
-}
-
-/// Writes the applied position (used by snapshot restore).
-pub fn write_consistent_index(engine: &Engine, batch: &mut Batch, index: u64, term: u64) {
-    batch.put(
-        engine,
-        Cf::Meta,
-        KEY_CONSISTENT_INDEX,
-        &[index.to_be_bytes(), term.to_be_bytes()].concat(),
-    );
 }
 
 /// The alarm type raised when the backend outgrows its quota.

@@ -1,39 +1,7 @@
-//! Identifiers: stable member and cluster IDs, and the request-ID generator.
+//! The request-ID generator (member and cluster IDs are derived in [`crate::membership`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// FNV-1a, 64 bit: stable across builds and platforms, so every member derives the same IDs from
-/// the same flags.
-pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // Separate parts so ("ab","c") and ("a","bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h.max(1)
-}
-
-/// A member's ID: derived from its sorted peer URLs and the cluster token, as etcd does.
-pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
-    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
-    urls.sort_unstable();
-    let joined = urls.join(",");
-    fnv1a64(&[joined.as_bytes(), cluster_token.as_bytes()])
-}
-
-/// The cluster's ID: derived from the sorted member IDs and the cluster token.
-pub fn cluster_id(member_ids: &[u64], cluster_token: &str) -> u64 {
-    let mut ids = member_ids.to_vec();
-    ids.sort_unstable();
-    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
-    fnv1a64(&[&bytes, cluster_token.as_bytes()])
-}
 
 /// Unique request IDs: 16 bits of the member ID, then 40 bits of the start time in milliseconds,
 /// then a counter (etcd's layout), so IDs from different members and restarts do not collide.
@@ -63,17 +31,6 @@ impl IdGen {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_stable_and_order_independent() {
-        let a = member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster");
-        assert_eq!(
-            a,
-            member_id(&["http://127.0.0.1:2380".into()], "etcd-cluster")
-        );
-        assert_ne!(a, member_id(&["http://127.0.0.1:2380".into()], "other"));
-        assert_eq!(cluster_id(&[3, 1, 2], "t"), cluster_id(&[1, 2, 3], "t"));
-    }
 
     #[test]
     fn request_ids_are_unique() {

@@ -1,8 +1,8 @@
 //! Requests a follower forwards to the leader over the peer URLs (lease keep-alives and
 //! time-to-live queries: only the leader tracks lease expiry).
 //!
-//! [`LeaderForwarder`] looks the current leader up in raft's status and its peer URLs in the
-//! membership, keeps one lazily connected gRPC channel to it (replaced when the leader or the URL
+//! [`LeaderForwarder`] looks the current leader up in raft's status and its peer URLs through
+//! [`PeerHandlers::peer_urls`], keeps one lazily connected gRPC channel to it (replaced when the leader or the URL
 //! changes), and calls the `oxetcdpb.Peer` service there. As etcd does for forwarded renewals, it
 //! keeps trying until the request timeout: while there is no leader it waits for one, and a failed
 //! attempt is retried after [`RETRY_INTERVAL`] on the leader's next peer URL. At the deadline it
@@ -10,14 +10,13 @@
 //! otherwise.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::hex;
-use crate::membership::Membership;
+use super::{PeerHandlers, hex};
 use crate::node::NodeHandle;
 use crate::proto::oxetcdpb::peer_client::PeerClient;
 use crate::proto::oxetcdpb::{LeaseRenewRequest, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery};
@@ -46,7 +45,7 @@ pub enum ForwardError {
 #[derive(Clone)]
 pub struct LeaderForwarder {
     node: NodeHandle,
-    membership: Arc<RwLock<Membership>>,
+    handlers: Arc<dyn PeerHandlers>,
     channel: Arc<Mutex<Option<LeaderChannel>>>,
     /// When the last warning about an unresponsive leader was logged.
     warned_at: Arc<Mutex<Option<Instant>>>,
@@ -60,12 +59,12 @@ struct LeaderChannel {
 }
 
 impl LeaderForwarder {
-    /// A forwarder finding the leader through `node` and its peer URLs in `membership`; the
+    /// A forwarder finding the leader through `node` and its peer URLs through `handlers`; the
     /// cluster ID and the request timeout come from the node's configuration.
-    pub fn new(node: NodeHandle, membership: Arc<RwLock<Membership>>) -> LeaderForwarder {
+    pub fn new(node: NodeHandle, handlers: Arc<dyn PeerHandlers>) -> LeaderForwarder {
         LeaderForwarder {
             node,
-            membership,
+            handlers,
             channel: Arc::new(Mutex::new(None)),
             warned_at: Arc::new(Mutex::new(None)),
         }
@@ -180,16 +179,7 @@ impl LeaderForwarder {
     /// reusing the cached one when it matches.
     fn channel_to(&self, leader_id: u64, url_index: usize) -> Result<Channel, String> {
         let url = {
-            let membership = self
-                .membership
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let urls = membership
-                .members
-                .iter()
-                .find(|member| member.id == leader_id)
-                .map(|member| member.peer_ur_ls.as_slice())
-                .unwrap_or_default();
+            let urls = self.handlers.peer_urls(leader_id);
             if urls.is_empty() {
                 return Err(format!("no peer URLs known for leader {}", hex(leader_id)));
             }

@@ -23,10 +23,12 @@ pub mod transport;
 
 pub use service::PeerService;
 
+use std::path::Path;
+
 use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
 
-/// What the peer service asks of the rest of the member (implemented by the API layer, which
-/// owns the lessor and the membership).
+/// What the peer service and the leader forwarder ask of the rest of the member (implemented by
+/// the API layer, which owns the lessor, the membership and the snapshot format).
 #[tonic::async_trait]
 pub trait PeerHandlers: Send + Sync + 'static {
     /// Renews lease `id` on this member, which must be the leader; returns the new TTL in
@@ -40,6 +42,11 @@ pub trait PeerHandlers: Send + Sync + 'static {
     ) -> Result<LeaseTimeToLiveAnswer, tonic::Status>;
     /// The cluster ID, this member's ID and the member list.
     fn members(&self) -> MembersResponse;
+    /// The peer URLs of member `member_id` (empty when it is not in the member list).
+    fn peer_urls(&self, member_id: u64) -> Vec<String>;
+    /// Reads a received snapshot file through, checking its structure and checksum; returns the
+    /// raft position it holds as (index, term), or why it is damaged. Blocks on file I/O.
+    fn verify_snapshot(&self, file: &Path) -> Result<(u64, u64), String>;
 }
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};
 

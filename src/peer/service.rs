@@ -100,14 +100,16 @@ impl PeerService {
         file.sync_all().await.map_err(io)?;
         drop(file);
         let check = part.clone();
-        let pos = tokio::task::spawn_blocking(move || crate::snapshot::verify_file(&check))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::data_loss(format!("received snapshot is damaged: {e}")))?;
-        if (pos.index, pos.term) != (index, term) {
+        let handlers = self.handlers.clone();
+        let (got_index, got_term) =
+            tokio::task::spawn_blocking(move || handlers.verify_snapshot(&check))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::data_loss(format!("received snapshot is damaged: {e}")))?;
+        if (got_index, got_term) != (index, term) {
             return Err(Status::data_loss(format!(
-                "received snapshot holds index {} term {}, its message says {index} {term}",
-                pos.index, pos.term
+                "received snapshot holds index {got_index} term {got_term}, its message says \
+                 {index} {term}"
             )));
         }
         tokio::fs::rename(&part, &path).await.map_err(io)?;

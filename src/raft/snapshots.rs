@@ -1,20 +1,22 @@
-//! Raft snapshots on disk, under `<data-dir>/snap`: the leader writes a state-machine snapshot
-//! (the [`crate::snapshot`] format) on a background thread when raft asks for one, and a
-//! follower stores the snapshot it receives there until it is installed.
+//! Raft snapshots on disk, under `<data-dir>/snap`: the leader writes the applied state to a
+//! file on a background thread when raft asks for one, and a follower stores the snapshot it
+//! receives there until it is installed.
+//!
+//! What a snapshot file holds is the state machine's business: raft asks a [`SnapshotSource`]
+//! (implemented on the state-machine side, `crate::snapshot::source`) for one consistent view of
+//! the applied state, its raft position and configuration, and lets that view write itself into
+//! the file. This module only names, writes, syncs and keeps the files.
 //!
 //! A file is named after the raft position it was taken at, `<term>-<index>.snap` in 16 hex
 //! digits each, so both ends derive it from the snapshot's metadata and nothing else travels in
 //! the raft message. Files are written to a `.part` name, synced and renamed, so a complete name
 //! always means a complete file.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
-
-use crate::proto::etcdserverpb::Member;
-use crate::snapshot::{SnapshotError, SnapshotPosition};
-use crate::storage::{Cf, Engine, View};
 
 /// The sub-directory of the data directory holding snapshot files.
 pub const SNAP_DIR: &str = "snap";
@@ -29,30 +31,36 @@ pub fn part_path(path: &Path) -> PathBuf {
     path.with_extension("snap.part")
 }
 
-/// The voters and learners recorded in a view's member list (the configuration raft had at the
-/// view's applied index).
-pub fn conf_state_of(view: &View<'_>) -> Result<ConfState, SnapshotError> {
-    let members = match view.get(Cf::Meta, crate::membership::KEY_MEMBERS)? {
-        Some(bytes) => crate::membership::decode_members(&bytes)
-            .map_err(|e| SnapshotError::Corrupt(format!("member list: {e}")))?,
-        None => Vec::new(),
-    };
-    Ok(conf_state_from(&members))
+/// An error of the state machine behind a [`SnapshotSource`], opaque to raft.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where raft snapshots come from: the state machine's applied state.
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// One consistent view of the applied state, as it stands now.
+    fn capture(&self) -> Result<Box<dyn SnapshotView + '_>, SourceError>;
 }
 
-/// The raft configuration of a member list.
-pub fn conf_state_from(members: &[Member]) -> ConfState {
-    let voters: Vec<u64> = members
-        .iter()
-        .filter(|m| !m.is_learner)
-        .map(|m| m.id)
-        .collect();
-    let learners: Vec<u64> = members
-        .iter()
-        .filter(|m| m.is_learner)
-        .map(|m| m.id)
-        .collect();
-    ConfState::from((voters, learners))
+/// One consistent view of the applied state, to be written as a snapshot file.
+pub trait SnapshotView {
+    /// The raft index and term of the last entry applied in this view.
+    fn position(&self) -> (u64, u64);
+    /// The raft configuration at that index.
+    fn conf_state(&self) -> ConfState;
+    /// Writes the whole snapshot file's content to `out`.
+    fn write_to(&self, out: &mut dyn Write) -> Result<(), SourceError>;
+}
+
+/// Why a snapshot file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Source(SourceError),
 }
 
 /// A snapshot file ready to send.
@@ -74,13 +82,17 @@ enum GenState {
 /// The leader's snapshot files: at most one generated at a time, the newest kept.
 pub struct SnapshotFiles {
     dir: PathBuf,
-    engine: Arc<Engine>,
+    source: Arc<dyn SnapshotSource>,
     state: Arc<Mutex<GenState>>,
 }
 
 impl SnapshotFiles {
-    /// Creates the snapshot directory if needed and removes unfinished files.
-    pub fn open(data_dir: &Path, engine: Arc<Engine>) -> std::io::Result<SnapshotFiles> {
+    /// Creates the snapshot directory if needed and removes unfinished files; snapshots for
+    /// peers are taken from `source`.
+    pub fn open(
+        data_dir: &Path,
+        source: Arc<dyn SnapshotSource>,
+    ) -> std::io::Result<SnapshotFiles> {
         let dir = data_dir.join(SNAP_DIR);
         std::fs::create_dir_all(&dir)?;
         for entry in std::fs::read_dir(&dir)? {
@@ -91,7 +103,7 @@ impl SnapshotFiles {
         }
         Ok(SnapshotFiles {
             dir,
-            engine,
+            source,
             state: Arc::new(Mutex::new(GenState::Idle)),
         })
     }
@@ -125,14 +137,14 @@ impl SnapshotFiles {
         }
         *state = GenState::Running;
         drop(state);
-        let engine = self.engine.clone();
+        let source = self.source.clone();
         let dir = self.dir.clone();
         let shared = self.state.clone();
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let outcome = generate(&engine, &dir);
+                let outcome = generate(source.as_ref(), &dir);
                 let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
                 match outcome {
                     Ok(g) => {
@@ -159,29 +171,29 @@ impl SnapshotFiles {
     }
 }
 
-/// Writes a snapshot of the engine's current applied state to `dir`.
-fn generate(engine: &Engine, dir: &Path) -> Result<Generated, SnapshotError> {
-    let view = engine.view();
-    let pos: SnapshotPosition = crate::snapshot::position(&view)?;
-    let conf_state = conf_state_of(&view)?;
-    let path = snapshot_path(dir, pos.term, pos.index);
+/// Writes a snapshot of the source's current applied state to `dir`.
+fn generate(source: &dyn SnapshotSource, dir: &Path) -> Result<Generated, SnapshotFileError> {
+    let view = source.capture().map_err(SnapshotFileError::Source)?;
+    let (index, term) = view.position();
+    let conf_state = view.conf_state();
+    let path = snapshot_path(dir, term, index);
     let part = part_path(&path);
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| SnapshotError::Io { path, source }
+        move |source| SnapshotFileError::Io { path, source }
     };
     let file = std::fs::File::create(&part).map_err(io_err(&part))?;
     let mut out = std::io::BufWriter::new(file);
-    crate::snapshot::write_snapshot(&view, &mut out)?;
+    view.write_to(&mut out).map_err(SnapshotFileError::Source)?;
     out.into_inner()
-        .map_err(|e| SnapshotError::Write(e.into_error()))?
+        .map_err(|e| io_err(&part)(e.into_error()))?
         .sync_all()
         .map_err(io_err(&part))?;
     std::fs::rename(&part, &path).map_err(io_err(&path))?;
     sync_dir(dir).map_err(io_err(dir))?;
     Ok(Generated {
-        index: pos.index,
-        term: pos.term,
+        index,
+        term,
         conf_state,
     })
 }
@@ -204,35 +216,9 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Encodes a member list for tests of this module.
-#[cfg(test)]
-fn encode_members(members: Vec<Member>) -> Vec<u8> {
-    crate::membership::encode_members(members)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn conf_state_splits_voters_and_learners() {
-        let members = vec![
-            Member {
-                id: 1,
-                ..Member::default()
-            },
-            Member {
-                id: 2,
-                is_learner: true,
-                ..Member::default()
-            },
-        ];
-        let cs = conf_state_from(&members);
-        assert_eq!(cs.voters, vec![1]);
-        assert_eq!(cs.learners, vec![2]);
-        let decoded = crate::membership::decode_members(&encode_members(members)).expect("decodes");
-        assert_eq!(decoded.len(), 2);
-    }
 
     #[test]
     fn paths_are_named_by_position() {
@@ -242,5 +228,65 @@ mod tests {
             part_path(&p),
             Path::new("/d/0000000000000002-000000000000000a.snap.part")
         );
+    }
+
+    /// A state machine whose applied state is a fixed byte string.
+    struct Fixed {
+        index: u64,
+        term: u64,
+        bytes: &'static [u8],
+    }
+
+    impl SnapshotSource for Fixed {
+        fn capture(&self) -> Result<Box<dyn SnapshotView + '_>, SourceError> {
+            Ok(Box::new(self))
+        }
+    }
+
+    impl SnapshotView for &Fixed {
+        fn position(&self) -> (u64, u64) {
+            (self.index, self.term)
+        }
+
+        fn conf_state(&self) -> ConfState {
+            ConfState::from((vec![1, 2], vec![3]))
+        }
+
+        fn write_to(&self, out: &mut dyn Write) -> Result<(), SourceError> {
+            out.write_all(self.bytes)?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn generates_a_file_named_by_the_source_position() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(SNAP_DIR)).unwrap();
+        std::fs::write(dir.path().join(SNAP_DIR).join("stale.snap.part"), b"x").unwrap();
+        let source = Arc::new(Fixed {
+            index: 10,
+            term: 2,
+            bytes: b"applied state",
+        });
+        let files = SnapshotFiles::open(dir.path(), source).unwrap();
+        assert!(!files.dir().join("stale.snap.part").exists());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let snapshot = loop {
+            if let Some(snapshot) = files.ready_or_start(5) {
+                break snapshot;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot generated"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let meta = snapshot.get_metadata();
+        assert_eq!((meta.index, meta.term), (10, 2));
+        assert_eq!(meta.get_conf_state().voters, vec![1, 2]);
+        assert_eq!(meta.get_conf_state().learners, vec![3]);
+        let file = snapshot_path(files.dir(), 2, 10);
+        assert_eq!(std::fs::read(&file).unwrap(), b"applied state");
+        assert!(!part_path(&file).exists());
     }
 }

@@ -55,12 +55,11 @@ pub(super) fn reconcile_raft_with_state(
     if applied_index == 0 {
         return Ok(());
     }
-    let cs = crate::raft::snapshots::conf_state_from(&membership.members);
+    let cs = crate::membership::conf_state_from(&membership.members);
     let mut batch = Batch::new();
     if applied_index > store.last() || applied_index > store.hard_state().commit {
-        let term = crate::snapshot::position(&engine.view())
-            .map_err(|e| ServerError::Bootstrap(e.to_string()))?
-            .term;
+        let (_, term) = crate::consistent_index::read_position(&engine.view())
+            .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
         tracing::warn!(
             applied_index,
             raft_last_index = store.last(),

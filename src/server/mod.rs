@@ -68,7 +68,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     create_private_dir(&config.data_dir)?;
     let engine = Engine::open(&config.data_dir, !config.unsafe_no_fsync)?;
     tracing::info!(path = %config.data_dir.display(), "opened backend db");
-    crate::snapshot::finish_interrupted_install(&engine)
+    crate::apply::install::finish_interrupted_install(&engine)
         .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
 
     let (membership, joining) = load_or_bootstrap_membership(&config, &engine).await?;
@@ -104,8 +104,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
     let mut store = RaftLogStore::open(engine.clone(), &initial_voters)?;
     reconcile_raft_with_state(&engine, &mut store, &membership, applied_index)?;
+    let snapshot_source = Arc::new(crate::snapshot::StateMachineSnapshots::new(engine.clone()));
     let snapshot_files =
-        SnapshotFiles::open(&config.data_dir, engine.clone()).map_err(|e| StorageError::Io {
+        SnapshotFiles::open(&config.data_dir, snapshot_source).map_err(|e| StorageError::Io {
             path: config.data_dir.join(crate::raft::snapshots::SNAP_DIR),
             source: e,
         })?;
