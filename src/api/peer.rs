@@ -1,12 +1,15 @@
-//! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed and
-//! time-to-live queries forwarded by followers, answered by this member as leader, and the member
-//! list for members joining the cluster.
+//! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed,
+//! time-to-live queries and membership changes forwarded by followers, answered by this member as
+//! leader, and the member list for members joining the cluster.
 
 use tonic::Status;
 
-use super::{ServerCtx, lease};
+use super::{EtcdError, ServerCtx, cluster, lease};
 use crate::peer::PeerHandlers;
-use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
+use crate::proto::oxetcdpb::{
+    LeaseTimeToLiveAnswer, MemberChangeRefusal, MemberChangeResponse, MembersResponse,
+    member_change_request,
+};
 
 /// The peer service's handlers, over the same [`ServerCtx`] as the client-facing services.
 pub struct PeerHandlersImpl {
@@ -49,6 +52,27 @@ impl PeerHandlers for PeerHandlersImpl {
             cluster_id: membership.cluster_id,
             member_id: membership.member_id,
             members: membership.members.clone(),
+        }
+    }
+
+    /// Answers `etcdserver: not leader` as an error status when this member does not lead (the
+    /// follower asks again); the leader's refusal travels in the response with etcd's code and
+    /// message, so the follower passes it on unchanged.
+    async fn member_change(
+        &self,
+        change: member_change_request::Change,
+    ) -> Result<MemberChangeResponse, Status> {
+        match cluster::change_on_leader(&self.ctx, change).await {
+            Ok(changed) => Ok(changed),
+            Err(EtcdError::NotLeader) => Err(EtcdError::NotLeader.into()),
+            Err(refused) => Ok(MemberChangeResponse {
+                refusal: Some(MemberChangeRefusal {
+                    code: refused.code() as i32,
+                    message: refused.to_string(),
+                }),
+                member: None,
+                members: Vec::new(),
+            }),
         }
     }
 }

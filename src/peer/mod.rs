@@ -12,7 +12,8 @@
 //! chunks; the receiver checks the file's CRC and position before it steps the message into
 //! raft, and the sender reports the outcome to raft (`report_snapshot`).
 //!
-//! Followers forward lease keep-alives and time-to-live queries to the leader ([`forward`]);
+//! Followers forward lease keep-alives, time-to-live queries and membership changes to the leader
+//! ([`forward`]);
 //! a member joining an existing cluster asks a peer for the member list (`Peer/Members`).
 //!
 //! [`RaftBatch`]: crate::proto::oxetcdpb::RaftBatch
@@ -23,7 +24,9 @@ pub mod transport;
 
 pub use service::PeerService;
 
-use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
+use crate::proto::oxetcdpb::{
+    LeaseTimeToLiveAnswer, MemberChangeResponse, MembersResponse, member_change_request,
+};
 
 /// What the peer service asks of the rest of the member (implemented by the API layer, which
 /// owns the lessor and the membership).
@@ -40,6 +43,13 @@ pub trait PeerHandlers: Send + Sync + 'static {
     ) -> Result<LeaseTimeToLiveAnswer, tonic::Status>;
     /// The cluster ID, this member's ID and the member list.
     fn members(&self) -> MembersResponse;
+    /// Runs a membership change forwarded by a follower on this member, which must be the
+    /// leader (else the error status `etcdserver: not leader`, and nothing is done); a refusal
+    /// of the change itself is answered in the response.
+    async fn member_change(
+        &self,
+        change: member_change_request::Change,
+    ) -> Result<MemberChangeResponse, tonic::Status>;
 }
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};
 
