@@ -171,12 +171,14 @@ mod tests {
     #[test]
     fn the_api_layer_does_not_use_apply() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        // Spelled in pieces so this file does not match itself.
+        let needle = ["crate", "apply"].join("::");
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(
-                !text.contains("crate::apply"),
-                "{} uses crate::apply; go through crate::node",
+                !text.contains(&needle),
+                "{} uses {needle}; go through crate::node",
                 path.display()
             );
         }
