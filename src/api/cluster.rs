@@ -2,6 +2,11 @@
 //! changes (add, remove, update, promote) carried through raft one at a time, with etcd's safety
 //! checks and errors.
 //!
+//! Only the leader runs a change ([`change_on_leader`]): it alone knows which members are up and
+//! how far each has replicated. A follower forwards the client's request to it over the peer
+//! service ([`LeaderForwarder::member_change`]) and passes its answer, or its refusal with etcd's
+//! code and message, back to the client.
+//!
 //! Add, remove and promote are raft configuration changes (raft's ConfChange, one member at a
 //! time, whose context carries the member record); update changes only peer URLs and is a normal
 //! entry. Cluster responses carry no store revision (header revision 0), as in etcd.
@@ -10,79 +15,116 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx};
-use crate::apply;
-use crate::node::PeerProgress;
-use crate::proto::etcdserverpb::cluster_client::ClusterClient;
+use crate::node::{MemberPeerUrls, PeerProgress};
+use crate::peer::forward::{ForwardError, LeaderForwarder};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::proto::oxetcdpb::MemberChange;
-use crate::proto::oxetcdpb::internal_request::Request as Internal;
+use crate::proto::oxetcdpb::member_change_request::Change;
+use crate::proto::oxetcdpb::{MemberChange, MemberChangeResponse};
 
 /// A learner may be promoted once it has replicated this share of the leader's log (etcd's
 /// `readyPercentThreshold`).
 const LEARNER_READY_SHARE: f64 = 0.9;
-
-/// Bound on connecting to the leader to forward a membership change.
-const LEADER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One membership change at a time per member (raft itself accepts one pending change).
 static CHANGE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub struct ClusterService {
     ctx: ServerCtx,
+    forwarder: LeaderForwarder,
 }
 
 impl ClusterService {
     pub fn new(ctx: ServerCtx) -> ClusterService {
-        ClusterService { ctx }
+        let forwarder = LeaderForwarder::new(ctx.node.clone(), ctx.membership.clone());
+        ClusterService { ctx, forwarder }
     }
 
-    /// The members in ID order, as etcd lists them.
+    /// Runs `change` on the leader: here when this member leads, else forwarded to it. Fails
+    /// at once with `no leader` when there is none.
+    async fn change(&self, change: Change) -> Result<MemberChangeResponse, EtcdError> {
+        if self.ctx.node.status().leader_id == 0 {
+            return Err(EtcdError::NoLeader);
+        }
+        match self.forwarder.member_change(change.clone()).await {
+            Err(ForwardError::LocalLeader) => change_on_leader(&self.ctx, change).await,
+            other => other.map_err(EtcdError::from),
+        }
+    }
+}
+
+/// The members in ID order, as etcd lists them.
+fn members(ctx: &ServerCtx) -> Vec<Member> {
+    let mut members = ctx
+        .membership
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .members
+        .clone();
+    members.sort_by_key(|m| m.id);
+    members
+}
+
+/// Runs a client's membership change on this member, which must lead (else `not leader`, and
+/// nothing is done): etcd's checks, then the change through raft. Serves this member's clients
+/// and the changes followers forward alike.
+pub async fn change_on_leader(
+    ctx: &ServerCtx,
+    change: Change,
+) -> Result<MemberChangeResponse, EtcdError> {
+    if !ctx.node.status().is_leader {
+        return Err(EtcdError::NotLeader);
+    }
+    let leader = Leader { ctx };
+    match change {
+        Change::Add(req) => leader.add(req).await,
+        Change::Remove(req) => leader.remove(req).await,
+        Change::Update(req) => leader.update(req).await,
+        Change::Promote(req) => leader.promote(req).await,
+    }
+}
+
+/// The leader's side of membership changes.
+struct Leader<'a> {
+    ctx: &'a ServerCtx,
+}
+
+impl Leader<'_> {
     fn members(&self) -> Vec<Member> {
-        let mut members = self
-            .ctx
-            .membership
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .members
-            .clone();
-        members.sort_by_key(|m| m.id);
-        members
+        members(self.ctx)
     }
 
     /// Fails with `member not found` unless `id` is a member.
-    fn known_member(&self, id: u64) -> Result<Member, Status> {
+    fn known_member(&self, id: u64) -> Result<Member, EtcdError> {
         self.members()
             .into_iter()
             .find(|m| m.id == id)
-            .ok_or_else(|| EtcdError::MemberNotFound.into())
+            .ok_or(EtcdError::MemberNotFound)
     }
 
     /// Refuses URLs another member (other than `except`) already has.
-    fn check_peer_urls_free(&self, urls: &[String], except: u64) -> Result<(), Status> {
+    fn check_peer_urls_free(&self, urls: &[String], except: u64) -> Result<(), EtcdError> {
         let taken = self
             .members()
             .iter()
             .filter(|m| m.id != except)
             .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)));
         if taken {
-            return Err(EtcdError::PeerUrlExists.into());
+            return Err(EtcdError::PeerUrlExists);
         }
         Ok(())
     }
 
-    /// Which voters this member can vouch for as up (itself always). On the leader: those raft
-    /// heard from recently. A follower has no view of its peers, so it counts every voter that
-    /// has published its attributes (started); etcd's followers judge from their own peer
-    /// connections instead, which this member does not track.
+    /// Which voters the leader can vouch for as up: itself, and those raft heard from recently.
+    /// (Should leadership have moved on meanwhile, the progress is empty and only members that
+    /// have published their attributes count.)
     fn activity(&self) -> impl Fn(&Member) -> bool + use<> {
         let me = self.ctx.node.config().member_id;
         let progress = self.ctx.node.progress();
@@ -101,7 +143,7 @@ impl ClusterService {
     /// etcd's `--strict-reconfig-check` for an add: a new voter needs a quorum of the grown
     /// cluster started (`not enough started members`), and any add needs every voter up
     /// (`unhealthy cluster`).
-    fn check_add(&self, members: &[Member], learner: bool) -> Result<(), Status> {
+    fn check_add(&self, members: &[Member], learner: bool) -> Result<(), EtcdError> {
         if !self.ctx.config.strict_reconfig_check {
             return Ok(());
         }
@@ -112,11 +154,11 @@ impl ClusterService {
         // allowed although the new member is not up yet, as in etcd.
         let growing_single = started == 1 && after == 2;
         if !learner && !growing_single && started < quorum(after) {
-            return Err(EtcdError::NotEnoughStartedMembers.into());
+            return Err(EtcdError::NotEnoughStartedMembers);
         }
         let active = self.activity();
         if !voters.iter().all(|m| active(m)) {
-            return Err(EtcdError::Unhealthy.into());
+            return Err(EtcdError::Unhealthy);
         }
         Ok(())
     }
@@ -125,7 +167,7 @@ impl ClusterService {
     /// voter only if a quorum of the remaining voters is started (`not enough started
     /// members`) and, unless it is down already, if the voters left up still form a quorum
     /// (`unhealthy cluster`).
-    fn check_remove(&self, members: &[Member], target: &Member) -> Result<(), Status> {
+    fn check_remove(&self, members: &[Member], target: &Member) -> Result<(), EtcdError> {
         if !self.ctx.config.strict_reconfig_check || target.is_learner {
             return Ok(());
         }
@@ -136,7 +178,7 @@ impl ClusterService {
             .filter(|m| m.id != target.id && is_started(m))
             .count();
         if remaining_started < quorum(remaining) {
-            return Err(EtcdError::NotEnoughStartedMembers.into());
+            return Err(EtcdError::NotEnoughStartedMembers);
         }
         let active = self.activity();
         let me = self.ctx.node.config().member_id;
@@ -146,59 +188,32 @@ impl ClusterService {
         }
         let up = voters.iter().filter(|m| active(m)).count();
         if up.saturating_sub(1) < quorum(voters.len().saturating_sub(1)) {
-            return Err(EtcdError::Unhealthy.into());
+            return Err(EtcdError::Unhealthy);
         }
         Ok(())
     }
 
     /// etcd's `--strict-reconfig-check` for a promotion: the learner (counted as started) and the
     /// started voters must be a quorum of the grown voter set.
-    fn check_promote(&self, members: &[Member]) -> Result<(), Status> {
+    fn check_promote(&self, members: &[Member]) -> Result<(), EtcdError> {
         if !self.ctx.config.strict_reconfig_check {
             return Ok(());
         }
         let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
         let started = voters.iter().filter(|m| is_started(m)).count() + 1;
         if started < quorum(voters.len() + 1) {
-            return Err(EtcdError::NotEnoughStartedMembers.into());
+            return Err(EtcdError::NotEnoughStartedMembers);
         }
         Ok(())
     }
 
-    /// The leader's Cluster service when this member is not the leader: followers hand every
-    /// membership change to the leader, which alone knows which members are up and how far each
-    /// has replicated (etcd forwards promotions the same way).
-    async fn leader(&self) -> Result<Option<ClusterClient<Channel>>, Status> {
-        let status = self.ctx.node.status();
-        if status.is_leader {
-            return Ok(None);
-        }
-        if status.leader_id == 0 {
-            return Err(EtcdError::NoLeader.into());
-        }
-        let urls = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == status.leader_id)
-            .map(|m| m.client_ur_ls)
-            .unwrap_or_default();
-        // A leader that has not published its client URLs yet cannot be reached.
-        let url = urls.first().ok_or(EtcdError::NoLeader)?;
-        let unreachable = |e: tonic::transport::Error| {
-            tracing::warn!(url = %url, error = %e, "cannot reach the leader for a membership change");
-            Status::from(EtcdError::Timeout)
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(unreachable)?
-            .connect_timeout(LEADER_CONNECT_TIMEOUT)
-            .timeout(self.ctx.config.request_timeout())
-            .connect()
-            .await
-            .map_err(unreachable)?;
-        Ok(Some(ClusterClient::new(channel)))
-    }
-
-    async fn change(&self, cc_type: ConfChangeType, member: Member) -> Result<Vec<Member>, Status> {
+    /// Proposes a raft configuration change for `member` and returns the member list after it,
+    /// in ID order.
+    async fn conf_change(
+        &self,
+        cc_type: ConfChangeType,
+        member: Member,
+    ) -> Result<Vec<Member>, EtcdError> {
         let request_id = self.ctx.node.next_id();
         let mut cc = ConfChange::default();
         cc.set_change_type(cc_type);
@@ -208,26 +223,98 @@ impl ClusterService {
             member: Some(member),
         }
         .encode_to_vec();
-        let reply = self
-            .ctx
-            .node
-            .propose_conf_change(request_id, cc)
-            .await
-            .map_err(EtcdError::from)?;
-        members_of(reply)
+        let mut members = self.ctx.node.propose_conf_change(request_id, cc).await?;
+        members.sort_by_key(|m| m.id);
+        Ok(members)
+    }
+
+    async fn add(&self, req: MemberAddRequest) -> Result<MemberChangeResponse, EtcdError> {
+        // etcd's order: the URLs' form, the cluster's health, then the change itself.
+        let peer_urls = parse_peer_urls(&req.peer_ur_ls)?;
+        let _one_at_a_time = CHANGE_LOCK.lock().await;
+        let members = self.members();
+        self.check_add(&members, req.is_learner)?;
+        self.check_peer_urls_free(&peer_urls, 0)?;
+        if req.is_learner {
+            let learners = members.iter().filter(|m| m.is_learner).count();
+            if learners >= self.ctx.config.learners_max as usize {
+                return Err(EtcdError::TooManyLearners);
+            }
+        }
+        let id = new_member_id(&peer_urls, &self.ctx.config.initial_cluster_token);
+        if members.iter().any(|m| m.id == id) {
+            return Err(EtcdError::MemberExists);
+        }
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: peer_urls,
+            client_ur_ls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let cc_type = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self.conf_change(cc_type, member.clone()).await?;
+        tracing::info!(member_id = %format!("{id:x}"), learner = req.is_learner, "added member");
+        Ok(changed(Some(member), members))
+    }
+
+    async fn remove(&self, req: MemberRemoveRequest) -> Result<MemberChangeResponse, EtcdError> {
+        let id = req.id;
+        let _one_at_a_time = CHANGE_LOCK.lock().await;
+        let member = self.known_member(id)?;
+        self.check_remove(&self.members(), &member)?;
+        let members = self.conf_change(ConfChangeType::RemoveNode, member).await?;
+        tracing::info!(member_id = %format!("{id:x}"), "removed member");
+        Ok(changed(None, members))
+    }
+
+    async fn update(&self, req: MemberUpdateRequest) -> Result<MemberChangeResponse, EtcdError> {
+        let _one_at_a_time = CHANGE_LOCK.lock().await;
+        let mut member = self.known_member(req.id)?;
+        member.peer_ur_ls = parse_peer_urls(&req.peer_ur_ls)?;
+        self.check_peer_urls_free(&member.peer_ur_ls, req.id)?;
+        let mut members = self.ctx.node.propose(MemberPeerUrls(member)).await?;
+        members.sort_by_key(|m| m.id);
+        tracing::info!(member_id = %format!("{:x}", req.id), peer_urls = ?req.peer_ur_ls, "updated member");
+        Ok(changed(None, members))
+    }
+
+    async fn promote(&self, req: MemberPromoteRequest) -> Result<MemberChangeResponse, EtcdError> {
+        let id = req.id;
+        let _one_at_a_time = CHANGE_LOCK.lock().await;
+        let member = self.known_member(id)?;
+        if !member.is_learner {
+            return Err(EtcdError::MemberNotLearner);
+        }
+        let progress = self.ctx.node.progress();
+        if !progress.is_empty() {
+            let leader = progress.iter().map(|p| p.matched).max().unwrap_or_default();
+            let learner = progress
+                .iter()
+                .find(|p| p.member_id == id)
+                .map(|p| p.matched)
+                .unwrap_or_default();
+            if (learner as f64) < (leader as f64) * LEARNER_READY_SHARE {
+                return Err(EtcdError::LearnerNotReady);
+            }
+        }
+        self.check_promote(&self.members())?;
+        let members = self.conf_change(ConfChangeType::AddNode, member).await?;
+        tracing::info!(member_id = %format!("{id:x}"), "promoted learner");
+        Ok(changed(None, members))
     }
 }
 
-fn members_of(reply: Result<apply::Response, apply::ApplyError>) -> Result<Vec<Member>, Status> {
-    match reply {
-        Ok(apply::Response::Members(mut members)) => {
-            members.sort_by_key(|m| m.id);
-            Ok(members)
-        }
-        Ok(other) => Err(Status::internal(format!(
-            "unexpected result of a membership change: {other:?}"
-        ))),
-        Err(e) => Err(EtcdError::from(e).into()),
+/// A change's answer: the member added (add only) and the member list after it.
+fn changed(member: Option<Member>, members: Vec<Member>) -> MemberChangeResponse {
+    MemberChangeResponse {
+        refusal: None,
+        member,
+        members,
     }
 }
 
@@ -292,45 +379,13 @@ impl Cluster for ClusterService {
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let req = request.into_inner();
-        // etcd's order: the URLs' form, the cluster's health, then the change itself.
-        let peer_urls = parse_peer_urls(&req.peer_ur_ls)?;
-        if let Some(mut leader) = self.leader().await? {
-            let mut resp = leader.member_add(req).await?.into_inner();
-            resp.header = Some(self.ctx.header(0));
-            return Ok(Response::new(resp));
-        }
-        let _one_at_a_time = CHANGE_LOCK.lock().await;
-        let members = self.members();
-        self.check_add(&members, req.is_learner)?;
-        self.check_peer_urls_free(&peer_urls, 0)?;
-        if req.is_learner {
-            let learners = members.iter().filter(|m| m.is_learner).count();
-            if learners >= self.ctx.config.learners_max as usize {
-                return Err(EtcdError::TooManyLearners.into());
-            }
-        }
-        let id = new_member_id(&peer_urls, &self.ctx.config.initial_cluster_token);
-        if members.iter().any(|m| m.id == id) {
-            return Err(EtcdError::MemberExists.into());
-        }
-        let member = Member {
-            id,
-            name: String::new(),
-            peer_ur_ls: peer_urls,
-            client_ur_ls: Vec::new(),
-            is_learner: req.is_learner,
-        };
-        let cc_type = if req.is_learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        };
-        let members = self.change(cc_type, member.clone()).await?;
-        tracing::info!(member_id = %format!("{id:x}"), learner = req.is_learner, "added member");
+        // Malformed URLs are refused here, before the leader is asked.
+        parse_peer_urls(&req.peer_ur_ls)?;
+        let changed = self.change(Change::Add(req)).await?;
         Ok(Response::new(MemberAddResponse {
             header: Some(self.ctx.header(0)),
-            member: Some(member),
-            members,
+            member: changed.member,
+            members: changed.members,
         }))
     }
 
@@ -338,21 +393,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let req = request.into_inner();
-        if let Some(mut leader) = self.leader().await? {
-            let mut resp = leader.member_remove(req).await?.into_inner();
-            resp.header = Some(self.ctx.header(0));
-            return Ok(Response::new(resp));
-        }
-        let id = req.id;
-        let _one_at_a_time = CHANGE_LOCK.lock().await;
-        let member = self.known_member(id)?;
-        self.check_remove(&self.members(), &member)?;
-        let members = self.change(ConfChangeType::RemoveNode, member).await?;
-        tracing::info!(member_id = %format!("{id:x}"), "removed member");
+        let changed = self.change(Change::Remove(request.into_inner())).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.ctx.header(0)),
-            members,
+            members: changed.members,
         }))
     }
 
@@ -360,31 +404,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let req = request.into_inner();
-        if let Some(mut leader) = self.leader().await? {
-            let mut resp = leader.member_update(req).await?.into_inner();
-            resp.header = Some(self.ctx.header(0));
-            return Ok(Response::new(resp));
-        }
-        let _one_at_a_time = CHANGE_LOCK.lock().await;
-        let mut member = self.known_member(req.id)?;
-        member.peer_ur_ls = parse_peer_urls(&req.peer_ur_ls)?;
-        self.check_peer_urls_free(&member.peer_ur_ls, req.id)?;
-        let change = MemberChange {
-            request_id: 0,
-            member: Some(member),
-        };
-        let reply = self
-            .ctx
-            .node
-            .propose(Internal::MemberUpdate(change))
-            .await
-            .map_err(EtcdError::from)?;
-        let members = members_of(reply)?;
-        tracing::info!(member_id = %format!("{:x}", req.id), peer_urls = ?req.peer_ur_ls, "updated member");
+        let changed = self.change(Change::Update(request.into_inner())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.ctx.header(0)),
-            members,
+            members: changed.members,
         }))
     }
 
@@ -401,7 +424,7 @@ impl Cluster for ClusterService {
         }
         Ok(Response::new(MemberListResponse {
             header: Some(self.ctx.header(0)),
-            members: self.members(),
+            members: members(&self.ctx),
         }))
     }
 
@@ -409,36 +432,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let req = request.into_inner();
-        if let Some(mut leader) = self.leader().await? {
-            let mut resp = leader.member_promote(req).await?.into_inner();
-            resp.header = Some(self.ctx.header(0));
-            return Ok(Response::new(resp));
-        }
-        let id = req.id;
-        let _one_at_a_time = CHANGE_LOCK.lock().await;
-        let member = self.known_member(id)?;
-        if !member.is_learner {
-            return Err(EtcdError::MemberNotLearner.into());
-        }
-        let progress = self.ctx.node.progress();
-        if !progress.is_empty() {
-            let leader = progress.iter().map(|p| p.matched).max().unwrap_or_default();
-            let learner = progress
-                .iter()
-                .find(|p| p.member_id == id)
-                .map(|p| p.matched)
-                .unwrap_or_default();
-            if (learner as f64) < (leader as f64) * LEARNER_READY_SHARE {
-                return Err(EtcdError::LearnerNotReady.into());
-            }
-        }
-        self.check_promote(&self.members())?;
-        let members = self.change(ConfChangeType::AddNode, member).await?;
-        tracing::info!(member_id = %format!("{id:x}"), "promoted learner");
+        let changed = self.change(Change::Promote(request.into_inner())).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.ctx.header(0)),
-            members,
+            members: changed.members,
         }))
     }
 }

@@ -85,6 +85,9 @@ pub enum EtcdError {
     /// Anything else: etcd sends these with code Unknown and the error's own text.
     #[error("{0}")]
     Other(String),
+    /// The leader's answer to a request this member forwarded to it, passed on as it came.
+    #[error("{message}")]
+    FromLeader { code: Code, message: String },
 }
 
 impl EtcdError {
@@ -114,6 +117,7 @@ impl EtcdError {
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
             TimeoutLeaderTransfer | Other(_) => Code::Unknown,
+            FromLeader { code, .. } => *code,
         }
     }
 }
@@ -169,19 +173,20 @@ impl From<crate::node::NodeError> for EtcdError {
     }
 }
 
-impl From<crate::apply::ApplyError> for EtcdError {
-    fn from(e: crate::apply::ApplyError) -> EtcdError {
-        use crate::apply::ApplyError as A;
+impl From<crate::node::ProposeError> for EtcdError {
+    fn from(e: crate::node::ProposeError) -> EtcdError {
+        use crate::node::ProposeError as P;
         match e {
-            A::Dropped => EtcdError::NoLeader,
-            A::Txn(e) => e.into(),
-            A::Mvcc(e) => e.into(),
-            A::Lease(e) => e.into(),
-            A::NoSpace => EtcdError::NoSpace,
-            A::Corrupt => EtcdError::Corrupt,
-            A::MemberExists => EtcdError::MemberExists,
-            A::MemberNotFound => EtcdError::MemberNotFound,
-            A::MemberNotLearner => EtcdError::MemberNotLearner,
+            P::Node(e) => e.into(),
+            P::Txn(e) => e.into(),
+            P::Mvcc(e) => e.into(),
+            P::Lease(e) => e.into(),
+            P::NoSpace => EtcdError::NoSpace,
+            P::Corrupt => EtcdError::Corrupt,
+            P::MemberExists => EtcdError::MemberExists,
+            P::MemberNotFound => EtcdError::MemberNotFound,
+            P::MemberNotLearner => EtcdError::MemberNotLearner,
+            e @ P::UnexpectedResponse { .. } => EtcdError::Other(e.to_string()),
         }
     }
 }
@@ -207,6 +212,12 @@ impl From<crate::peer::forward::ForwardError> for EtcdError {
             // Callers answer locally instead; if it ever leaks, leadership moved to this member
             // while the request was forwarded.
             crate::peer::forward::ForwardError::LocalLeader => EtcdError::LeaderChanged,
+            crate::peer::forward::ForwardError::Refused { code, message } => {
+                EtcdError::FromLeader {
+                    code: Code::from_i32(code),
+                    message,
+                }
+            }
         }
     }
 }
@@ -378,6 +389,14 @@ mod tests {
                 ForwardError::Timeout,
                 tonic::Code::Unavailable,
                 "etcdserver: request timed out",
+            ),
+            (
+                ForwardError::Refused {
+                    code: tonic::Code::FailedPrecondition as i32,
+                    message: "etcdserver: unhealthy cluster".into(),
+                },
+                tonic::Code::FailedPrecondition,
+                "etcdserver: unhealthy cluster",
             ),
         ];
         for (error, code, message) in cases {

@@ -7,13 +7,11 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
-use crate::apply;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use crate::proto::oxetcdpb::internal_request::Request as Internal;
 use crate::txn;
 
 pub struct KvService {
@@ -38,14 +36,24 @@ impl KvService {
         let mvcc = self.ctx.mvcc.clone();
         blocking(move || read(&mvcc).map_err(EtcdError::from)).await
     }
-
-    async fn propose(&self, request: Internal) -> Result<apply::Response, EtcdError> {
-        Ok(self.ctx.node.propose(request).await??)
-    }
 }
 
-fn unexpected(what: &str) -> Status {
-    EtcdError::Other(format!("unexpected apply result for {what}")).into()
+/// Compacts the key-value history up to `revision` through raft (the KV Compact call and the
+/// auto-compactor alike); with `physical`, answers only once the compacted revisions are gone
+/// from disk.
+pub async fn compact(
+    ctx: &ServerCtx,
+    revision: i64,
+    physical: bool,
+) -> Result<CompactionResponse, EtcdError> {
+    let compaction = ctx
+        .node
+        .propose(CompactionRequest { revision, physical })
+        .await?;
+    if physical {
+        let _ = compaction.physical_done.await;
+    }
+    Ok(compaction.response)
 }
 
 #[tonic::async_trait]
@@ -71,13 +79,8 @@ impl Kv for KvService {
         let req = request.into_inner();
         txn::check_put(&req).map_err(EtcdError::from)?;
         self.ctx.check_quota(req.encoded_len() as u64).await?;
-        match self.propose(Internal::Put(req)).await? {
-            apply::Response::Put(mut resp) => {
-                resp.header = self.ctx.fill_header(resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("put")),
-        }
+        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        Ok(Response::new(resp))
     }
 
     async fn delete_range(
@@ -86,13 +89,8 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         txn::check_delete_range(&req).map_err(EtcdError::from)?;
-        match self.propose(Internal::DeleteRange(req)).await? {
-            apply::Response::DeleteRange(mut resp) => {
-                resp.header = self.ctx.fill_header(resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("delete range")),
-        }
+        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        Ok(Response::new(resp))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -109,13 +107,8 @@ impl Kv for KvService {
             return Ok(Response::new(resp));
         }
         self.ctx.check_quota(req.encoded_len() as u64).await?;
-        match self.propose(Internal::Txn(req)).await? {
-            apply::Response::Txn(mut resp) => {
-                resp.header = self.ctx.fill_header(resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("txn")),
-        }
+        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        Ok(Response::new(resp))
     }
 
     async fn compact(
@@ -123,20 +116,8 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
-        let physical = req.physical;
-        match self.propose(Internal::Compaction(req)).await? {
-            apply::Response::Compaction {
-                mut response,
-                physical_done,
-            } => {
-                if physical {
-                    let _ = physical_done.await;
-                }
-                response.header = self.ctx.fill_header(response.header);
-                Ok(Response::new(response))
-            }
-            _ => Err(unexpected("compaction")),
-        }
+        let resp = compact(&self.ctx, req.revision, req.physical).await?;
+        Ok(Response::new(resp))
     }
 }
 

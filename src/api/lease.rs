@@ -20,8 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{EtcdError, ServerCtx};
-use crate::apply::{self, ApplyError};
 use crate::lease::{LeaseError, Lessor, MAX_LEASE_TTL_SECS};
+use crate::node::ProposeError;
 use crate::peer::forward::{ForwardError, LeaderForwarder};
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -29,7 +29,6 @@ use crate::proto::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::proto::oxetcdpb::internal_request::Request as Internal;
 use crate::proto::oxetcdpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveAnswer};
 
 /// Keep-alive responses queued per stream; when full the stream stops reading requests until the
@@ -64,14 +63,6 @@ fn lock(lessor: &Mutex<Lessor>) -> MutexGuard<'_, Lessor> {
     lessor.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn unexpected(what: &str) -> Status {
-    EtcdError::Other(format!("unexpected apply result for {what}")).into()
-}
-
-async fn propose(ctx: &ServerCtx, request: Internal) -> Result<apply::Response, EtcdError> {
-    Ok(ctx.node.propose(request).await??)
-}
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -86,13 +77,8 @@ impl Lease for LeaseService {
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }
-        match propose(&self.ctx, Internal::LeaseGrant(req)).await? {
-            apply::Response::LeaseGrant(mut resp) => {
-                resp.header = self.ctx.fill_header(resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("lease grant")),
-        }
+        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        Ok(Response::new(resp))
     }
 
     async fn lease_revoke(
@@ -100,13 +86,8 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let req = request.into_inner();
-        match propose(&self.ctx, Internal::LeaseRevoke(req)).await? {
-            apply::Response::LeaseRevoke(mut resp) => {
-                resp.header = self.ctx.fill_header(resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("lease revoke")),
-        }
+        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        Ok(Response::new(resp))
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
@@ -286,7 +267,7 @@ pub async fn renew_on_leader(ctx: &ServerCtx, id: i64) -> Result<i64, EtcdError>
                 remaining_ttl: 0,
             }],
         };
-        if let Err(e) = propose(ctx, Internal::LeaseCheckpoint(clear)).await {
+        if let Err(e) = ctx.node.propose(clear).await {
             tracing::warn!(lease_id = id, error = %e, "could not clear a lease checkpoint after renewal");
         }
     }
@@ -395,10 +376,7 @@ async fn revoke_expired(ctx: &ServerCtx) {
     let total = expired.len();
     let results: Vec<_> = futures::stream::iter(expired)
         .map(|id| async move {
-            let result = ctx
-                .node
-                .propose(Internal::LeaseRevoke(LeaseRevokeRequest { id }))
-                .await;
+            let result = ctx.node.propose(LeaseRevokeRequest { id }).await;
             (id, result)
         })
         .buffer_unordered(REVOKES_IN_FLIGHT_MAX)
@@ -409,11 +387,7 @@ async fn revoke_expired(ctx: &ServerCtx) {
     for (id, result) in results {
         match result {
             // Revoked, or a client revoked it first.
-            Ok(Ok(_)) | Ok(Err(ApplyError::Lease(LeaseError::NotFound))) => {}
-            Ok(Err(e)) => {
-                failed += 1;
-                first_error.get_or_insert((id, e.to_string()));
-            }
+            Ok(_) | Err(ProposeError::Lease(LeaseError::NotFound)) => {}
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert((id, e.to_string()));
@@ -444,7 +418,7 @@ async fn checkpoint_long_leases(ctx: &ServerCtx, interval: Duration) {
                 .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect(),
         };
-        if let Err(e) = propose(ctx, Internal::LeaseCheckpoint(request)).await {
+        if let Err(e) = ctx.node.propose(request).await {
             tracing::warn!(error = %e, leases = chunk.len(), "could not checkpoint leases; retrying in the next interval");
             return;
         }

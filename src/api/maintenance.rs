@@ -14,7 +14,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
-use crate::apply;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
@@ -22,7 +21,6 @@ use crate::proto::etcdserverpb::{
     MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
     StatusRequest, StatusResponse, alarm_request::AlarmAction,
 };
-use crate::proto::oxetcdpb::internal_request::Request as Internal;
 use crate::snapshot::{self, SNAPSHOT_CHUNK_BYTES};
 use crate::version::{ETCD_API_VERSION, ETCD_STORAGE_VERSION, OXETCD_VERSION};
 
@@ -59,10 +57,6 @@ fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn unexpected(what: &str) -> Status {
-    EtcdError::Other(format!("unexpected apply result for {what}")).into()
-}
-
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(
@@ -89,20 +83,8 @@ impl Maintenance for MaintenanceService {
                 }))
             }
             Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
-                match self
-                    .ctx
-                    .node
-                    .propose(Internal::Alarm(req))
-                    .await
-                    .map_err(EtcdError::from)?
-                {
-                    Ok(apply::Response::Alarm(mut resp)) => {
-                        resp.header = self.ctx.fill_header(resp.header);
-                        Ok(Response::new(resp))
-                    }
-                    Ok(_) => Err(unexpected("alarm")),
-                    Err(e) => Err(EtcdError::from(e).into()),
-                }
+                let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+                Ok(Response::new(resp))
             }
             Err(_) => Err(Status::invalid_argument(format!(
                 "unknown alarm action {}",

@@ -1,7 +1,9 @@
 //! The etcd v3 gRPC services, one file per service, sharing one [`ServerCtx`].
 //!
 //! Only this layer (and `apply`, which executes the etcd requests carried in raft entries) knows
-//! the client-facing etcd protos. Errors become gRPC statuses only in [`error`].
+//! the client-facing etcd protos. Errors become gRPC statuses only in [`error`]. Writes go
+//! through `NodeHandle::propose`, which answers each request type with its response type, header
+//! filled in; this layer never sees `apply`.
 
 pub mod cluster;
 pub mod error;
@@ -59,19 +61,13 @@ impl ServerCtx {
     }
 
     /// A response header for this member with the given store revision (0 for calls that do not
-    /// touch the key-value store).
+    /// touch the key-value store); see `NodeHandle::header`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        let status = self.node.status();
-        ResponseHeader {
-            cluster_id: status.cluster_id,
-            member_id: status.member_id,
-            revision,
-            raft_term: status.term,
-        }
+        self.node.header(revision)
     }
 
-    /// Completes a header produced by apply (which sets only the revision) with this member's
-    /// identity and term; a missing header gets the current revision.
+    /// Completes a header produced by a local read (which sets only the revision) with this
+    /// member's identity and term; a missing header gets the current revision.
     pub fn fill_header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
         let revision = match header {
             Some(h) if h.revision != 0 => h.revision,
@@ -100,12 +96,7 @@ impl ServerCtx {
             member_id,
             alarm: crate::alarm::ALARM_NOSPACE,
         };
-        let _ = self
-            .node
-            .propose(crate::proto::oxetcdpb::internal_request::Request::Alarm(
-                alarm,
-            ))
-            .await;
+        let _ = self.node.propose(alarm).await;
         Err(EtcdError::NoSpace)
     }
 
@@ -174,6 +165,24 @@ impl Quota {
 #[cfg(test)]
 mod tests {
     use super::Quota;
+
+    /// The dependency direction (ARCHITECTURE.md): the API layer reaches consensus and the state
+    /// machine only through `node`.
+    #[test]
+    fn the_api_layer_does_not_use_apply() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        // Spelled in pieces so this file does not match itself.
+        let needle = ["crate", "apply"].join("::");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                !text.contains(&needle),
+                "{} uses {needle}; go through crate::node",
+                path.display()
+            );
+        }
+    }
 
     #[test]
     fn a_burst_between_samples_counts_against_the_quota() {

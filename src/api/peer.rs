@@ -1,15 +1,18 @@
-//! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed and
-//! time-to-live queries forwarded by followers, answered by this member as leader, the member
-//! list for members joining the cluster and a member's peer URLs for the leader forwarder, and
-//! the check of a received snapshot file (the snapshot format's own).
+//! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed,
+//! time-to-live queries and membership changes forwarded by followers, answered by this member as
+//! leader, the member list for members joining the cluster, a member's peer URLs for the leader
+//! forwarder, and the check of a received snapshot file (the snapshot format's own).
 
 use std::path::Path;
 
 use tonic::Status;
 
-use super::{ServerCtx, lease};
+use super::{EtcdError, ServerCtx, cluster, lease};
 use crate::peer::PeerHandlers;
-use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
+use crate::proto::oxetcdpb::{
+    LeaseTimeToLiveAnswer, MemberChangeRefusal, MemberChangeResponse, MembersResponse,
+    member_change_request,
+};
 
 /// The peer service's handlers, over the same [`ServerCtx`] as the client-facing services.
 pub struct PeerHandlersImpl {
@@ -73,5 +76,26 @@ impl PeerHandlers for PeerHandlersImpl {
         crate::snapshot::format::verify_file(file)
             .map(|pos| (pos.index, pos.term))
             .map_err(|e| e.to_string())
+    }
+
+    /// Answers `etcdserver: not leader` as an error status when this member does not lead (the
+    /// follower asks again); the leader's refusal travels in the response with etcd's code and
+    /// message, so the follower passes it on unchanged.
+    async fn member_change(
+        &self,
+        change: member_change_request::Change,
+    ) -> Result<MemberChangeResponse, Status> {
+        match cluster::change_on_leader(&self.ctx, change).await {
+            Ok(changed) => Ok(changed),
+            Err(EtcdError::NotLeader) => Err(EtcdError::NotLeader.into()),
+            Err(refused) => Ok(MemberChangeResponse {
+                refusal: Some(MemberChangeRefusal {
+                    code: refused.code() as i32,
+                    message: refused.to_string(),
+                }),
+                member: None,
+                members: Vec::new(),
+            }),
+        }
     }
 }

@@ -12,10 +12,12 @@ use raft::SnapshotStatus;
 use raft::eraftpb::{ConfChange, Message};
 use tokio::sync::{oneshot, watch};
 
+use super::proposal::{self, Proposal, ProposeError};
 use super::{NodeConfig, NodeError, NodeMsg, NodeStatus, PeerProgress, Shared, Traced, id};
-use crate::apply::{ApplyError, Response, Waiters};
+use crate::apply::{ApplyError, Reply, Waiters};
 use crate::metrics::Metrics;
-use crate::proto::oxetcdpb::{InternalRequest, internal_request};
+use crate::proto::etcdserverpb::{Member, ResponseHeader};
+use crate::proto::oxetcdpb::InternalRequest;
 use crate::telemetry::TRACE_TARGET;
 
 pub(super) struct HandleInner {
@@ -114,26 +116,21 @@ impl NodeHandle {
     }
 
     /// Proposes a membership change whose context is a `MemberChange` naming `request_id`;
-    /// waits until it is applied on this member and returns the result.
+    /// waits until it is applied on this member and returns the member list after it.
     pub async fn propose_conf_change(
         &self,
         request_id: u64,
         cc: ConfChange,
-    ) -> Result<Result<Response, ApplyError>, NodeError> {
+    ) -> Result<Vec<Member>, ProposeError> {
         let rx = self.inner.waiters.register(request_id);
         if let Err(e) = self.send(NodeMsg::ProposeConfChange { id: request_id, cc }) {
             self.inner.waiters.cancel(request_id);
-            return Err(e);
+            return Err(e.into());
         }
-        match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
-            Ok(Ok(Err(ApplyError::Dropped))) => Err(NodeError::NoLeader),
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(NodeError::Stopped),
-            Err(_) => {
-                self.inner.waiters.cancel(request_id);
-                Err(NodeError::Timeout)
-            }
-        }
+        let reply = self.outcome(request_id, rx).await?;
+        proposal::members(reply?).ok_or(ProposeError::UnexpectedResponse {
+            request: "membership change",
+        })
     }
 
     /// Asks the raft thread to stop after what it already took in; the apply thread follows once
@@ -143,19 +140,17 @@ impl NodeHandle {
         let _ = self.inner.tx.send(NodeMsg::Stop);
     }
 
-    /// Proposes `request`, waits until it is applied on this member and returns the result.
-    pub async fn propose(
-        &self,
-        request: internal_request::Request,
-    ) -> Result<Result<Response, ApplyError>, NodeError> {
+    /// Proposes `request`, waits until it is applied on this member and returns its response,
+    /// whose header (if it has one) carries this member's identity and current term.
+    pub async fn propose<P: Proposal>(&self, request: P) -> Result<P::Response, ProposeError> {
         let id = self.next_id();
         let data = InternalRequest {
             id,
-            request: Some(request),
+            request: Some(request.into_request()),
         }
         .encode_to_vec();
         if data.len() > self.inner.cfg.max_request_bytes {
-            return Err(NodeError::RequestTooLarge);
+            return Err(NodeError::RequestTooLarge.into());
         }
         let rx = self.inner.waiters.register(id);
         let propose_span = tracing::info_span!(target: TRACE_TARGET, "propose", request_id = id);
@@ -171,9 +166,27 @@ impl NodeHandle {
         if let Err(e) = sent {
             self.inner.waiters.cancel(id);
             self.inner.metrics.proposals_failed.inc();
-            return Err(e);
+            return Err(e.into());
         }
-        let outcome = match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
+        let reply = match self.outcome(id, rx).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.inner.metrics.proposals_failed.inc();
+                return Err(e.into());
+            }
+        };
+        let mut response = P::from_response(reply?)
+            .ok_or(ProposeError::UnexpectedResponse { request: P::NAME })?;
+        if let Some(header) = P::header_mut(&mut response) {
+            *header = self.header(header.revision);
+        }
+        Ok(response)
+    }
+
+    /// Waits for the apply thread's reply to request `id`, at most the request timeout. A
+    /// proposal raft dropped (no leader to take it) reads as `NoLeader`.
+    async fn outcome(&self, id: u64, rx: oneshot::Receiver<Reply>) -> Result<Reply, NodeError> {
+        match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
             Ok(Ok(Err(ApplyError::Dropped))) => Err(NodeError::NoLeader),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(NodeError::Stopped),
@@ -181,11 +194,20 @@ impl NodeHandle {
                 self.inner.waiters.cancel(id);
                 Err(NodeError::Timeout)
             }
-        };
-        if outcome.is_err() {
-            self.inner.metrics.proposals_failed.inc();
         }
-        outcome
+    }
+
+    /// The response header every reply of this member carries: the cluster, this member, the
+    /// current raft term and the given store revision (0 for calls that do not touch the
+    /// key-value store). The only place a header is made.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let status = self.status();
+        ResponseHeader {
+            cluster_id: status.cluster_id,
+            member_id: status.member_id,
+            revision,
+            raft_term: status.term,
+        }
     }
 
     /// Proposals waiting on this member for their outcome.

@@ -4,10 +4,13 @@
 //! Requests reach the raft thread over one bounded channel (full → `too many requests`). The raft
 //! thread batches everything it drained into one Ready: one synced RocksDB write per Ready, then
 //! the committed entries go to the apply thread, which answers each proposer through its waiter.
+//! Proposals are typed ([`Proposal`]): `propose(PutRequest)` answers a `PutResponse` with its
+//! header complete, or one [`ProposeError`].
 
 mod apply_loop;
 mod handle;
 pub mod id;
+mod proposal;
 mod raft_loop;
 
 use std::collections::HashMap;
@@ -27,6 +30,7 @@ use crate::storage::Engine;
 
 use handle::HandleInner;
 pub use handle::{NodeHandle, NodeThreads};
+pub use proposal::{Compaction, MemberPeerUrls, Proposal, ProposeError};
 use raft_loop::{RaftLoop, ReadWaiter, Reads};
 
 /// Messages queued for the raft thread before it pushes back.

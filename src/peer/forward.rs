@@ -1,5 +1,6 @@
-//! Requests a follower forwards to the leader over the peer URLs (lease keep-alives and
-//! time-to-live queries: only the leader tracks lease expiry).
+//! Requests a follower forwards to the leader over the peer URLs: lease keep-alives and
+//! time-to-live queries (only the leader tracks lease expiry) and membership changes (only the
+//! leader knows which members are up and how far each has replicated).
 //!
 //! [`LeaderForwarder`] looks the current leader up in raft's status and its peer URLs through
 //! [`PeerHandlers::peer_urls`], keeps one lazily connected gRPC channel to it (replaced when the leader or the URL
@@ -7,7 +8,8 @@
 //! keeps trying until the request timeout: while there is no leader it waits for one, and a failed
 //! attempt is retried after [`RETRY_INTERVAL`] on the leader's next peer URL. At the deadline it
 //! answers [`ForwardError::NoLeader`] if there is still no leader, [`ForwardError::Timeout`]
-//! otherwise.
+//! otherwise. A membership change is not idempotent, so it is sent again only when the member
+//! it reached answered that it no longer leads.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +21,10 @@ use tonic::transport::Channel;
 use super::{PeerHandlers, hex};
 use crate::node::NodeHandle;
 use crate::proto::oxetcdpb::peer_client::PeerClient;
-use crate::proto::oxetcdpb::{LeaseRenewRequest, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery};
+use crate::proto::oxetcdpb::{
+    LeaseRenewRequest, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery, MemberChangeRequest,
+    MemberChangeResponse, member_change_request,
+};
 
 /// Pause before the next attempt when there is no leader or the last attempt failed.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -39,6 +44,19 @@ pub enum ForwardError {
     /// This member is the leader now; the caller answers locally.
     #[error("this member is the leader")]
     LocalLeader,
+    /// The leader refused the request: its gRPC status code and message, for the client.
+    #[error("{message}")]
+    Refused { code: i32, message: String },
+}
+
+/// Which failed attempts [`LeaderForwarder`] makes again before the request timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Every failure (the request can safely be made twice).
+    Always,
+    /// Only a member's answer that it does not lead (it did nothing); after any other failure
+    /// the request may have taken effect, so it is not made again.
+    NotLeader,
 }
 
 /// Sends requests to the current leader's peer service. Cheap to clone; clones share the channel.
@@ -103,9 +121,54 @@ impl LeaderForwarder {
         .await
     }
 
+    /// Has the leader run a client's membership change; returns the member added (for an add)
+    /// and the member list after the change. The leader's refusal comes back as
+    /// [`ForwardError::Refused`] with etcd's code and message.
+    pub async fn member_change(
+        &self,
+        change: member_change_request::Change,
+    ) -> Result<MemberChangeResponse, ForwardError> {
+        let cluster_id = self.node.config().cluster_id;
+        let response = self
+            .call_with(
+                "MemberChange",
+                Retry::NotLeader,
+                move |mut client, timeout| {
+                    let mut request = tonic::Request::new(MemberChangeRequest {
+                        cluster_id,
+                        change: Some(change.clone()),
+                    });
+                    request.set_timeout(timeout);
+                    async move { client.member_change(request).await }
+                },
+            )
+            .await?;
+        match response.refusal {
+            Some(refusal) => Err(ForwardError::Refused {
+                code: refusal.code,
+                message: refusal.message,
+            }),
+            None => Ok(response),
+        }
+    }
+
     /// Runs `attempt` against the current leader until it succeeds or the request timeout runs
     /// out. `attempt` gets a client and the time left.
-    async fn call<T, F, Fut>(&self, rpc: &'static str, mut attempt: F) -> Result<T, ForwardError>
+    async fn call<T, F, Fut>(&self, rpc: &'static str, attempt: F) -> Result<T, ForwardError>
+    where
+        F: FnMut(PeerClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(rpc, Retry::Always, attempt).await
+    }
+
+    /// [`LeaderForwarder::call`], making failed attempts again only as `retry` allows.
+    async fn call_with<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        retry: Retry,
+        mut attempt: F,
+    ) -> Result<T, ForwardError>
     where
         F: FnMut(PeerClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -126,6 +189,23 @@ impl LeaderForwarder {
                         match tokio::time::timeout_at(deadline, attempt(client, left)).await {
                             Ok(Ok(response)) => return Ok(response.into_inner()),
                             Ok(Err(status_error)) => {
+                                // "Not leader" means our view of the leader is stale, not that
+                                // the connection is bad: keep it.
+                                let stale_leader =
+                                    status_error.code() == tonic::Code::FailedPrecondition;
+                                if !stale_leader {
+                                    self.forget(status.leader_id);
+                                    url_index += 1;
+                                }
+                                if !stale_leader && retry == Retry::NotLeader {
+                                    tracing::warn!(
+                                        rpc,
+                                        leader = %hex(status.leader_id),
+                                        error = %status_error,
+                                        "request forwarded to the leader failed; not retried, it may have taken effect"
+                                    );
+                                    return Err(ForwardError::Timeout);
+                                }
                                 tracing::debug!(
                                     rpc,
                                     leader = %hex(status.leader_id),
@@ -133,12 +213,6 @@ impl LeaderForwarder {
                                     "request forwarded to the leader failed; retrying"
                                 );
                                 last_error = Some(status_error.to_string());
-                                // "Not leader" means our view of the leader is stale, not that
-                                // the connection is bad: keep it.
-                                if status_error.code() != tonic::Code::FailedPrecondition {
-                                    self.forget(status.leader_id);
-                                    url_index += 1;
-                                }
                             }
                             Err(_) => break,
                         }

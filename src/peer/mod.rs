@@ -12,7 +12,8 @@
 //! chunks; the receiver checks the file's CRC and position before it steps the message into
 //! raft, and the sender reports the outcome to raft (`report_snapshot`).
 //!
-//! Followers forward lease keep-alives and time-to-live queries to the leader ([`forward`]);
+//! Followers forward lease keep-alives, time-to-live queries and membership changes to the leader
+//! ([`forward`]);
 //! a member joining an existing cluster asks a peer for the member list (`Peer/Members`).
 //!
 //! [`RaftBatch`]: crate::proto::oxetcdpb::RaftBatch
@@ -25,7 +26,9 @@ pub use service::PeerService;
 
 use std::path::Path;
 
-use crate::proto::oxetcdpb::{LeaseTimeToLiveAnswer, MembersResponse};
+use crate::proto::oxetcdpb::{
+    LeaseTimeToLiveAnswer, MemberChangeResponse, MembersResponse, member_change_request,
+};
 
 /// What the peer service and the leader forwarder ask of the rest of the member (implemented by
 /// the API layer, which owns the lessor, the membership and the snapshot format).
@@ -47,6 +50,13 @@ pub trait PeerHandlers: Send + Sync + 'static {
     /// Reads a received snapshot file through, checking its structure and checksum; returns the
     /// raft position it holds as (index, term), or why it is damaged. Blocks on file I/O.
     fn verify_snapshot(&self, file: &Path) -> Result<(u64, u64), String>;
+    /// Runs a membership change forwarded by a follower on this member, which must be the
+    /// leader (else the error status `etcdserver: not leader`, and nothing is done); a refusal
+    /// of the change itself is answered in the response.
+    async fn member_change(
+        &self,
+        change: member_change_request::Change,
+    ) -> Result<MemberChangeResponse, tonic::Status>;
 }
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};
 

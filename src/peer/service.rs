@@ -17,7 +17,8 @@ use crate::node::{NodeError, NodeHandle};
 use crate::proto::oxetcdpb::peer_server::Peer;
 use crate::proto::oxetcdpb::{
     LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery,
-    MembersRequest, MembersResponse, RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotReceived,
+    MemberChangeRequest, MemberChangeResponse, MembersRequest, MembersResponse, RaftBatch,
+    RaftStreamEnd, SnapshotChunk, SnapshotReceived,
 };
 use crate::raft::codec::decode;
 use crate::raft::snapshots;
@@ -239,6 +240,18 @@ impl Peer for PeerService {
         Ok(Response::new(
             self.handlers.lease_time_to_live(req.id, req.keys).await?,
         ))
+    }
+
+    async fn member_change(
+        &self,
+        request: Request<MemberChangeRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(req.cluster_id)?;
+        let change = req
+            .change
+            .ok_or_else(|| Status::invalid_argument("a membership change names no change"))?;
+        Ok(Response::new(self.handlers.member_change(change).await?))
     }
 
     async fn raft(

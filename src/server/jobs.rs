@@ -7,9 +7,7 @@ use tokio::sync::watch;
 
 use crate::api::ServerCtx;
 use crate::config::{AutoCompaction, etcd_url_string};
-use crate::proto::etcdserverpb::CompactionRequest;
 use crate::proto::oxetcdpb::MemberAttributes;
-use crate::proto::oxetcdpb::internal_request::Request as Internal;
 
 /// How often the database size is sampled for the quota check.
 const QUOTA_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
@@ -57,17 +55,12 @@ pub(super) async fn publish_attributes(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         } else if ctx.node.status().leader_id != 0 {
-            match ctx
-                .node
-                .propose(Internal::MemberAttributes(attrs.clone()))
-                .await
-            {
-                Ok(Ok(_)) => {
+            match ctx.node.propose(attrs.clone()).await {
+                Ok(_) => {
                     tracing::info!(client_urls = ?attrs.client_urls, "published local member to cluster through raft");
                     published.send_replace(true);
                     return;
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes failed"),
                 Err(e) => tracing::debug!(error = %e, "publishing member attributes failed"),
             }
         }
@@ -162,13 +155,8 @@ pub(super) async fn auto_compact(ctx: ServerCtx, mut shutdown: watch::Receiver<b
         if target <= ctx.mvcc.compact_revision() || target <= 0 {
             continue;
         }
-        let req = CompactionRequest {
-            revision: target,
-            physical: false,
-        };
-        match ctx.node.propose(Internal::Compaction(req)).await {
-            Ok(Ok(_)) => tracing::info!(revision = target, "auto compaction completed"),
-            Ok(Err(e)) => tracing::warn!(revision = target, error = %e, "auto compaction failed"),
+        match crate::api::kv::compact(&ctx, target, false).await {
+            Ok(_) => tracing::info!(revision = target, "auto compaction completed"),
             Err(e) => tracing::warn!(revision = target, error = %e, "auto compaction failed"),
         }
     }
