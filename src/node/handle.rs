@@ -31,7 +31,7 @@ pub(super) struct HandleInner {
 /// The way into consensus. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
-    inner: Arc<HandleInner>,
+    pub(super) inner: Arc<HandleInner>,
 }
 
 /// The running node's threads; join them after every handle is dropped.
