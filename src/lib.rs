@@ -4,6 +4,7 @@
 //! `membership` (state machines) → `txn` (etcd request semantics) → `raft` (log store) and
 //! `apply` (committed entries → state) → `node` (the threads around raft) → `api`, `http`
 //! (what clients see) and `peer` (the raft transport between members) → `server` (wiring).
+//! `tasks` (the owners of every task and thread) is a leaf any layer may use.
 //! ARCHITECTURE.md is the map.
 
 pub mod alarm;
@@ -23,6 +24,7 @@ pub mod raft;
 pub mod server;
 pub mod snapshot;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;
 pub mod txn;
 pub mod version;
