@@ -118,7 +118,7 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE_CAPACITY);
         let ctx = self.ctx.clone();
         let forwarder = self.forwarder.clone();
-        tokio::spawn(async move {
+        let keep_alive = async move {
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
@@ -147,7 +147,11 @@ impl Lease for LeaseService {
                     break;
                 }
             }
-        });
+        };
+        self.ctx
+            .streams
+            .spawn("lease-keep-alive", keep_alive)
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

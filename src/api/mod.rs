@@ -26,6 +26,7 @@ use crate::mvcc::MvccStore;
 use crate::node::NodeHandle;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::storage::Engine;
+use crate::tasks::TaskSet;
 use crate::watch::WatchHub;
 
 pub use error::EtcdError;
@@ -42,8 +43,9 @@ pub struct ServerCtx {
     pub alarms: Arc<Alarms>,
     pub membership: Arc<RwLock<Membership>>,
     pub quota: Arc<Quota>,
-    /// Turns true when the member starts shutting down; long-lived streams end then.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Owns the tasks and threads serving long-lived client streams (watch, lease keep-alive,
+    /// snapshot); the streams end when it stops, before the node does.
+    pub streams: TaskSet,
 }
 
 impl ServerCtx {
@@ -109,10 +111,9 @@ impl ServerCtx {
         Err(EtcdError::NoSpace)
     }
 
-    /// Completes once the member starts shutting down.
+    /// Completes once the member starts draining client streams.
     pub async fn stopping(&self) {
-        let mut rx = self.shutdown.clone();
-        let _ = rx.wait_for(|stopping| *stopping).await;
+        self.streams.stopping().await;
     }
 
     /// A header carrying the current store revision.

@@ -76,6 +76,8 @@ pub struct SnapshotFiles {
     dir: PathBuf,
     engine: Arc<Engine>,
     state: Arc<Mutex<GenState>>,
+    /// Owns the generating thread (a set of its own unless the server hands one in).
+    threads: crate::tasks::TaskSet,
 }
 
 impl SnapshotFiles {
@@ -93,7 +95,14 @@ impl SnapshotFiles {
             dir,
             engine,
             state: Arc::new(Mutex::new(GenState::Idle)),
+            threads: crate::tasks::TaskSet::new("raft-snapshots"),
         })
+    }
+
+    /// Generates snapshots on threads owned by `threads`, which the server joins at shutdown.
+    pub fn with_threads(mut self, threads: crate::tasks::TaskSet) -> SnapshotFiles {
+        self.threads = threads;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -128,29 +137,27 @@ impl SnapshotFiles {
         let engine = self.engine.clone();
         let dir = self.dir.clone();
         let shared = self.state.clone();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let outcome = generate(&engine, &dir);
-                let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match outcome {
-                    Ok(g) => {
-                        tracing::info!(
-                            index = g.index,
-                            term = g.term,
-                            took = ?started.elapsed(),
-                            "saved a snapshot for peers"
-                        );
-                        remove_other_files(&dir, &snapshot_path(&dir, g.term, g.index));
-                        *state = GenState::Ready(g);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "saving a snapshot for peers failed");
-                        *state = GenState::Idle;
-                    }
+        let spawned = self.threads.spawn_thread("snapshot", move || {
+            let started = std::time::Instant::now();
+            let outcome = generate(&engine, &dir);
+            let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok(g) => {
+                    tracing::info!(
+                        index = g.index,
+                        term = g.term,
+                        took = ?started.elapsed(),
+                        "saved a snapshot for peers"
+                    );
+                    remove_other_files(&dir, &snapshot_path(&dir, g.term, g.index));
+                    *state = GenState::Ready(g);
                 }
-            });
+                Err(e) => {
+                    tracing::error!(error = %e, "saving a snapshot for peers failed");
+                    *state = GenState::Idle;
+                }
+            }
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the snapshot thread");
             *self.lock() = GenState::Idle;

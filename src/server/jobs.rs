@@ -1,5 +1,5 @@
 //! Background jobs: attribute publishing, SIGHUP log reopening, quota sampling and the
-//! auto-compactor. Each runs until the shutdown signal.
+//! auto-compactor. Each runs until its task set (`jobs`) stops.
 
 use std::time::{Duration, Instant};
 

@@ -104,16 +104,18 @@ pub(super) fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Rout
             }
         }))
 }
-/// The peer URLs' service: raft messages from the other members.
+/// The peer URLs' service: raft messages from the other members; their streams end when `stop`
+/// turns true.
 pub(super) fn peer_router(
     ctx: &ServerCtx,
+    stop: watch::Receiver<bool>,
     snap_dir: std::path::PathBuf,
     metrics: Arc<Metrics>,
 ) -> axum::Router {
     let decode_max = crate::peer::batch_bytes_limit(ctx.config.request_bytes_max as usize);
     let service = PeerService::new(
         ctx.node.clone(),
-        ctx.shutdown.clone(),
+        stop,
         Arc::new(api::peer::PeerHandlersImpl::new(ctx.clone())),
         snap_dir,
         metrics,
