@@ -191,7 +191,7 @@ impl ClusterService {
         let channel = Endpoint::from_shared(url.clone())
             .map_err(unreachable)?
             .connect_timeout(LEADER_CONNECT_TIMEOUT)
-            .timeout(self.ctx.config.request_timeout())
+            .timeout(self.ctx.config.request_timeout)
             .connect()
             .await
             .map_err(unreachable)?;

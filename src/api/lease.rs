@@ -357,7 +357,7 @@ pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
         }
         if leading_term != Some(status.term) {
             leading_term = Some(status.term);
-            let extend = ctx.config.election_timeout();
+            let extend = ctx.config.election_timeout;
             let leases = {
                 let mut lessor = lock(&ctx.lessor);
                 lessor.promote(Instant::now(), extend);

@@ -279,7 +279,7 @@ impl Maintenance for MaintenanceService {
                 .map_err(EtcdError::from)?;
             // Raft gives no signal when a transfer ends (it may also give up after an election
             // timeout, silently); like etcd, watch the leader until it is the target.
-            let deadline = started + self.ctx.config.request_timeout();
+            let deadline = started + self.ctx.config.request_timeout;
             while self.ctx.node.status().leader_id != target {
                 if Instant::now() >= deadline {
                     tracing::warn!(

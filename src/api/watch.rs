@@ -148,7 +148,11 @@ impl WatchStream {
         progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retry_tick = tokio::time::interval(PROGRESS_RETRY);
         retry_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let election_timeout = Duration::from_millis(self.ctx.config.election_timeout_ms.max(1));
+        let election_timeout = self
+            .ctx
+            .config
+            .election_timeout
+            .max(Duration::from_millis(1));
         let mut leader_tick = tokio::time::interval(election_timeout);
         leader_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut no_leader_checks = 0u32;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::alarm::Alarms;
-use crate::api::{self, Quota, ServerCtx};
+use crate::api::{self, ApiConfig, Quota, ServerCtx};
 use crate::apply::{Applier, MembershipSink};
 use crate::config::{AutoCompaction, Config, url_host_port};
 use crate::lease::Lessor;
@@ -198,7 +198,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
     quota.record_db_size(engine.sizes().on_disk_bytes);
     let ctx = ServerCtx {
-        config: config.clone(),
+        config: Arc::new(api_config(&config)),
         node,
         engine: engine.clone(),
         mvcc,
@@ -214,7 +214,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     start_jobs(&jobs, &ctx, &config, published_tx)?;
     peer_links.spawn(ctx.node.clone(), &peers);
 
-    let metrics_text = metrics_text(ctx.clone(), metrics.clone());
+    let metrics_text = metrics_text(&config, ctx.clone(), metrics.clone());
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
         let router = peer_router(&ctx, peers.stop_signal(), snap_dir.clone(), metrics.clone());
@@ -226,7 +226,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
-        let router = grpc_router(&ctx, &metrics)
+        let router = grpc_router(&config, &ctx, &metrics)
             .merge(crate::http::router(ctx.clone(), metrics_text.clone()));
         // Clients are served once this member has published its name and client URLs (as
         // etcd does); until then their connections wait in the listen backlog.
@@ -303,6 +303,21 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The API layer's settings.
+fn api_config(config: &Config) -> ApiConfig {
+    ApiConfig {
+        request_timeout: config.request_timeout(),
+        request_bytes_max: config.request_bytes_max,
+        txn_ops_max: config.txn_ops_max,
+        strict_reconfig_check: config.strict_reconfig_check,
+        learners_max: config.learners_max,
+        initial_cluster_token: config.initial_cluster_token.clone(),
+        election_timeout: config.election_timeout(),
+        lease_checkpoint_interval: config.lease_checkpoint_interval,
+        watch_progress_notify_interval: config.watch_progress_notify_interval,
+    }
+}
+
 /// Starts the background jobs on `jobs`; `published` turns true once this member may serve
 /// clients.
 fn start_jobs(
@@ -313,7 +328,7 @@ fn start_jobs(
 ) -> Result<(), SpawnError> {
     jobs.spawn(
         "publish-attributes",
-        publish_attributes(ctx.clone(), published, jobs.stop_signal()),
+        publish_attributes(ctx.clone(), config.clone(), published, jobs.stop_signal()),
     )?;
     jobs.spawn("watch-sync", ctx.watch.clone().run_sync(jobs.stop_signal()))?;
     jobs.spawn(
@@ -328,7 +343,7 @@ fn start_jobs(
     if config.auto_compaction != AutoCompaction::Disabled {
         jobs.spawn(
             "auto-compact",
-            auto_compact(ctx.clone(), jobs.stop_signal()),
+            auto_compact(ctx.clone(), config.clone(), jobs.stop_signal()),
         )?;
     }
     Ok(())
