@@ -4,7 +4,8 @@
 //! `membership`, `consistent_index`, `snapshot::format` (state machines and their snapshot
 //! codec) → `txn` (etcd request semantics) → `raft` (log store) and `apply` (committed entries →
 //! state) → `node` (the threads around raft) → `api`, `http` (what clients see) and `peer` (the
-//! raft transport between members) → `server` (wiring). ARCHITECTURE.md is the map.
+//! raft transport between members) → `server` (wiring). `tasks` (the owners of every task and
+//! thread) is a leaf any layer may use. ARCHITECTURE.md is the map.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod raft;
 pub mod server;
 pub mod snapshot;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;
 pub mod txn;
 pub mod version;

@@ -15,6 +15,8 @@ const ROUNDS: usize = 3;
 /// Acknowledged writes per round before the kill (the writers keep going until it lands).
 const WRITES_BEFORE_KILL: usize = 300;
 const PUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGTERM'd member with open watch and keep-alive streams may take to exit.
+const SIGTERM_EXIT_MAX: Duration = Duration::from_secs(3);
 
 /// One acknowledged put: every key is written exactly once, so its create and mod revision are
 /// the revision the server acknowledged.
@@ -184,16 +186,22 @@ async fn sigterm_with_open_streams_exits_cleanly() {
         .expect("keep-alive answered")
         .expect("keep-alive stream open");
     let status = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let status = server.stop();
-        (server, status)
+        (server, status, started.elapsed())
     })
     .await
     .expect("stop runs");
-    let (mut server, status) = status;
+    let (mut server, status, took) = status;
     if !common::running_real_etcd() {
         assert!(
             status.success(),
             "oxetcd exits with status 0 on SIGTERM, got {status}"
+        );
+        // Each shutdown step is bounded; with nothing stuck none of them should take long.
+        assert!(
+            took < SIGTERM_EXIT_MAX,
+            "oxetcd took {took:?} to exit on SIGTERM with open streams"
         );
     }
     // The open streams end rather than hang.

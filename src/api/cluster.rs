@@ -43,7 +43,8 @@ pub struct ClusterService {
 
 impl ClusterService {
     pub fn new(ctx: ServerCtx) -> ClusterService {
-        let forwarder = LeaderForwarder::new(ctx.node.clone(), ctx.membership.clone());
+        let handlers = std::sync::Arc::new(super::peer::PeerHandlersImpl::new(ctx.clone()));
+        let forwarder = LeaderForwarder::new(ctx.node.clone(), handlers);
         ClusterService { ctx, forwarder }
     }
 

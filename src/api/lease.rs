@@ -100,7 +100,7 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE_CAPACITY);
         let ctx = self.ctx.clone();
         let forwarder = self.forwarder.clone();
-        tokio::spawn(async move {
+        let keep_alive = async move {
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
@@ -129,7 +129,11 @@ impl Lease for LeaseService {
                     break;
                 }
             }
-        });
+        };
+        self.ctx
+            .streams
+            .spawn("lease-keep-alive", keep_alive)
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -335,7 +339,7 @@ pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
         }
         if leading_term != Some(status.term) {
             leading_term = Some(status.term);
-            let extend = ctx.config.election_timeout();
+            let extend = ctx.config.election_timeout;
             let leases = {
                 let mut lessor = lock(&ctx.lessor);
                 lessor.promote(Instant::now(), extend);

@@ -2,14 +2,15 @@
 //! (refused) Downgrade.
 //!
 //! Snapshot streams the state machine in the format documented in [`crate::snapshot`], produced
-//! on a blocking thread from one consistent RocksDB view and handed to the gRPC stream through a
-//! bounded channel, so at most a few chunks are in memory whatever the database size.
+//! on a thread owned by [`ServerCtx::streams`] from one consistent RocksDB view and handed to the
+//! gRPC stream through a bounded channel, so at most a few chunks are in memory whatever the
+//! database size; the thread gives up when the client streams are drained at shutdown.
 
 use std::io::{self, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -22,6 +23,7 @@ use crate::proto::etcdserverpb::{
     StatusRequest, StatusResponse, alarm_request::AlarmAction,
 };
 use crate::snapshot::{self, SNAPSHOT_CHUNK_BYTES};
+use crate::tasks::SpawnError;
 use crate::version::{ETCD_API_VERSION, ETCD_STORAGE_VERSION, OXETCD_VERSION};
 
 /// Snapshot chunks queued between the producing thread and the gRPC stream; when full the
@@ -197,27 +199,32 @@ impl Maintenance for MaintenanceService {
         let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
         let engine = self.ctx.engine.clone();
         let header = self.ctx.header_now();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot-send".into())
-            .spawn(move || {
-                if let Err(e) = send_snapshot(&engine, header, &tx) {
-                    match e {
-                        // The client went away; nobody is left to tell.
-                        snapshot::SnapshotError::Write(_) => {
-                            tracing::warn!(error = %e, "database snapshot not completed")
-                        }
-                        other => {
-                            tracing::error!(error = %other, "failed to send database snapshot");
-                            let _ =
-                                tx.blocking_send(Err(EtcdError::Other(other.to_string()).into()));
-                        }
+        let stop = self.ctx.streams.stop_signal();
+        let spawned = self.ctx.streams.spawn_thread("snapshot-send", move || {
+            if let Err(e) = send_snapshot(&engine, header, &tx, &stop) {
+                match e {
+                    _ if *stop.borrow() => {
+                        tracing::info!("database snapshot interrupted: the member is stopping");
+                        // A client not reading has a full queue; its connection is closed
+                        // later in the shutdown, ending the stream anyway.
+                        let _ = tx.try_send(Err(EtcdError::Stopped.into()));
+                    }
+                    // The client went away; nobody is left to tell.
+                    snapshot::SnapshotError::Write(_) => {
+                        tracing::warn!(error = %e, "database snapshot not completed")
+                    }
+                    other => {
+                        tracing::error!(error = %other, "failed to send database snapshot");
+                        let _ = tx.blocking_send(Err(EtcdError::Other(other.to_string()).into()));
                     }
                 }
-            });
-        if let Err(e) = spawned {
-            return Err(EtcdError::Other(format!("starting the snapshot thread: {e}")).into());
+            }
+        });
+        match spawned {
+            Ok(()) => Ok(Response::new(ReceiverStream::new(rx))),
+            Err(SpawnError::Stopping { .. }) => Err(EtcdError::Stopped.into()),
+            Err(e) => Err(EtcdError::Other(e.to_string()).into()),
         }
-        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn move_leader(
@@ -254,7 +261,7 @@ impl Maintenance for MaintenanceService {
                 .map_err(EtcdError::from)?;
             // Raft gives no signal when a transfer ends (it may also give up after an election
             // timeout, silently); like etcd, watch the leader until it is the target.
-            let deadline = started + self.ctx.config.request_timeout();
+            let deadline = started + self.ctx.config.request_timeout;
             while self.ctx.node.status().leader_id != target {
                 if Instant::now() >= deadline {
                     tracing::warn!(
@@ -287,11 +294,13 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-/// Streams the snapshot of `engine` into `tx` (runs on its own thread).
+/// Streams the snapshot of `engine` into `tx` (runs on its own thread); gives up when `stop`
+/// turns true.
 fn send_snapshot(
     engine: &crate::storage::Engine,
     header: ResponseHeader,
     tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(), snapshot::SnapshotError> {
     let view = engine.view();
     let total_bytes = snapshot::encoded_len(&view)?;
@@ -303,6 +312,7 @@ fn send_snapshot(
         sent_bytes: 0,
         header: Some(header),
         tx,
+        stop: stop.clone(),
     };
     let (trailer, pos) = snapshot::write_body(&view, &mut sink)?;
     drop(view);
@@ -331,11 +341,14 @@ struct ChunkSink<'a> {
     sent_bytes: u64,
     header: Option<ResponseHeader>,
     tx: &'a mpsc::Sender<Result<SnapshotResponse, Status>>,
+    /// The client streams' stop signal: a client that stopped reading must not hold the
+    /// producing thread past it.
+    stop: watch::Receiver<bool>,
 }
 
 impl ChunkSink<'_> {
-    /// Sends `blob` as one message; fails when the client has gone away. The header and the
-    /// storage version go with the first message only.
+    /// Sends `blob` as one message; fails when the client has gone away or the member is
+    /// stopping. The header and the storage version go with the first message only.
     fn send(&mut self, blob: Vec<u8>) -> io::Result<()> {
         let first = self.sent_bytes == 0;
         self.sent_bytes += blob.len() as u64;
@@ -349,9 +362,21 @@ impl ChunkSink<'_> {
                 String::new()
             },
         };
-        self.tx
-            .blocking_send(Ok(resp))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot client went away"))
+        let (tx, stop) = (self.tx, &mut self.stop);
+        // Waits for room in the queue or the stop signal, whichever comes first; neither
+        // needs the runtime, so a plain executor on this thread does.
+        futures::executor::block_on(async {
+            tokio::select! {
+                biased;
+                Ok(_) = stop.wait_for(|stopping| *stopping) => Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the member is stopping",
+                )),
+                sent = tx.send(Ok(resp)) => sent.map_err(|_| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot client went away")
+                }),
+            }
+        })
     }
 
     /// Sends whatever is buffered (the last, possibly short, chunk of the body).
@@ -409,7 +434,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
         let producer = {
             let engine = engine.clone();
-            std::thread::spawn(move || send_snapshot(&engine, ResponseHeader::default(), &tx))
+            let (_stop_tx, stop) = watch::channel(false);
+            std::thread::spawn(move || {
+                send_snapshot(&engine, ResponseHeader::default(), &tx, &stop)
+            })
         };
         let mut messages = Vec::new();
         while let Some(msg) = rx.blocking_recv() {

@@ -19,23 +19,48 @@ pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use crate::alarm::Alarms;
-use crate::config::Config;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
 use crate::node::NodeHandle;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::storage::Engine;
+use crate::tasks::TaskSet;
 use crate::watch::WatchHub;
 
 pub use error::EtcdError;
 
+/// The settings the services read, taken from the configuration once by `server`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How long a call waits on raft before giving up (etcd's request timeout).
+    pub request_timeout: Duration,
+    /// `--max-request-bytes`: the largest request accepted, and watch fragments' size.
+    pub request_bytes_max: u64,
+    /// `--max-txn-ops`.
+    pub txn_ops_max: u64,
+    /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
+    pub strict_reconfig_check: bool,
+    /// `--max-learners`.
+    pub learners_max: u32,
+    /// `--initial-cluster-token`, from which new member IDs are derived.
+    pub initial_cluster_token: String,
+    /// `--election-timeout`: how long a `hasleader` watch tolerates no leader, and the grace a
+    /// new leader gives every lease.
+    pub election_timeout: Duration,
+    /// `--experimental-lease-checkpoint-interval`.
+    pub lease_checkpoint_interval: Duration,
+    /// `--watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
+}
+
 /// Everything a service handler may use. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerCtx {
-    pub config: Arc<Config>,
+    pub config: Arc<ApiConfig>,
     pub node: NodeHandle,
     pub engine: Arc<Engine>,
     pub mvcc: Arc<MvccStore>,
@@ -44,8 +69,9 @@ pub struct ServerCtx {
     pub alarms: Arc<Alarms>,
     pub membership: Arc<RwLock<Membership>>,
     pub quota: Arc<Quota>,
-    /// Turns true when the member starts shutting down; long-lived streams end then.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Owns the tasks and threads serving long-lived client streams (watch, lease keep-alive,
+    /// snapshot); the streams end when it stops, before the node does.
+    pub streams: TaskSet,
 }
 
 impl ServerCtx {
@@ -100,10 +126,9 @@ impl ServerCtx {
         Err(EtcdError::NoSpace)
     }
 
-    /// Completes once the member starts shutting down.
+    /// Completes once the member starts draining client streams.
     pub async fn stopping(&self) {
-        let mut rx = self.shutdown.clone();
-        let _ = rx.wait_for(|stopping| *stopping).await;
+        self.streams.stopping().await;
     }
 
     /// A header carrying the current store revision.

@@ -1,4 +1,5 @@
-//! The Watch service: one task per bidi stream multiplexing many watchers over the watch hub.
+//! The Watch service: one task per bidi stream (owned by [`ServerCtx::streams`]) multiplexing
+//! many watchers over the watch hub.
 //!
 //! The task reads the client's requests, forwards the hub's messages for its watchers, and sends
 //! progress notifications. Every response leaves through one bounded channel in the order the
@@ -92,7 +93,10 @@ impl Watch for WatchService {
             by_hub: HashMap::new(),
             progress_all_waiting: false,
         };
-        tokio::spawn(stream.run(inbound, hub_rx, require_leader));
+        self.ctx
+            .streams
+            .spawn("watch-stream", stream.run(inbound, hub_rx, require_leader))
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
 }
@@ -144,7 +148,11 @@ impl WatchStream {
         progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retry_tick = tokio::time::interval(PROGRESS_RETRY);
         retry_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let election_timeout = Duration::from_millis(self.ctx.config.election_timeout_ms.max(1));
+        let election_timeout = self
+            .ctx
+            .config
+            .election_timeout
+            .max(Duration::from_millis(1));
         let mut leader_tick = tokio::time::interval(election_timeout);
         leader_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut no_leader_checks = 0u32;

@@ -130,6 +130,8 @@ pub struct Applier {
     traces: HashMap<u64, tracing::Span>,
     /// Configuration changes applied since raft last took them (raft must apply them too).
     conf_changes: Vec<ConfChange>,
+    /// Owns the compaction threads (a set of its own unless the server hands one in).
+    threads: crate::tasks::TaskSet,
 }
 
 /// Where membership changes go: the shared member list, and a callback told about every new
@@ -160,7 +162,14 @@ impl Applier {
             metrics: None,
             traces: HashMap::new(),
             conf_changes: Vec::new(),
+            threads: crate::tasks::TaskSet::new("apply"),
         })
+    }
+
+    /// Runs compactions on threads owned by `threads`, which the server joins at shutdown.
+    pub fn with_threads(mut self, threads: crate::tasks::TaskSet) -> Applier {
+        self.threads = threads;
+        self
     }
 
     /// Records each state-machine write in `metrics` (etcd's backend commit duration).
@@ -597,19 +606,16 @@ impl Pending {
                 applier.watch.compacted(compact_rev);
                 let (done_tx, done_rx) = oneshot::channel();
                 let engine = applier.engine.clone();
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("compaction".into())
-                        .spawn(move || {
-                            if let Err(e) = job.run(&engine) {
-                                crate::fatal("compacting revisions", &e);
-                            }
-                            tracing::info!(
-                                compact_revision = compact_rev,
-                                "finished scheduled compaction"
-                            );
-                            let _ = done_tx.send(());
-                        });
+                let spawned = applier.threads.spawn_thread("compaction", move || {
+                    if let Err(e) = job.run(&engine) {
+                        crate::fatal("compacting revisions", &e);
+                    }
+                    tracing::info!(
+                        compact_revision = compact_rev,
+                        "finished scheduled compaction"
+                    );
+                    let _ = done_tx.send(());
+                });
                 if let Err(e) = spawned {
                     crate::fatal("starting the compaction thread", &e);
                 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument as _;
@@ -26,6 +25,7 @@ use crate::node::{NodeHandle, Transport};
 use crate::proto::oxetcdpb::peer_client::PeerClient;
 use crate::proto::oxetcdpb::{RaftBatch, SnapshotChunk};
 use crate::raft::codec::encode;
+use crate::tasks::TaskSet;
 
 /// Raft messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -71,9 +71,9 @@ struct TransportShared {
     metrics: Arc<Metrics>,
     peers: RwLock<HashMap<u64, PeerQueue>>,
     node: OnceLock<NodeHandle>,
-    /// Where peer tasks run, and the server's shutdown signal; set by [`PeerLinks::spawn`].
-    runtime: OnceLock<(tokio::runtime::Handle, watch::Receiver<bool>)>,
-    /// Peer tasks built before the runtime was known.
+    /// Owns the peer tasks, whose stop signal ends them; set by [`PeerLinks::spawn`].
+    tasks: OnceLock<TaskSet>,
+    /// Peer tasks built before their owner was known.
     unstarted: Mutex<Vec<PeerLink>>,
 }
 
@@ -110,7 +110,7 @@ impl PeerTransport {
             metrics,
             peers: RwLock::new(HashMap::new()),
             node: OnceLock::new(),
-            runtime: OnceLock::new(),
+            tasks: OnceLock::new(),
             unstarted: Mutex::new(Vec::new()),
         });
         let transport = PeerTransport {
@@ -151,11 +151,15 @@ impl PeerTransport {
                 queue: rx,
                 congested,
             };
-            match (self.shared.runtime.get(), self.shared.node.get()) {
-                (Some((runtime, shutdown)), Some(node)) => {
+            match (self.shared.tasks.get(), self.shared.node.get()) {
+                (Some(tasks), Some(node)) => {
                     tracing::info!(peer = %hex(*peer_id), urls = ?urls, "added peer");
-                    let (future, span) = self.shared.sender(link, node.clone(), shutdown.clone());
-                    runtime.spawn(future.instrument(span));
+                    let (future, span) =
+                        self.shared.sender(link, node.clone(), tasks.stop_signal());
+                    // Refused only once the member is stopping: the peer is not needed then.
+                    if let Err(e) = tasks.spawn("peer-sender", future.instrument(span)) {
+                        tracing::debug!(peer = %hex(*peer_id), error = %e, "peer sender not started");
+                    }
                 }
                 _ => self
                     .shared
@@ -259,14 +263,14 @@ impl PeerTransport {
     /// the outcome to raft.
     fn send_snapshot(&self, message: Message, urls: Vec<String>, node: Option<&NodeHandle>) {
         let to = message.to;
-        let (Some(node), Some((runtime, _))) = (node, self.shared.runtime.get()) else {
+        let (Some(node), Some(tasks)) = (node, self.shared.tasks.get()) else {
             return;
         };
         let dir = self.shared.cfg.snap_dir.clone();
         let node = node.clone();
         let cluster_id = self.shared.cfg.cluster_id;
         let metrics = self.shared.metrics.clone();
-        runtime.spawn(async move {
+        let send = async move {
             let meta = message.get_snapshot().get_metadata();
             let (index, term) = (meta.index, meta.term);
             let started = Instant::now();
@@ -291,7 +295,11 @@ impl PeerTransport {
             }
             tracing::warn!(peer = %hex(to), index, error = %last_error, "sending a snapshot failed");
             node.report_snapshot(to, SnapshotStatus::Failure);
-        });
+        };
+        // Refused only once the member is stopping: raft no longer waits for the outcome.
+        if let Err(e) = tasks.spawn("peer-snapshot-send", send) {
+            tracing::debug!(peer = %hex(to), error = %e, "snapshot not sent");
+        }
     }
 }
 
@@ -358,14 +366,11 @@ async fn stream_snapshot(
 }
 
 impl PeerLinks {
-    /// Starts the peer tasks (on `tasks`, and later ones on the current runtime); they report
-    /// to `node` and stop when `shutdown` turns true.
-    pub fn spawn(self, node: NodeHandle, shutdown: watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
+    /// Starts the peer tasks, now and as peers are added, owned by `tasks`; they report to
+    /// `node` and stop when `tasks` stops.
+    pub fn spawn(self, node: NodeHandle, tasks: &TaskSet) {
         let _ = self.shared.node.set(node.clone());
-        let _ = self
-            .shared
-            .runtime
-            .set((tokio::runtime::Handle::current(), shutdown.clone()));
+        let _ = self.shared.tasks.set(tasks.clone());
         let links = std::mem::take(
             &mut *self
                 .shared
@@ -374,8 +379,11 @@ impl PeerLinks {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         for link in links {
-            let (future, span) = self.shared.sender(link, node.clone(), shutdown.clone());
-            tasks.spawn(future.instrument(span));
+            let peer_id = link.peer_id;
+            let (future, span) = self.shared.sender(link, node.clone(), tasks.stop_signal());
+            if let Err(e) = tasks.spawn("peer-sender", future.instrument(span)) {
+                tracing::debug!(peer = %hex(peer_id), error = %e, "peer sender not started");
+            }
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct SnapshotFiles {
     dir: PathBuf,
     source: Arc<dyn SnapshotSource>,
     state: Arc<Mutex<GenState>>,
+    /// Owns the generating thread (a set of its own unless the server hands one in).
+    threads: crate::tasks::TaskSet,
 }
 
 impl SnapshotFiles {
@@ -105,7 +107,14 @@ impl SnapshotFiles {
             dir,
             source,
             state: Arc::new(Mutex::new(GenState::Idle)),
+            threads: crate::tasks::TaskSet::new("raft-snapshots"),
         })
+    }
+
+    /// Generates snapshots on threads owned by `threads`, which the server joins at shutdown.
+    pub fn with_threads(mut self, threads: crate::tasks::TaskSet) -> SnapshotFiles {
+        self.threads = threads;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -140,29 +149,27 @@ impl SnapshotFiles {
         let source = self.source.clone();
         let dir = self.dir.clone();
         let shared = self.state.clone();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let outcome = generate(source.as_ref(), &dir);
-                let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match outcome {
-                    Ok(g) => {
-                        tracing::info!(
-                            index = g.index,
-                            term = g.term,
-                            took = ?started.elapsed(),
-                            "saved a snapshot for peers"
-                        );
-                        remove_other_files(&dir, &snapshot_path(&dir, g.term, g.index));
-                        *state = GenState::Ready(g);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "saving a snapshot for peers failed");
-                        *state = GenState::Idle;
-                    }
+        let spawned = self.threads.spawn_thread("snapshot", move || {
+            let started = std::time::Instant::now();
+            let outcome = generate(source.as_ref(), &dir);
+            let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok(g) => {
+                    tracing::info!(
+                        index = g.index,
+                        term = g.term,
+                        took = ?started.elapsed(),
+                        "saved a snapshot for peers"
+                    );
+                    remove_other_files(&dir, &snapshot_path(&dir, g.term, g.index));
+                    *state = GenState::Ready(g);
                 }
-            });
+                Err(e) => {
+                    tracing::error!(error = %e, "saving a snapshot for peers failed");
+                    *state = GenState::Idle;
+                }
+            }
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the snapshot thread");
             *self.lock() = GenState::Idle;

@@ -1,12 +1,13 @@
 //! Background jobs: attribute publishing, SIGHUP log reopening, quota sampling and the
-//! auto-compactor. Each runs until the shutdown signal.
+//! auto-compactor. Each runs until its task set (`jobs`) stops.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::api::ServerCtx;
-use crate::config::{AutoCompaction, etcd_url_string};
+use crate::config::{AutoCompaction, Config, etcd_url_string};
 use crate::proto::oxetcdpb::MemberAttributes;
 
 /// How often the database size is sampled for the quota check.
@@ -18,15 +19,15 @@ const QUOTA_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// unchanged flags).
 pub(super) async fn publish_attributes(
     ctx: ServerCtx,
+    config: Arc<Config>,
     published: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let member_id = ctx.node.config().member_id;
     let attrs = MemberAttributes {
         member_id,
-        name: ctx.config.name.clone(),
-        client_urls: ctx
-            .config
+        name: config.name.clone(),
+        client_urls: config
             .advertise_client_urls
             .iter()
             .map(etcd_url_string)
@@ -65,7 +66,7 @@ pub(super) async fn publish_attributes(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(ctx.config.heartbeat_interval()) => {}
+            _ = tokio::time::sleep(config.heartbeat_interval()) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
@@ -104,8 +105,12 @@ pub(super) async fn sample_quota(ctx: ServerCtx, mut shutdown: watch::Receiver<b
 /// at most hourly); revision mode keeps the last `retention` revisions (checking every
 /// `--auto-compaction-check-interval`, etcd's fixed 5 minutes by default).
 /// Only the leader compacts; the compaction itself goes through raft.
-pub(super) async fn auto_compact(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
-    let (period, keep) = match ctx.config.auto_compaction {
+pub(super) async fn auto_compact(
+    ctx: ServerCtx,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (period, keep) = match config.auto_compaction {
         AutoCompaction::Periodic(retention) => (
             retention
                 .min(Duration::from_secs(3600))
@@ -113,7 +118,7 @@ pub(super) async fn auto_compact(ctx: ServerCtx, mut shutdown: watch::Receiver<b
             retention,
         ),
         AutoCompaction::Revision(_) => (
-            ctx.config
+            config
                 .auto_compaction_check_interval
                 .max(Duration::from_millis(100)),
             Duration::ZERO,
@@ -140,7 +145,7 @@ pub(super) async fn auto_compact(ctx: ServerCtx, mut shutdown: watch::Receiver<b
         if !ctx.node.status().is_leader {
             continue;
         }
-        let target = match ctx.config.auto_compaction {
+        let target = match config.auto_compaction {
             AutoCompaction::Revision(keep_revs) => ctx.mvcc.current_revision() - keep_revs as i64,
             _ => {
                 while samples.len() > 1 && now.duration_since(samples[1].0) >= keep {

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, ServerCtx};
-use crate::config::url_host_port;
+use crate::config::{Config, url_host_port};
 use crate::metrics::{DiskSpace, Metrics};
 use crate::peer::PeerService;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -26,15 +26,19 @@ use super::ServerError;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// `/metrics`: samples the member's state, then encodes every metric.
-pub(super) fn metrics_text(ctx: ServerCtx, metrics: Arc<Metrics>) -> crate::http::MetricsText {
+pub(super) fn metrics_text(
+    config: &Config,
+    ctx: ServerCtx,
+    metrics: Arc<Metrics>,
+) -> crate::http::MetricsText {
     // The log file's directory, or the data directory when logging to stderr/stdout.
-    let log_dir = ctx
-        .config
+    let log_dir = config
         .log_outputs
         .iter()
         .find(|o| !matches!(o.as_str(), "stderr" | "stdout" | "default"))
         .and_then(|f| std::path::Path::new(f).parent().map(|p| p.to_path_buf()))
-        .unwrap_or_else(|| ctx.config.data_dir.clone());
+        .unwrap_or_else(|| config.data_dir.clone());
+    let data_dir = config.data_dir.clone();
     Arc::new(move || {
         let status = ctx.node.status();
         let sizes = ctx.engine.sizes();
@@ -55,7 +59,7 @@ pub(super) fn metrics_text(ctx: ServerCtx, metrics: Arc<Metrics>) -> crate::http
             current_revision: ctx.mvcc.current_revision(),
             compact_revision: ctx.mvcc.compact_revision(),
             raft_log_entries: (status.raft_last_index + 1).saturating_sub(status.raft_first_index),
-            data_dir_disk: DiskSpace::of(&ctx.config.data_dir),
+            data_dir_disk: DiskSpace::of(&data_dir),
             log_dir_disk: DiskSpace::of(&log_dir),
             pending_compaction_bytes: sizes.pending_compaction_bytes,
             live_data_bytes: sizes.live_data_bytes,
@@ -63,8 +67,12 @@ pub(super) fn metrics_text(ctx: ServerCtx, metrics: Arc<Metrics>) -> crate::http
         metrics.encode()
     })
 }
-pub(super) fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Router {
-    let decode_max = ctx.config.request_bytes_max as usize + GRPC_OVERHEAD_BYTES;
+pub(super) fn grpc_router(
+    config: &Config,
+    ctx: &ServerCtx,
+    metrics: &Arc<Metrics>,
+) -> axum::Router {
+    let decode_max = config.request_bytes_max as usize + GRPC_OVERHEAD_BYTES;
     macro_rules! limits {
         ($server:expr) => {
             $server
@@ -95,8 +103,7 @@ pub(super) fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Rout
         }))
         .layer(axum::middleware::from_fn({
             let metrics = metrics.clone();
-            let trace_member = ctx
-                .config
+            let trace_member = config
                 .enable_distributed_tracing
                 .then(|| ctx.node.config().member_id);
             move |request, next| {
@@ -104,16 +111,18 @@ pub(super) fn grpc_router(ctx: &ServerCtx, metrics: &Arc<Metrics>) -> axum::Rout
             }
         }))
 }
-/// The peer URLs' service: raft messages from the other members.
+/// The peer URLs' service: raft messages from the other members; their streams end when `stop`
+/// turns true.
 pub(super) fn peer_router(
     ctx: &ServerCtx,
+    stop: watch::Receiver<bool>,
     snap_dir: std::path::PathBuf,
     metrics: Arc<Metrics>,
 ) -> axum::Router {
     let decode_max = crate::peer::batch_bytes_limit(ctx.config.request_bytes_max as usize);
     let service = PeerService::new(
         ctx.node.clone(),
-        ctx.shutdown.clone(),
+        stop,
         Arc::new(api::peer::PeerHandlersImpl::new(ctx.clone())),
         snap_dir,
         metrics,

@@ -1,6 +1,6 @@
 //! Wiring: opens the data directory, builds every layer, starts the node threads, the background
-//! tasks and the listeners, and shuts them down in order (stop accepting → stop tasks → stop the
-//! node → flush).
+//! jobs and the listeners, each owned by a named task set, and shuts them down in order (stop
+//! accepting → drain client streams and background jobs → stop the node → flush; see [`run`]).
 
 mod bootstrap;
 mod jobs;
@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::alarm::Alarms;
-use crate::api::{self, Quota, ServerCtx};
+use crate::api::{self, ApiConfig, Quota, ServerCtx};
 use crate::apply::{Applier, MembershipSink};
 use crate::config::{AutoCompaction, Config, url_host_port};
 use crate::lease::Lessor;
@@ -25,6 +24,7 @@ use crate::peer::{PeerTransport, TransportConfig};
 use crate::raft::RaftLogStore;
 use crate::raft::snapshots::SnapshotFiles;
 use crate::storage::{Engine, StorageError};
+use crate::tasks::{SpawnError, TaskSet};
 use crate::watch::WatchHub;
 
 use bootstrap::{
@@ -53,9 +53,41 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Bootstrap(String),
+    #[error("{0}")]
+    Spawn(#[from] SpawnError),
 }
 
-/// Runs the member until SIGINT or SIGTERM.
+/// How long each step of the shutdown waits before it warns and moves on (aborting the tasks
+/// left; threads are left to finish).
+const STREAMS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections finish their in-flight unary calls, which may wait on raft.
+const CONNECTIONS_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+const JOBS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+const PEERS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A compaction or a raft snapshot under way is let finish rather than cut off.
+const NODE_THREADS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the member until SIGINT or SIGTERM (or its removal from the cluster).
+///
+/// Every task and thread it starts belongs to one of these named [`TaskSet`]s, and the
+/// shutdown stops them in this order, each step bounded by a timeout (a warning names what did
+/// not stop in time):
+///
+/// 1. **stop accepting**: the client and metrics listeners (`client-listeners`) stop taking
+///    connections, and HTTP/2 connections are told to open no new streams;
+/// 2. **drain client streams** (`client-streams`): watch and lease keep-alive streams end with
+///    `etcdserver: server stopped`, Maintenance snapshot threads give up; then the client
+///    connections, their in-flight unary calls answered, close;
+/// 3. **drain background jobs** (`jobs`): attribute publishing, watch catch-up, lease expiry,
+///    quota sampling, SIGHUP log reopening, auto compaction;
+/// 4. **stop peer traffic** (`peers`): the peer listener and the raft streams it serves, the
+///    per-peer sender tasks and snapshot sends;
+/// 5. **stop the node**: the raft thread stops after what it took in, the apply thread after
+///    applying what it was handed; then the threads they started (`node-threads`: raft
+///    snapshot generation, compactions) are joined;
+/// 6. **flush**: the RocksDB WAL is synced; `main` then flushes the log writer and the trace
+///    exporter.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
     tracing::info!(
@@ -111,7 +143,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             source: e,
         })?;
     let snap_dir = snapshot_files.dir().to_path_buf();
-    let store = store.with_snapshots(snapshot_files);
+    let node_threads = TaskSet::new("node-threads");
+    let store = store.with_snapshots(snapshot_files.with_threads(node_threads.clone()));
     let metrics = Arc::new(Metrics::with_identity(
         membership.member_id,
         crate::version::ETCD_API_VERSION,
@@ -131,6 +164,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let membership = Arc::new(RwLock::new(membership));
     let peers_transport = transport.clone();
     let applier = applier
+        .with_threads(node_threads.clone())
         .with_metrics(metrics.clone())
         .with_membership(MembershipSink {
             membership: membership.clone(),
@@ -158,11 +192,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         metrics.clone(),
     )?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let client_listeners = TaskSet::new("client-listeners");
+    let streams = TaskSet::new("client-streams");
+    let jobs = TaskSet::new("jobs");
+    let peers = TaskSet::new("peers");
     let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
     quota.record_db_size(engine.sizes().on_disk_bytes);
     let ctx = ServerCtx {
-        config: config.clone(),
+        config: Arc::new(api_config(&config)),
         node,
         engine: engine.clone(),
         mvcc,
@@ -171,57 +208,49 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         alarms,
         membership,
         quota,
-        shutdown: shutdown_rx.clone(),
+        streams: streams.clone(),
     };
 
-    let mut tasks = JoinSet::new();
-    peer_links.spawn(ctx.node.clone(), shutdown_rx.clone(), &mut tasks);
-    tasks.spawn(watch.clone().run_sync(shutdown_rx.clone()));
-    tasks.spawn(api::lease::run_expiry(ctx.clone(), shutdown_rx.clone()));
-    tasks.spawn(sample_quota(ctx.clone(), shutdown_rx.clone()));
-    tasks.spawn(reopen_log_on_hangup(shutdown_rx.clone()));
     let (published_tx, published_rx) = watch::channel(false);
-    tasks.spawn(publish_attributes(
-        ctx.clone(),
-        published_tx,
-        shutdown_rx.clone(),
-    ));
-    if config.auto_compaction != AutoCompaction::Disabled {
-        tasks.spawn(auto_compact(ctx.clone(), shutdown_rx.clone()));
-    }
+    start_jobs(&jobs, &ctx, &config, published_tx)?;
+    peer_links.spawn(ctx.node.clone(), &peers);
 
-    let metrics_text = metrics_text(ctx.clone(), metrics.clone());
-    let mut listeners = JoinSet::new();
+    let metrics_text = metrics_text(&config, ctx.clone(), metrics.clone());
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
-        listeners.spawn(serve(
-            listener,
-            peer_router(&ctx, snap_dir.clone(), metrics.clone()),
-            shutdown_rx.clone(),
-        ));
+        let router = peer_router(&ctx, peers.stop_signal(), snap_dir.clone(), metrics.clone());
+        peers.spawn(
+            "peer-listener",
+            serve(listener, router, peers.stop_signal()),
+        )?;
         tracing::info!(address = %url_host_port(url), "serving peer traffic");
     }
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
-        let router = grpc_router(&ctx, &metrics)
+        let router = grpc_router(&config, &ctx, &metrics)
             .merge(crate::http::router(ctx.clone(), metrics_text.clone()));
         // Clients are served once this member has published its name and client URLs (as
         // etcd does); until then their connections wait in the listen backlog.
         let mut published = published_rx.clone();
-        let shutdown = shutdown_rx.clone();
+        let stop = client_listeners.stop_signal();
         let address = url_host_port(url);
-        listeners.spawn(async move {
-            if published.wait_for(|p| *p).await.is_err() {
-                return;
+        client_listeners.spawn("client-listener", async move {
+            let mut stopping = stop.clone();
+            tokio::select! {
+                Ok(_) = published.wait_for(|p| *p) => {}
+                _ = stopping.wait_for(|s| *s) => return,
             }
             tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
-            serve(listener, router, shutdown).await;
-        });
+            serve(listener, router, stop).await;
+        })?;
     }
     for url in &config.listen_metrics_urls {
         let listener = bind(url).await?;
         let router = crate::http::router(ctx.clone(), metrics_text.clone());
-        listeners.spawn(serve(listener, router, shutdown_rx.clone()));
+        client_listeners.spawn(
+            "metrics-listener",
+            serve(listener, router, client_listeners.stop_signal()),
+        )?;
         tracing::info!(address = %url_host_port(url), "serving metrics");
     }
     let stop = async {
@@ -244,23 +273,80 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         stop.await;
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let _ = shutdown_tx.send(true);
-    while listeners.join_next().await.is_some() {}
-    while tasks.join_next().await.is_some() {}
-    // Connections still open keep handles; stop the node explicitly rather than waiting for them.
+
+    // The order is the one in this function's doc comment.
+    client_listeners.cancel();
+    streams.shutdown(STREAMS_DRAIN_TIMEOUT).await;
+    client_listeners.shutdown(CONNECTIONS_DRAIN_TIMEOUT).await;
+    jobs.shutdown(JOBS_STOP_TIMEOUT).await;
+    peers.shutdown(PEERS_STOP_TIMEOUT).await;
+    // Handlers kept by connections aborted above may still hold node handles: stop the node
+    // explicitly rather than waiting for every handle to go.
     ctx.node.stop();
     drop(ctx);
     let joined = tokio::task::spawn_blocking(move || threads.join());
-    if tokio::time::timeout(Duration::from_secs(10), joined)
+    if tokio::time::timeout(NODE_STOP_TIMEOUT, joined)
         .await
         .is_err()
     {
-        tracing::warn!("node threads did not stop within 10s");
+        tracing::warn!(
+            timeout_ms = NODE_STOP_TIMEOUT.as_millis() as u64,
+            "raft and apply threads did not stop in time"
+        );
+    } else {
+        tracing::debug!("raft and apply threads stopped");
     }
+    node_threads.shutdown(NODE_THREADS_STOP_TIMEOUT).await;
     if let Err(e) = engine.sync_wal() {
         tracing::error!(error = %e, "final sync of the database failed");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The API layer's settings.
+fn api_config(config: &Config) -> ApiConfig {
+    ApiConfig {
+        request_timeout: config.request_timeout(),
+        request_bytes_max: config.request_bytes_max,
+        txn_ops_max: config.txn_ops_max,
+        strict_reconfig_check: config.strict_reconfig_check,
+        learners_max: config.learners_max,
+        initial_cluster_token: config.initial_cluster_token.clone(),
+        election_timeout: config.election_timeout(),
+        lease_checkpoint_interval: config.lease_checkpoint_interval,
+        watch_progress_notify_interval: config.watch_progress_notify_interval,
+    }
+}
+
+/// Starts the background jobs on `jobs`; `published` turns true once this member may serve
+/// clients.
+fn start_jobs(
+    jobs: &TaskSet,
+    ctx: &ServerCtx,
+    config: &Arc<Config>,
+    published: watch::Sender<bool>,
+) -> Result<(), SpawnError> {
+    jobs.spawn(
+        "publish-attributes",
+        publish_attributes(ctx.clone(), config.clone(), published, jobs.stop_signal()),
+    )?;
+    jobs.spawn("watch-sync", ctx.watch.clone().run_sync(jobs.stop_signal()))?;
+    jobs.spawn(
+        "lease-expiry",
+        api::lease::run_expiry(ctx.clone(), jobs.stop_signal()),
+    )?;
+    jobs.spawn(
+        "quota-sample",
+        sample_quota(ctx.clone(), jobs.stop_signal()),
+    )?;
+    jobs.spawn("log-reopen", reopen_log_on_hangup(jobs.stop_signal()))?;
+    if config.auto_compaction != AutoCompaction::Disabled {
+        jobs.spawn(
+            "auto-compact",
+            auto_compact(ctx.clone(), config.clone(), jobs.stop_signal()),
+        )?;
+    }
     Ok(())
 }
 
