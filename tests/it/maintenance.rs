@@ -2,7 +2,7 @@
 //! compaction (manual, periodic and revision auto-compaction), defragment, the NOSPACE alarm and
 //! its recovery, and snapshot save and restore; through etcd-client, etcdctl and plain HTTP.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

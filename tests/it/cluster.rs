@@ -5,7 +5,8 @@
 //! `OXETCD_TEST_BIN=/usr/bin/etcd` runs the same tests against etcd (the flags are etcd's);
 //! `OXETCD_TEST_KEEP_DIR=1` keeps the cluster's data dirs and logs and prints where they are.
 
-mod common;
+use crate::common;
+use crate::common::cluster::exclusive;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -423,6 +424,7 @@ async fn get(cluster: &Cluster, i: usize, key: &str) -> (Option<String>, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_exactly_one_leader() {
+    let _serial = exclusive().await;
     let cluster = Cluster::start();
     let (leader, cluster_id, ids) = cluster.wait_for_leader().await;
     assert_ne!(cluster_id, 0);
@@ -443,6 +445,7 @@ async fn three_members_elect_exactly_one_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_a_follower_reaches_every_member() {
+    let _serial = exclusive().await;
     let cluster = Cluster::start();
     let (leader, _, _) = cluster.wait_for_leader().await;
     let followers: Vec<usize> = (0..MEMBERS).filter(|&i| i != leader).collect();
@@ -508,6 +511,7 @@ async fn a_put_through_a_follower_reaches_every_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_list_shows_three_members_with_names_and_urls() {
+    let _serial = exclusive().await;
     let cluster = Cluster::start();
     let (_, _, ids) = cluster.wait_for_leader().await;
     for i in 0..MEMBERS {
@@ -545,6 +549,7 @@ async fn member_list_shows_three_members_with_names_and_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_rejoins_and_catches_up_from_the_log() {
+    let _serial = exclusive().await;
     let mut cluster = Cluster::start();
     let (old_leader, cluster_id, ids) = cluster.wait_for_leader().await;
     let mut client = cluster.client(old_leader).await;
@@ -593,6 +598,7 @@ async fn a_killed_leader_rejoins_and_catches_up_from_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_refuse_raft_messages_for_another_cluster_or_member() {
+    let _serial = exclusive().await;
     if common::running_real_etcd() {
         eprintln!("the oxetcdpb.Peer service is oxetcd's own; skipped against etcd");
         return;
@@ -637,6 +643,7 @@ async fn peers_refuse_raft_messages_for_another_cluster_or_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_with_another_cluster_token_is_never_merged() {
+    let _serial = exclusive().await;
     if common::running_real_etcd() {
         // The identity checks below read oxetcd's log.
         eprintln!("reads oxetcd's log for the outsider's identity; skipped against etcd");

@@ -3,7 +3,7 @@
 //! precedence as seen in `member list`, and the readiness log line. oxetcd-only: etcd 3.4 has
 //! YAML config files and other exit codes, so every test returns early against real etcd.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -872,6 +872,8 @@ pub fn reference_text(name: &str) -> String {
     String::from_utf8(reference(name)).expect("text reference captures are UTF-8")
 }
 pub mod cluster;
+pub mod metric_names;
+pub mod promql;
 pub mod proxy;
 
 /// Starts `bin` with `args` and without the test environment's `ETCD_*` variables, appending

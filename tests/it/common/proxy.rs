@@ -2,7 +2,7 @@
 //! member, each connection attributed to the member process that dialed it, and per-link faults
 //! (blackhole or reset) between ordered pairs of members.
 //!
-//! Why this shape (see also tests/common/cluster.rs): etcd, and oxetcd after it, learn every
+//! Why this shape (see also common/cluster.rs): etcd, and oxetcd after it, learn every
 //! member's peer URL from `--initial-cluster` and then from the replicated member list, so all
 //! members see one identical URL per member; per-pair proxy addresses cannot be configured. So each
 //! member advertises a proxy port `P_x` that forwards to its real peer listener `L_x`, and every

@@ -17,7 +17,7 @@
 //! ignore it ("cluster ID mismatch"). After bootstrap the URLs come from the replicated member
 //! list, identical everywhere. So the proxy tells dialers apart itself: the dialing socket's inode
 //! (from `/proc/net/tcp`) is found among the member processes' file descriptors (see
-//! tests/common/proxy.rs). That gives faults per ordered pair of members with plain loopback TCP
+//! common/proxy.rs). That gives faults per ordered pair of members with plain loopback TCP
 //! and any peer protocol (etcd's HTTP/1.1 rafthttp, oxetcd's gRPC). Rejected alternatives:
 //! iptables (not installed here), network namespaces with veth pairs (need root, an address per
 //! member that the test client must also reach, and host state to clean up when a test dies).
@@ -31,7 +31,7 @@
 //! Each member also gets `--initial-cluster-token` (unique per cluster) and
 //! `--initial-cluster-state new` (`existing` for a member added later).
 //!
-//! Environment: as tests/common/mod.rs (`OXETCD_TEST_BIN`, `OXETCD_TEST_ETCDCTL`,
+//! Environment: as common/mod.rs (`OXETCD_TEST_BIN`, `OXETCD_TEST_ETCDCTL`,
 //! `OXETCD_TEST_KEEP_DIR`).
 
 use std::collections::BTreeMap;

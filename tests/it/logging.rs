@@ -2,7 +2,7 @@
 //! there at the configured level and format; SIGHUP reopens the file by path, so logrotate's
 //! `create` mode (rename, then signal) keeps every line; values and passwords never reach it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
