@@ -169,11 +169,6 @@ impl PeerProxy {
         port
     }
 
-    /// Proxy port of `member` (its advertised peer port).
-    pub fn port(&self, member: usize) -> u16 {
-        self.ports[member]
-    }
-
     /// Points `member`'s proxy at a new real peer port (after a start retried with new ports).
     pub fn set_upstream(&self, member: usize, upstream_port: u16) {
         self.shared.lock().upstream_ports[member] = upstream_port;
@@ -186,20 +181,6 @@ impl PeerProxy {
         if let Some(pid) = pid {
             state.pids.insert(pid, member);
         }
-    }
-
-    /// Blocks traffic from `from` to `to` (one direction).
-    pub fn block(&self, from: usize, to: usize, fault: Fault) {
-        self.update(|state| {
-            state.faults.insert((from, to), fault);
-        });
-    }
-
-    /// Unblocks traffic from `from` to `to`.
-    pub fn unblock(&self, from: usize, to: usize) {
-        self.update(|state| {
-            state.faults.remove(&(from, to));
-        });
     }
 
     /// Cuts every link, both directions, between `group` and the other members (adds to any
