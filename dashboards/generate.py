@@ -6,7 +6,7 @@ consistent (one datasource reference, one selector, one layout rule). Run it aft
 
     python3 dashboards/generate.py
 
-tests/dashboards.rs checks the output (structure, selectors, and that every metric is exported).
+tests/it/dashboards.rs checks the output (structure, selectors, and that every metric is exported).
 Standard library only.
 """
 

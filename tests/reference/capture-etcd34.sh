@@ -8,7 +8,7 @@
 #
 # Two throwaway members run, each on 127.0.0.1 only, with data dirs in a temp dir: "main" (default
 # flags) and "limits" (--max-request-bytes 1024 --max-txn-ops 4 --quota-backend-bytes 131072;
-# keep in sync with LIMITS_ARGS in tests/common/reference.rs). A third endpoint ("down") has
+# keep in sync with LIMITS_ARGS in tests/it/common/reference.rs). A third endpoint ("down") has
 # nothing listening. Needs bash, coreutils and etcd/etcdctl only (no curl, no python).
 # Commands run in a fixed order against a fresh member, so revisions are the same on every run.
 # Both members are stopped and the temp dir removed on exit, whatever happens.

@@ -6,15 +6,15 @@
 //!
 //! Every assertion is on what a user sees: etcdctl's stdout lines and `Error: ...` lines, gRPC
 //! status codes and messages. The expected texts were taken from etcd 3.4.23, and every test
-//! passes against it: `OXETCD_TEST_BIN=/usr/bin/etcd cargo test --release --test
-//! cluster_membership`.
+//! passes against it: `OXETCD_TEST_BIN=/usr/bin/etcd cargo test --release --test it
+//! cluster_membership::`.
 //!
 //! etcd checks the health of the cluster before it looks at a change (with the default
 //! `--strict-reconfig-check` it wants every voter connected for 5 s before adding a member), so a
 //! refusal that is about the change itself is awaited with [`Cluster::reconfigure_refused`], which
 //! retries the transient `unhealthy cluster` answers of a freshly started cluster.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Black-box tests of the KV service (Range, Put, DeleteRange, Txn) through etcd-client, the
 //! revision rules, and etcdctl `put`/`get`/`del`/`txn` compared with the etcd 3.4 captures.
 
-mod common;
+use crate::common;
 
 use std::cmp::Ordering;
 

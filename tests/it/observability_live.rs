@@ -14,11 +14,9 @@
 //! together at the end; what each query returned and the phase timings are printed (`--nocapture`
 //! shows them).
 
-mod common;
-#[path = "common/metric_names.rs"]
-mod metric_names;
-#[path = "common/promql.rs"]
-mod promql;
+use crate::common;
+use crate::common::metric_names;
+use crate::common::promql;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -4,10 +4,8 @@
 //! Names are written as a query uses them: counters with their `_total` suffix, histograms by
 //! family name (the series are `<family>_bucket`, `<family>_sum` and `<family>_count`).
 
-#![allow(dead_code)]
-
 /// Every metric a rule or dashboard query may use: what the server exports, plus the series
-/// Prometheus adds itself at scrape time ([`ADDED_BY_PROMETHEUS`]).
+/// Prometheus adds itself at scrape time (`up`; a scrape of `/metrics` has none of those).
 pub const EXPORTED_METRICS: &[&str] = &[
     // etcd's names, same meaning, type and labels as etcd.
     "etcd_server_has_leader",
@@ -75,9 +73,6 @@ pub const HISTOGRAMS: &[&str] = &[
 
 /// Series a histogram family exposes.
 pub const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
-
-/// Names in [`EXPORTED_METRICS`] that Prometheus adds itself; a scrape of `/metrics` has none.
-pub const ADDED_BY_PROMETHEUS: &[&str] = &["up"];
 
 /// Whether a series name used in a query exists: an exported name, or an exported histogram
 /// family followed by one of [`HISTOGRAM_SUFFIXES`].

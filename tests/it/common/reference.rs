@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -64,10 +63,6 @@ pub const MASKED_COLUMNS: [&str; 6] = [
     "TOOK",
 ];
 
-pub fn dir() -> PathBuf {
-    super::reference_path("")
-}
-
 /// run.env of the capture: `NAME=value` lines.
 pub fn run_env() -> BTreeMap<String, String> {
     super::reference_text("run.env")
@@ -86,7 +81,6 @@ pub struct Capture {
     pub command_line: String,
     /// Exit status; 143 for background watches the script stopped with SIGTERM.
     pub exit_code: i32,
-    pub stdin: Option<Vec<u8>>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
@@ -112,15 +106,10 @@ pub fn capture(name: &str) -> Capture {
         .strip_prefix("exit: ")
         .and_then(|code| code.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name}.cmd: bad exit line {exit_line:?}"));
-    let stdin = lines
-        .next()
-        .and_then(|rest| rest.strip_prefix("stdin:\n"))
-        .map(|stdin| stdin.as_bytes().to_vec());
     Capture {
         name: name.to_string(),
         command_line,
         exit_code,
-        stdin,
         stdout: super::reference(&format!("{name}.stdout")),
         stderr: super::reference(&format!("{name}.stderr")),
     }

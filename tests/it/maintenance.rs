@@ -2,16 +2,17 @@
 //! compaction (manual, periodic and revision auto-compaction), defragment, the NOSPACE alarm and
 //! its recovery, and snapshot save and restore; through etcd-client, etcdctl and plain HTTP.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::process::{Process, READY_TIMEOUT};
 use common::reference::{self, Ids};
 use common::{Normalizer, Server};
 use etcd_client::{
@@ -664,83 +665,49 @@ async fn nospace_alarm_and_recovery() {
 
 /// A server process started on an existing data dir (the fixture always makes a fresh one).
 struct DataDirServer {
-    child: Child,
+    process: Process,
     endpoint: String,
-    log_path: PathBuf,
 }
 
 impl DataDirServer {
     fn start(data_dir: &Path, client_port: u16, peer_port: u16, log_path: &Path) -> DataDirServer {
         let endpoint = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(log_path).expect("log file in our temp dir");
-        let mut command = Command::new(common::server_bin());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ETCD_") {
-                command.env_remove(name);
-            }
+        let args = [
+            "--name",
+            common::MEMBER_NAME,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("{}={peer}", common::MEMBER_NAME),
+        ]
+        .map(String::from);
+        let mut process = Process::new(
+            "server on the restored dir",
+            common::server_bin(),
+            log_path.to_path_buf(),
+        );
+        process.spawn(&args);
+        if let Err(reason) = process.wait_healthy(client_port, Instant::now() + READY_TIMEOUT) {
+            panic!("{reason}:\n{}", process.log());
         }
-        let child = command
-            .args(["--name", common::MEMBER_NAME, "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &format!("{}={peer}", common::MEMBER_NAME),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("server binary spawns");
-        let mut server = DataDirServer {
-            child,
-            endpoint,
-            log_path: log_path.to_path_buf(),
-        };
-        let deadline = Instant::now() + common::READY_TIMEOUT;
-        loop {
-            if let Some(status) = server.child.try_wait().expect("wait on our child") {
-                panic!(
-                    "server on the restored dir exited with {status}:\n{}",
-                    server.log()
-                );
-            }
-            let healthy = common::http_get(
-                SocketAddr::from((Ipv4Addr::LOCALHOST, client_port)),
-                "/health",
-            )
-            .is_ok_and(|response| response.status == 200);
-            if healthy {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server on the restored dir not healthy:\n{}",
-                server.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        DataDirServer { process, endpoint }
     }
 }
 
 impl Drop for DataDirServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         if thread::panicking() {
-            eprintln!("--- restored server log ---\n{}", self.log());
+            eprintln!("--- restored server log ---\n{}", self.process.log());
         }
     }
 }

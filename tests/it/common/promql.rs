@@ -7,8 +7,6 @@
 //! `$variables`, and that an identifier followed by `(` is a function or aggregation. Syntax errors are
 //! left to Prometheus (promtool or the live test).
 
-#![allow(dead_code)]
-
 use std::path::Path;
 
 /// PromQL keywords and aggregation operators that are never metric names, even without a `(` after them.

@@ -1,7 +1,7 @@
 //! Black-box test of invalid KV requests: each is refused with etcd's exact gRPC code and
 //! message, and leaves the store (revision and contents) exactly as it was.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use etcd_client::{

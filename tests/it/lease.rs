@@ -1,7 +1,7 @@
 //! Black-box tests of the Lease service: grant (IDs, minimum TTL), keep-alive, TimeToLive,
 //! Leases, revoke and expiry deleting attached keys, unknown-lease answers, and `etcdctl lease`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! minutes), so there the checkpoint test grants a 900 s lease and waits out one interval: it
 //! takes about six minutes. `--nocapture` shows the TTLs observed.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

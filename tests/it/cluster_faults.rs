@@ -7,7 +7,7 @@
 //! Developed against etcd 3.4.23 (`OXETCD_TEST_BIN=/usr/bin/etcd`), where all of them pass.
 //! Timings and etcd's answers are printed (`--nocapture` shows them).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,9 +5,9 @@
 //! CI runs the fixed seeds below. To replay a failure, or to search more widely:
 //!
 //! ```text
-//! OXETCD_SIM_SEED=<n> cargo test --release --test cluster_sim <test name>   # one seed
-//! OXETCD_SIM_SEEDS=<count> [OXETCD_SIM_SEED=<base>] cargo test --release --test cluster_sim
-//! OXETCD_SIM_STEPS=<steps>                                                   # longer runs
+//! OXETCD_SIM_SEED=<n> cargo test --release --test it cluster_sim::<test name>   # one seed
+//! OXETCD_SIM_SEEDS=<count> [OXETCD_SIM_SEED=<base>] cargo test --release --test it cluster_sim::
+//! OXETCD_SIM_STEPS=<steps>                                                       # longer runs
 //! OXETCD_SIM_TRACE=1                                  # print every step's action and raft state
 //! ```
 //!
@@ -15,7 +15,7 @@
 //! (never in production code) and require a run to fail; the `*_check_fires` tests feed each
 //! invariant check a violation directly. Together they show that every check can fail.
 
-mod sim;
+use crate::sim;
 
 use std::time::Instant;
 
@@ -132,8 +132,8 @@ fn run_seeds(test: &str, members: usize) {
     if let Some(first) = failures.first() {
         panic!(
             "{members}-member simulation failed ({} of {} seeds); first: {first}\n\
-             replay: OXETCD_SIM_SEED={} OXETCD_SIM_STEPS={steps} cargo test --release --test \
-             cluster_sim {test}",
+             replay: OXETCD_SIM_SEED={} OXETCD_SIM_STEPS={steps} cargo test --release --test it \
+             cluster_sim::{test}",
             failures.len(),
             seeds.len(),
             first.seed

@@ -2,7 +2,7 @@
 //! member, each connection attributed to the member process that dialed it, and per-link faults
 //! (blackhole or reset) between ordered pairs of members.
 //!
-//! Why this shape (see also tests/common/cluster.rs): etcd, and oxetcd after it, learn every
+//! Why this shape (see also common/cluster.rs): etcd, and oxetcd after it, learn every
 //! member's peer URL from `--initial-cluster` and then from the replicated member list, so all
 //! members see one identical URL per member; per-pair proxy addresses cannot be configured. So each
 //! member advertises a proxy port `P_x` that forwards to its real peer listener `L_x`, and every
@@ -169,11 +169,6 @@ impl PeerProxy {
         port
     }
 
-    /// Proxy port of `member` (its advertised peer port).
-    pub fn port(&self, member: usize) -> u16 {
-        self.ports[member]
-    }
-
     /// Points `member`'s proxy at a new real peer port (after a start retried with new ports).
     pub fn set_upstream(&self, member: usize, upstream_port: u16) {
         self.shared.lock().upstream_ports[member] = upstream_port;
@@ -186,20 +181,6 @@ impl PeerProxy {
         if let Some(pid) = pid {
             state.pids.insert(pid, member);
         }
-    }
-
-    /// Blocks traffic from `from` to `to` (one direction).
-    pub fn block(&self, from: usize, to: usize, fault: Fault) {
-        self.update(|state| {
-            state.faults.insert((from, to), fault);
-        });
-    }
-
-    /// Unblocks traffic from `from` to `to`.
-    pub fn unblock(&self, from: usize, to: usize) {
-        self.update(|state| {
-            state.faults.remove(&(from, to));
-        });
     }
 
     /// Cuts every link, both directions, between `group` and the other members (adds to any

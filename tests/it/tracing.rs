@@ -3,7 +3,7 @@
 //! `reply` children, carrying the gRPC method, the member ID and the revision. The collector here
 //! is a real OTLP trace service (opentelemetry-proto's generated server) on loopback.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

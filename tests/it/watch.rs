@@ -2,7 +2,7 @@
 //! prev_kv, filters, progress, cancel, compaction, ordering under concurrent writes, slow
 //! watchers, fragmented large revisions, and `etcdctl watch` compared with the etcd 3.4 captures.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -5,13 +5,13 @@
 //! `OXETCD_TEST_BIN=/usr/bin/etcd` runs the same tests against etcd (the flags are etcd's);
 //! `OXETCD_TEST_KEEP_DIR=1` keeps the cluster's data dirs and logs and prints where they are.
 
-mod common;
+use crate::common;
+use crate::common::cluster::exclusive;
+use crate::common::process::{
+    LOG_TAIL_LINES, POLL_INTERVAL, Process, READY_TIMEOUT, SPAWN_ATTEMPTS,
+};
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,8 @@ use oxetcd::proto::oxetcdpb::peer_client::PeerClient;
 
 const MEMBERS: usize = 3;
 const TOKEN: &str = "oxetcd-cluster-test";
-/// How long a fresh or restarted cluster gets until every member answers `/health` with 200.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the members get to agree on something (a leader, a revision).
 const AGREE_TIMEOUT: Duration = Duration::from_secs(20);
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-const SPAWN_ATTEMPTS: usize = 3;
-const LOG_TAIL_LINES: usize = 80;
 
 /// One member process of a [`Cluster`].
 struct Member {
@@ -35,8 +30,7 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
-    log_path: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Member {
@@ -49,31 +43,11 @@ impl Member {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.log()
     }
 
     fn is_healthy(&self) -> bool {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port));
-        common::http_get(addr, "/health").is_ok_and(|response| {
-            response.status == 200 && response.text().contains(r#""health":"true""#)
-        })
-    }
-
-    /// True when the process exited (reaping it).
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
-        let status = child
-            .try_wait()
-            .expect("waiting on our child should work")?;
-        self.child = None;
-        Some(status)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        common::http::is_healthy(self.client_port)
     }
 }
 
@@ -109,13 +83,13 @@ impl Cluster {
             cluster.members = (1..=MEMBERS)
                 .map(|i| {
                     let name = format!("m{i}");
+                    let log_path = cluster.dir.path().join(format!("{name}.log"));
                     Member {
                         data_dir: cluster.dir.path().join(format!("{name}.data")),
-                        log_path: cluster.dir.path().join(format!("{name}.log")),
+                        process: Process::new(&name, common::server_bin(), log_path),
                         name,
                         client_port: common::free_port(),
                         peer_port: common::free_port(),
-                        child: None,
                     }
                 })
                 .collect();
@@ -129,9 +103,9 @@ impl Cluster {
                         "cluster: attempt {attempt} failed ({reason}); retrying with new ports"
                     );
                     for member in &mut cluster.members {
-                        member.kill();
+                        member.process.kill();
                         let _ = std::fs::remove_dir_all(&member.data_dir);
-                        let _ = std::fs::remove_file(&member.log_path);
+                        let _ = std::fs::remove_file(member.process.log_path());
                     }
                 }
                 Err(reason) => cluster.fail(&reason),
@@ -180,30 +154,7 @@ impl Cluster {
     /// Starts member `i` (again) with the same flags as always.
     fn spawn(&mut self, i: usize) {
         let args = self.args(i);
-        let member = &mut self.members[i];
-        assert!(member.child.is_none(), "{} is already running", member.name);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&member.log_path)
-            .expect("opening a log file in our temp dir should work");
-        writeln!(log, "=== cluster test: starting {}: {args:?}", member.name)
-            .expect("writing the log file should work");
-        let stderr = log.try_clone().expect("cloning a file handle should work");
-        let mut command = Command::new(common::server_bin());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ETCD_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot spawn {}: {err}", common::server_bin().display()));
-        member.child = Some(child);
+        self.members[i].process.spawn(&args);
     }
 
     /// Waits until the members in `which` answer `/health` with 200; fails early when any
@@ -212,7 +163,7 @@ impl Cluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             for member in &mut self.members {
-                if let Some(status) = member.exited() {
+                if let Some(status) = member.process.exited() {
                     return Err(format!(
                         "{} exited before the cluster became healthy: {status}",
                         member.name
@@ -238,29 +189,19 @@ impl Cluster {
     }
 
     fn port_clash(&self) -> bool {
-        self.members.iter().any(|m| {
-            m.log()
-                .to_ascii_lowercase()
-                .contains("address already in use")
-        })
+        self.members.iter().any(|m| m.process.port_clash())
     }
 
     /// SIGKILLs member `i`; its data dir stays.
     fn kill9(&mut self, i: usize) {
-        let member = &mut self.members[i];
-        let mut child = member
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("{} is not running", member.name));
-        child.kill().expect("SIGKILL to our own child should work");
-        child.wait().expect("waiting on a killed child should work");
+        self.members[i].process.kill9();
     }
 
     /// Restarts member `i` with unchanged flags and waits until it is healthy.
     fn restart(&mut self, i: usize) {
         self.spawn(i);
         let running: Vec<usize> = (0..MEMBERS)
-            .filter(|&j| self.members[j].child.is_some())
+            .filter(|&j| self.members[j].process.is_spawned())
             .collect();
         if let Err(reason) = self.wait_ready(&running) {
             self.fail(&reason);
@@ -275,13 +216,11 @@ impl Cluster {
     fn logs(&self) -> String {
         let mut text = String::new();
         for member in &self.members {
-            let log = member.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
             text.push_str(&format!(
-                "--- {} log {} (last {LOG_TAIL_LINES} lines) ---\n{tail}\n",
+                "--- {} log {} (last {LOG_TAIL_LINES} lines) ---\n{}\n",
                 member.name,
-                member.log_path.display()
+                member.process.log_path().display(),
+                member.process.log_tail()
             ));
         }
         text
@@ -302,7 +241,7 @@ impl Cluster {
     /// returns (leader index, cluster ID, member IDs by index).
     async fn wait_for_leader(&self) -> (usize, u64, Vec<u64>) {
         let running: Vec<usize> = (0..MEMBERS)
-            .filter(|&i| self.members[i].child.is_some())
+            .filter(|&i| self.members[i].process.is_spawned())
             .collect();
         self.wait_for_leader_among(&running).await
     }
@@ -368,7 +307,7 @@ impl Cluster {
         let deadline = Instant::now() + AGREE_TIMEOUT;
         loop {
             let mut seen = Vec::new();
-            for i in (0..MEMBERS).filter(|&i| self.members[i].child.is_some()) {
+            for i in (0..MEMBERS).filter(|&i| self.members[i].process.is_spawned()) {
                 let hash = self.client(i).await.maintenance_client().hash_kv(0).await;
                 match hash {
                     Ok(h) => seen.push((
@@ -395,7 +334,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for member in &mut self.members {
-            member.kill();
+            member.process.kill();
         }
         if thread::panicking() {
             eprintln!("{}", self.logs());
@@ -423,6 +362,7 @@ async fn get(cluster: &Cluster, i: usize, key: &str) -> (Option<String>, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_exactly_one_leader() {
+    let _serial = exclusive().await;
     let cluster = Cluster::start();
     let (leader, cluster_id, ids) = cluster.wait_for_leader().await;
     assert_ne!(cluster_id, 0);
@@ -443,6 +383,7 @@ async fn three_members_elect_exactly_one_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_a_follower_reaches_every_member() {
+    let _serial = exclusive().await;
     let cluster = Cluster::start();
     let (leader, _, _) = cluster.wait_for_leader().await;
     let followers: Vec<usize> = (0..MEMBERS).filter(|&i| i != leader).collect();
@@ -508,6 +449,7 @@ async fn a_put_through_a_follower_reaches_every_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_list_shows_three_members_with_names_and_urls() {
+    let _serial = exclusive().await;
     let cluster = Cluster::start();
     let (_, _, ids) = cluster.wait_for_leader().await;
     for i in 0..MEMBERS {
@@ -545,6 +487,7 @@ async fn member_list_shows_three_members_with_names_and_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_rejoins_and_catches_up_from_the_log() {
+    let _serial = exclusive().await;
     let mut cluster = Cluster::start();
     let (old_leader, cluster_id, ids) = cluster.wait_for_leader().await;
     let mut client = cluster.client(old_leader).await;
@@ -593,6 +536,7 @@ async fn a_killed_leader_rejoins_and_catches_up_from_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_refuse_raft_messages_for_another_cluster_or_member() {
+    let _serial = exclusive().await;
     if common::running_real_etcd() {
         eprintln!("the oxetcdpb.Peer service is oxetcd's own; skipped against etcd");
         return;
@@ -637,6 +581,7 @@ async fn peers_refuse_raft_messages_for_another_cluster_or_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_with_another_cluster_token_is_never_merged() {
+    let _serial = exclusive().await;
     if common::running_real_etcd() {
         // The identity checks below read oxetcd's log.
         eprintln!("reads oxetcd's log for the outsider's identity; skipped against etcd");

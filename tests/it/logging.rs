@@ -2,7 +2,7 @@
 //! there at the configured level and format; SIGHUP reopens the file by path, so logrotate's
 //! `create` mode (rename, then signal) keeps every line; values and passwords never reach it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,9 +67,7 @@ async fn log_file_is_reopened_on_sighup_and_holds_no_values() {
     // logrotate in create mode: rename the file, then SIGHUP.
     let rotated = dir.path().join("etcd.log.1");
     std::fs::rename(&log_file, &rotated).expect("rotate");
-    let pid = server.pid().expect("server running");
-    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    server.signal(rustix::process::Signal::HUP);
     assert!(
         wait_until(Duration::from_secs(10), || read(&log_file)
             .contains("received SIGHUP; reopened the log file")),

@@ -7,10 +7,8 @@
 //! Needs Debian's `promtool` (`apt-get install prometheus`); `OXETCD_TEST_PROMTOOL` overrides the
 //! binary. The YAML files are read with a small block-style YAML reader below (no YAML crate).
 
-#[path = "common/metric_names.rs"]
-mod metric_names;
-#[path = "common/promql.rs"]
-mod promql;
+use crate::common::metric_names;
+use crate::common::promql;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read};
@@ -432,7 +430,7 @@ fn every_metric_in_every_rule_is_exported() {
         for name in names {
             assert!(
                 is_exported(&name),
-                "{}: `{name}` is not a metric the server exports (tests/common/metric_names.rs)",
+                "{}: `{name}` is not a metric the server exports (tests/it/common/metric_names.rs)",
                 rule.alert
             );
         }

@@ -9,33 +9,33 @@
 //!
 //! Every wait is a condition polled with a deadline; failures panic with the server log attached.
 
-#![allow(dead_code)]
-
+pub mod cluster;
+pub mod http;
+pub mod metric_names;
+pub mod process;
+pub mod promql;
+pub mod proxy;
 pub mod reference;
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use http::{HttpResponse, http_get, http_post_json, http_summary};
+use process::{LOG_TAIL_LINES, Process, SPAWN_ATTEMPTS};
+pub use process::{READY_TIMEOUT, command_line};
+
 /// Member name passed as `--name`; the etcd 3.4 reference captures use the same name.
 pub const MEMBER_NAME: &str = "node1";
-/// How long a server gets to answer `GET /health` with `"health":"true"` after it is spawned.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `stop()` waits for the process to exit after SIGTERM before it gives up and kills it.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound on one etcdctl invocation.
 pub const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-const SPAWN_ATTEMPTS: usize = 3;
-const LOG_TAIL_LINES: usize = 200;
 
 /// Ports handed out by this test binary, so parallel tests in one process never pick the same port.
 static RESERVED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -85,15 +85,12 @@ pub fn running_real_etcd() -> bool {
 
 /// One single-member cluster in its own temp dir. Dropping it SIGKILLs the process.
 pub struct Server {
-    bin: PathBuf,
     dir: tempfile::TempDir,
     data_dir: PathBuf,
-    log_path: PathBuf,
     client_port: u16,
     peer_port: u16,
     extra_args: Vec<String>,
-    child: Option<Child>,
-    starts: usize,
+    process: Process,
     /// Set once a failure message carried the log, so Drop does not print it a second time.
     log_shown: Cell<bool>,
 }
@@ -113,15 +110,12 @@ impl Server {
             .tempdir()
             .expect("creating a temp dir should work");
         let mut server = Server {
-            bin: server_bin(),
             data_dir: dir.path().join("data"),
-            log_path: dir.path().join("server.log"),
+            process: Process::new("server", server_bin(), dir.path().join("server.log")),
             dir,
             client_port: 0,
             peer_port: 0,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            child: None,
-            starts: 0,
             log_shown: Cell::new(false),
         };
         for attempt in 1..=SPAWN_ATTEMPTS {
@@ -130,11 +124,11 @@ impl Server {
             server.spawn();
             match server.wait_ready() {
                 Ok(()) => return server,
-                Err(reason) if attempt < SPAWN_ATTEMPTS && server.port_clash() => {
+                Err(reason) if attempt < SPAWN_ATTEMPTS && server.process.port_clash() => {
                     eprintln!(
                         "fixture: attempt {attempt} failed ({reason}); retrying with new ports"
                     );
-                    server.kill_and_reap();
+                    server.process.kill();
                     // A half-initialised data dir from the failed attempt must not be reused.
                     let _ = std::fs::remove_dir_all(&server.data_dir);
                 }
@@ -158,31 +152,13 @@ impl Server {
         self.client_port
     }
 
-    pub fn peer_port(&self) -> u16 {
-        self.peer_port
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// The temp dir holding the data dir and the log; tests may put their own files here.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    /// Everything the server printed so far (stdout and stderr, all runs, restart markers between).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// OS process id of the running server, if any.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|child| child.id())
+        self.process.log_path()
     }
 
     /// A connected etcd-client.
@@ -224,20 +200,6 @@ impl Server {
         stdout
     }
 
-    /// Runs etcdctl, asserts it failed, and returns its stderr without the etcd client library's
-    /// JSON log lines (etcdctl 3.4 logs a `{"level":"warn",...,"msg":"retrying of unary invoker
-    /// failed",...}` line before most `Error: ...` lines), e.g. `"Error: etcdserver: ...\n"`.
-    pub fn etcdctl_err(&self, args: &[&str]) -> String {
-        let output = self.etcdctl(args);
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(
-            !output.status.success(),
-            "etcdctl {args:?} unexpectedly succeeded\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-        without_client_logs(&stderr)
-    }
-
     /// An etcdctl command for this server, for callers that need to stream (e.g. a `watch` whose
     /// stdout is read line by line). The caller owns the child and must kill it.
     pub fn etcdctl_command(&self, args: &[&str]) -> Command {
@@ -255,39 +217,31 @@ impl Server {
 
     /// True when `GET /health` answers 200 with `"health":"true"`.
     pub fn is_healthy(&self) -> bool {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port));
-        match http_get(addr, "/health") {
-            Ok(response) => {
-                response.status == 200 && response.text().contains(r#""health":"true""#)
-            }
-            Err(_) => false,
-        }
+        http::is_healthy(self.client_port)
     }
 
     /// SIGKILL, then reap. The data dir stays; `restart()` brings the member back.
     pub fn kill9(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            panic!("kill9: server is not running");
-        };
-        child.kill().expect("SIGKILL to our own child should work");
-        child.wait().expect("waiting on a killed child should work");
+        self.process.kill9();
     }
 
-    /// SIGTERM, then waits for a clean exit (kills and panics after `STOP_TIMEOUT`).
+    /// Sends `signal` (e.g. SIGHUP) to the running server.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        self.process.signal(signal);
+    }
+
+    /// SIGTERM, then waits for a clean exit (kills and panics after the stop timeout).
     pub fn stop(&mut self) -> ExitStatus {
-        let Some(mut child) = self.child.take() else {
-            panic!("stop: server is not running");
-        };
-        match sigterm_and_wait(&mut child) {
+        match self.process.stop() {
             Ok(status) => status,
-            Err(reason) => self.fail(&format!("server {reason}")),
+            Err(reason) => self.fail(&reason),
         }
     }
 
     /// Starts the member again on the same ports and data dir (stopping it with SIGTERM first if it
     /// is still running) and waits until it is healthy.
     pub fn restart(&mut self) {
-        if self.child.is_some() {
+        if self.process.is_spawned() {
             self.stop();
         }
         self.spawn();
@@ -298,13 +252,7 @@ impl Server {
 
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .expect("waiting on our child should work")
-                .is_none(),
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Panics with `reason` and the tail of the server log.
@@ -312,20 +260,10 @@ impl Server {
         self.log_shown.set(true);
         panic!(
             "{reason}\nserver: {}\nlog {}:\n{}",
-            self.command_line(),
-            self.log_path.display(),
-            tail(&self.log(), LOG_TAIL_LINES)
+            command_line(&server_bin(), &self.args()),
+            self.log_path().display(),
+            self.process.log_tail()
         );
-    }
-
-    /// The full command line, for failure messages.
-    pub fn command_line(&self) -> String {
-        let mut line = self.bin.display().to_string();
-        for arg in self.args() {
-            line.push(' ');
-            line.push_str(&arg);
-        }
-        line
     }
 
     fn args(&self) -> Vec<String> {
@@ -352,58 +290,24 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "spawn: server is already running");
-        self.starts += 1;
-        let child = spawn_logged(
-            &self.bin,
-            &self.args(),
-            &self.log_path,
-            &format!("start #{}: {}", self.starts, self.command_line()),
-        );
-        self.child = Some(child);
+        let args = self.args();
+        self.process.spawn(&args);
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let child = self.child.as_mut().expect("wait_ready runs after spawn");
-            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
-                self.child = None;
-                return Err(format!("server exited before becoming healthy: {status}"));
-            }
-            if self.is_healthy() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("server not healthy within {READY_TIMEOUT:?}"));
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// Whether the last start failed because a port was taken between `free_port()` and bind.
-    fn port_clash(&self) -> bool {
-        self.log()
-            .to_ascii_lowercase()
-            .contains("address already in use")
-    }
-
-    fn kill_and_reap(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process
+            .wait_healthy(self.client_port, Instant::now() + READY_TIMEOUT)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill_and_reap();
+        self.process.kill();
         if thread::panicking() && !self.log_shown.get() {
             eprintln!(
                 "--- server log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
-                self.log_path.display(),
-                tail(&self.log(), LOG_TAIL_LINES)
+                self.log_path().display(),
+                self.process.log_tail()
             );
         }
         if std::env::var_os("OXETCD_TEST_KEEP_DIR").is_some_and(|value| value == "1") {
@@ -464,27 +368,6 @@ pub fn run_etcdctl(
     }
 }
 
-/// Sends SIGTERM to `child` and waits for it to exit; after [`STOP_TIMEOUT`] it is killed and an
-/// error describing that is returned.
-pub fn sigterm_and_wait(child: &mut Child) -> Result<ExitStatus, String> {
-    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
-    // SAFETY: `pid` is our own child, not yet reaped, so it cannot name another process.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "SIGTERM to our own child should work");
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting on our child should work") {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM"));
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
 /// An etcdctl command aimed at `endpoint`.
 pub fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
     let mut command = Command::new(etcdctl_bin());
@@ -512,11 +395,6 @@ fn drain<R: Read + Send + 'static>(mut reader: R) -> thread::JoinHandle<Vec<u8>>
     })
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// `text` without the JSON log lines etcdctl's client library writes to stderr
 /// (lines starting with `{"level":`), which carry timestamps, random target ids and ports.
 pub fn without_client_logs(text: &str) -> String {
@@ -531,7 +409,7 @@ const CLIENT_LOG_PREFIX: &str = "{\"level\":";
 /// itself (etcd 3.4 runs its shutdown handlers and then re-raises the signal).
 pub fn stopped_by_sigterm(status: ExitStatus) -> bool {
     use std::os::unix::process::ExitStatusExt;
-    status.code() == Some(0) || status.signal() == Some(libc::SIGTERM)
+    status.code() == Some(0) || status.signal() == Some(rustix::process::Signal::TERM.as_raw())
 }
 
 /// Stdout of an etcdctl run as text.
@@ -542,133 +420,6 @@ pub fn stdout_text(output: &Output) -> String {
 /// Stderr of an etcdctl run as text.
 pub fn stderr_text(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A parsed HTTP/1.1 response.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    /// e.g. `HTTP/1.1 200 OK`
-    pub status_line: String,
-    pub status: u16,
-    /// Header names lower-cased, in arrival order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// A minimal HTTP/1.1 GET over one TCP connection (`Connection: close`), enough for /health,
-/// /version and /metrics. Handles `Content-Length`, chunked and read-to-close bodies.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_http_response(&raw)
-}
-
-/// POST of a JSON body (the grpc-gateway's `/v3/...` endpoints), same reading rules as `http_get`.
-pub fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_http_response(&raw)
-}
-
-/// A response as the reference `.http` files record it: status line, `Content-Type: ...` (when
-/// present), an empty line, and the body without trailing newlines.
-pub fn http_summary(response: &HttpResponse) -> String {
-    let mut summary = format!("{}\n", response.status_line);
-    if let Some(content_type) = response.header("content-type") {
-        summary.push_str(&format!("Content-Type: {content_type}\n"));
-    }
-    summary.push('\n');
-    summary.push_str(response.text().trim_end_matches('\n'));
-    summary
-}
-
-fn parse_http_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let head_end = raw
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .ok_or_else(|| invalid("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| invalid("non-utf8 head"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| invalid("empty response"))?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let rest = &raw[head_end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(name, value)| name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked"));
-    let length = headers
-        .iter()
-        .find(|(name, _)| name == "content-length")
-        .and_then(|(_, value)| value.parse::<usize>().ok());
-    let body = if chunked {
-        decode_chunked(rest).ok_or_else(|| invalid("bad chunked body"))?
-    } else if let Some(length) = length {
-        rest.get(..length)
-            .ok_or_else(|| invalid("short body"))?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(HttpResponse {
-        status_line: status_line.to_string(),
-        status,
-        headers,
-        body,
-    })
-}
-
-fn decode_chunked(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|window| window == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size_hex = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_hex, 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        body.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
 }
 
 /// Rewrites the parts of etcdctl output that differ between servers and runs (see
@@ -870,31 +621,4 @@ pub fn reference(name: &str) -> Vec<u8> {
 /// A reference capture as text.
 pub fn reference_text(name: &str) -> String {
     String::from_utf8(reference(name)).expect("text reference captures are UTF-8")
-}
-pub mod cluster;
-pub mod proxy;
-
-/// Starts `bin` with `args` and without the test environment's `ETCD_*` variables, appending
-/// its stdout and stderr to `log_path` after a `=== fixture: <header>` line.
-pub fn spawn_logged(bin: &Path, args: &[String], log_path: &Path, header: &str) -> Child {
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("opening the log file in our temp dir should work");
-    writeln!(log, "=== fixture: {header}").expect("writing the log file should work");
-    let stderr = log.try_clone().expect("cloning a file handle should work");
-    let mut command = Command::new(bin);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ETCD_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot spawn {}: {err}", bin.display()))
 }

@@ -2,7 +2,7 @@
 //! etcd-client and plain HTTP; it survives kill -9 and a graceful restart with its data. The
 //! replay test runs the whole etcd 3.4 reference capture.
 
-mod common;
+use crate::common;
 
 use common::{Normalizer, Server, table_cells};
 

@@ -1,7 +1,7 @@
 //! Black-box durability test: SIGKILL the member while writers are busy, restart it, and check
 //! that every acknowledged write survived with its value and revision, several times over.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

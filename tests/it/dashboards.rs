@@ -4,10 +4,8 @@
 //! `$__rate_interval`, and every metric one the server exports. No server is started here; the live
 //! check that each query returns data against a running cluster reuses `common/promql.rs`.
 
-#[path = "common/metric_names.rs"]
-mod metric_names;
-#[path = "common/promql.rs"]
-mod promql;
+use crate::common::metric_names;
+use crate::common::promql;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 //! gauge) the test says so and prints a note instead of asserting. Timings are printed
 //! (`--nocapture` shows them) on lines starting with `RESULT`.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -3,11 +3,11 @@
 //! precedence as seen in `member list`, and the readiness log line. oxetcd-only: etcd 3.4 has
 //! YAML config files and other exit codes, so every test returns early against real etcd.
 
-mod common;
+use crate::common;
+use crate::common::process::{Process, READY_TIMEOUT};
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -67,46 +67,25 @@ fn run_to_exit(args: &[String], env: &[(&str, String)]) -> (Option<i32>, String)
 
 /// A member started by these tests (outside the fixture, to control env and config files).
 struct Member {
-    child: Child,
+    process: Process,
     endpoint: String,
-    log_path: PathBuf,
 }
 
 impl Member {
     fn start(args: &[String], env: &[(&str, String)], client_port: u16, log_path: &Path) -> Member {
-        let log = std::fs::File::create(log_path).expect("log file in our temp dir");
-        let child = server_command(args, env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("server binary spawns");
-        let mut member = Member {
-            child,
+        let mut process = Process::new("member", common::server_bin(), log_path.to_path_buf());
+        process.spawn_with_env(args, env);
+        if let Err(reason) = process.wait_healthy(client_port, Instant::now() + READY_TIMEOUT) {
+            panic!("{args:?}: {reason}:\n{}", process.log());
+        }
+        Member {
+            process,
             endpoint: format!("http://127.0.0.1:{client_port}"),
-            log_path: log_path.to_path_buf(),
-        };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, client_port));
-        let deadline = Instant::now() + common::READY_TIMEOUT;
-        loop {
-            if let Some(status) = member.child.try_wait().expect("wait on our child") {
-                panic!("{args:?} exited with {status}:\n{}", member.log());
-            }
-            if common::http_get(addr, "/health").is_ok_and(|response| response.status == 200) {
-                return member;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{args:?} not healthy within {:?}:\n{}",
-                common::READY_TIMEOUT,
-                member.log()
-            );
-            thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.log()
     }
 
     /// Names in `etcdctl member list` (`<id>, started, <name>, <peer>, <client>, false`).
@@ -132,12 +111,11 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         if thread::panicking() {
             eprintln!(
                 "--- member log {} ---\n{}",
-                self.log_path.display(),
+                self.process.log_path().display(),
                 self.log()
             );
         }

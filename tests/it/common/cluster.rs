@@ -17,7 +17,7 @@
 //! ignore it ("cluster ID mismatch"). After bootstrap the URLs come from the replicated member
 //! list, identical everywhere. So the proxy tells dialers apart itself: the dialing socket's inode
 //! (from `/proc/net/tcp`) is found among the member processes' file descriptors (see
-//! tests/common/proxy.rs). That gives faults per ordered pair of members with plain loopback TCP
+//! common/proxy.rs). That gives faults per ordered pair of members with plain loopback TCP
 //! and any peer protocol (etcd's HTTP/1.1 rafthttp, oxetcd's gRPC). Rejected alternatives:
 //! iptables (not installed here), network namespaces with veth pairs (need root, an address per
 //! member that the test client must also reach, and host state to clean up when a test dies).
@@ -31,13 +31,12 @@
 //! Each member also gets `--initial-cluster-token` (unique per cluster) and
 //! `--initial-cluster-state new` (`existing` for a member added later).
 //!
-//! Environment: as tests/common/mod.rs (`OXETCD_TEST_BIN`, `OXETCD_TEST_ETCDCTL`,
+//! Environment: as common/mod.rs (`OXETCD_TEST_BIN`, `OXETCD_TEST_ETCDCTL`,
 //! `OXETCD_TEST_KEEP_DIR`).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Output};
+use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -45,17 +44,18 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, StatusResponse};
 
+use super::process::{LOG_TAIL_LINES, POLL_INTERVAL, Process, READY_TIMEOUT, SPAWN_ATTEMPTS};
 use super::proxy::{Fault, PeerProxy};
-use super::{ETCDCTL_TIMEOUT, free_port, http_get, run_etcdctl, server_bin, without_client_logs};
+use super::{ETCDCTL_TIMEOUT, free_port, run_etcdctl, server_bin, without_client_logs};
 
 pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MS: u64 = 500;
 /// Longest acceptable time from losing a leader to having a new one (10 election timeouts).
 pub const FAILOVER_DEADLINE: Duration = Duration::from_millis(10 * ELECTION_TIMEOUT_MS);
 /// How long all members of a new cluster get to become healthy.
-pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CLUSTER_READY_TIMEOUT: Duration = READY_TIMEOUT;
 /// How long one restarted or added member gets to become healthy.
-pub const MEMBER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MEMBER_READY_TIMEOUT: Duration = READY_TIMEOUT;
 /// How long members get to reach the same revision once writes stop.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one Maintenance Status / HashKV call (both are answered locally by a member).
@@ -72,10 +72,6 @@ const RECONFIGURE_RETRYABLE: [&str; 2] = [
 /// etcd's refusal to promote a learner that has not caught up with the leader yet.
 pub const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-const SPAWN_ATTEMPTS: usize = 3;
-const LOG_TAIL_LINES: usize = 60;
 
 /// Serialises the cluster tests of one test binary: several 3- and 5-member clusters at once on a
 /// 2-core machine would turn scheduling delays into spurious elections and skew failover times.
@@ -123,18 +119,42 @@ struct Member {
     advertise_peer_port: u16,
     initial_cluster: String,
     initial_cluster_state: &'static str,
-    child: Option<Child>,
-    starts: usize,
+    process: Process,
     removed: bool,
 }
 
 impl Member {
-    fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+    /// Member `index`'s slot in `cluster_dir/m<index + 1>`; not started.
+    fn new(
+        cluster_dir: &Path,
+        index: usize,
+        client_port: u16,
+        (listen_peer_port, advertise_peer_port): (u16, u16),
+        initial_cluster: String,
+        initial_cluster_state: &'static str,
+    ) -> Member {
+        let name = format!("m{}", index + 1);
+        let dir = cluster_dir.join(&name);
+        let process = Process::new(
+            &format!("member {index}"),
+            server_bin(),
+            dir.join("server.log"),
+        );
+        Member {
+            name,
+            dir,
+            client_port,
+            listen_peer_port,
+            advertise_peer_port,
+            initial_cluster,
+            initial_cluster_state,
+            process,
+            removed: false,
+        }
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("server.log")
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     fn endpoint(&self) -> String {
@@ -144,7 +164,6 @@ impl Member {
 
 /// A running cluster in its own temp dir. Dropping it SIGKILLs every member and closes the proxy.
 pub struct Cluster {
-    bin: PathBuf,
     dir: tempfile::TempDir,
     token: String,
     options: ClusterOptions,
@@ -191,7 +210,6 @@ impl Cluster {
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
         let mut cluster = Cluster {
-            bin: server_bin(),
             dir,
             token,
             options,
@@ -200,21 +218,16 @@ impl Cluster {
             log_shown: AtomicBool::new(false),
         };
         for index in 0..cluster.options.members {
-            let name = format!("m{}", index + 1);
             let listen_peer_port = free_port();
             let advertise_peer_port = cluster.proxy.add_member(listen_peer_port);
-            cluster.members.push(Member {
-                dir: cluster.dir.path().join(&name),
-                name,
-                client_port: free_port(),
-                listen_peer_port,
-                advertise_peer_port,
-                initial_cluster: String::new(),
-                initial_cluster_state: "new",
-                child: None,
-                starts: 0,
-                removed: false,
-            });
+            cluster.members.push(Member::new(
+                cluster.dir.path(),
+                index,
+                free_port(),
+                (listen_peer_port, advertise_peer_port),
+                String::new(),
+                "new",
+            ));
         }
         let initial_cluster = cluster
             .members
@@ -310,24 +323,6 @@ impl Cluster {
         self.members[index].listen_peer_port
     }
 
-    pub fn data_dir(&self, index: usize) -> PathBuf {
-        self.members[index].data_dir()
-    }
-
-    /// The cluster's temp dir (one sub-directory per member).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Everything member `index` printed so far (all runs, restart markers between).
-    pub fn log(&self, index: usize) -> String {
-        std::fs::read_to_string(self.members[index].log_path()).unwrap_or_default()
-    }
-
-    pub fn pid(&self, index: usize) -> Option<u32> {
-        self.members[index].child.as_ref().map(Child::id)
-    }
-
     pub fn proxy(&self) -> &PeerProxy {
         &self.proxy
     }
@@ -408,25 +403,15 @@ impl Cluster {
 
     /// SIGKILL member `index` and reap it; its data dir stays for [`Cluster::restart`].
     pub fn kill9(&mut self, index: usize) {
-        let Some(mut child) = self.members[index].child.take() else {
-            panic!("kill9: member {index} is not running");
-        };
-        child.kill().expect("SIGKILL to our own child should work");
-        child.wait().expect("waiting on a killed child should work");
+        self.members[index].process.kill9();
         self.proxy.set_pid(index, None);
     }
 
     /// SIGTERM member `index` and wait for it to exit.
     pub fn stop(&mut self, index: usize) -> ExitStatus {
-        let Some(mut child) = self.members[index].child.take() else {
-            panic!("stop: member {index} is not running");
-        };
-        let status = match super::sigterm_and_wait(&mut child) {
-            Ok(status) => status,
-            Err(reason) => self.fail(&format!("member {index} {reason}")),
-        };
+        let stopped = self.members[index].process.stop();
         self.proxy.set_pid(index, None);
-        status
+        stopped.unwrap_or_else(|reason| self.fail(&reason))
     }
 
     /// Starts member `index` again on its ports and data dir (no flags changed) without waiting.
@@ -440,7 +425,7 @@ impl Cluster {
 
     /// Starts member `index` again (SIGTERM first if running) and waits until it is healthy.
     pub fn restart(&mut self, index: usize) {
-        if self.members[index].child.is_some() {
+        if self.members[index].process.is_spawned() {
             self.stop(index);
         }
         self.start_member(index);
@@ -454,28 +439,8 @@ impl Cluster {
         self.wait_healthy_until(index, Instant::now() + timeout)
     }
 
-    /// True when member `index` answers `GET /health` with `"health":"true"`.
-    pub fn is_healthy(&self, index: usize) -> bool {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.members[index].client_port));
-        http_get(addr, "/health").is_ok_and(|response| {
-            response.status == 200 && response.text().contains(r#""health":"true""#)
-        })
-    }
-
     pub fn is_running(&mut self, index: usize) -> bool {
-        match self.members[index].child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .expect("waiting on our child should work")
-                .is_none(),
-            None => false,
-        }
-    }
-
-    /// Cuts `group` off from the other members, both directions, by blackholing (see the module
-    /// doc). Adds to faults already in place.
-    pub fn partition(&self, group: &[usize]) {
-        self.proxy.partition(group, Fault::Blackhole);
+        self.members[index].process.is_running()
     }
 
     /// Like [`Cluster::partition`] with an explicit fault kind.
@@ -530,12 +495,6 @@ impl Cluster {
                 .count();
             (leader == id && agreeing >= quorum).then_some(index)
         })
-    }
-
-    /// One look over all running members.
-    pub async fn leader(&mut self) -> Option<usize> {
-        let running = self.running();
-        self.leader_among(&running).await
     }
 
     /// Waits for a leader among the running members; fails the test after `timeout`.
@@ -669,17 +628,6 @@ impl Cluster {
         index
     }
 
-    /// Like [`Cluster::add_member`] for a learner (`etcdctl member add --learner`): started and
-    /// healthy, not promoted. Returns its index.
-    pub fn add_learner(&mut self) -> usize {
-        let (index, _) = self.add_member_unstarted(true);
-        self.spawn(index);
-        if let Err(reason) = self.wait_healthy(index, MEMBER_READY_TIMEOUT) {
-            self.fail(&reason);
-        }
-        index
-    }
-
     /// Declares a new member with `etcdctl member add` (`--learner` when `learner`) on a running
     /// member, retrying refusals under the strict reconfiguration checks, and gives it a slot
     /// (name `m<index + 1>`, a proxied peer URL, `--initial-cluster` as printed by etcdctl,
@@ -725,18 +673,14 @@ impl Cluster {
             initial_cluster.contains(&format!("{name}={peer_url}")),
             "ETCD_INITIAL_CLUSTER {initial_cluster:?} should list the new member"
         );
-        self.members.push(Member {
-            dir: self.dir.path().join(&name),
-            name,
-            client_port: free_port(),
-            listen_peer_port,
-            advertise_peer_port,
+        self.members.push(Member::new(
+            self.dir.path(),
+            index,
+            free_port(),
+            (listen_peer_port, advertise_peer_port),
             initial_cluster,
-            initial_cluster_state: "existing",
-            child: None,
-            starts: 0,
-            removed: false,
-        });
+            "existing",
+        ));
         (index, id)
     }
 
@@ -849,23 +793,12 @@ impl Cluster {
             .id;
         self.reconfigure(via, &["member", "remove", &format!("{id:x}")]);
         self.members[index].removed = true;
-        let deadline = Instant::now() + MEMBER_READY_TIMEOUT;
-        let status = loop {
-            let child = self.members[index]
-                .child
-                .as_mut()
-                .unwrap_or_else(|| panic!("remove_member: member {index} is not running"));
-            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
-                self.members[index].child = None;
-                break status;
-            }
-            if Instant::now() >= deadline {
-                self.fail(&format!(
-                    "removed member {name} still running {MEMBER_READY_TIMEOUT:?} after removal"
-                ));
-            }
-            thread::sleep(POLL_INTERVAL);
-        };
+        let exited = self.members[index].process.wait_exit(MEMBER_READY_TIMEOUT);
+        let status = exited.unwrap_or_else(|_| {
+            self.fail(&format!(
+                "removed member {name} still running {MEMBER_READY_TIMEOUT:?} after removal"
+            ))
+        });
         self.proxy.set_pid(index, None);
         status
     }
@@ -929,21 +862,11 @@ impl Cluster {
             summary.push_str(&format!(
                 "\n--- member {index} ({}) log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
                 member.name,
-                member.log_path().display(),
-                super::tail(&self.log(index), LOG_TAIL_LINES)
+                member.process.log_path().display(),
+                member.process.log_tail()
             ));
         }
         summary
-    }
-
-    /// The full command line of member `index`.
-    pub fn command_line(&self, index: usize) -> String {
-        let mut line = self.bin.display().to_string();
-        for arg in self.args(index) {
-            line.push(' ');
-            line.push_str(&arg);
-        }
-        line
     }
 
     fn args(&self, index: usize) -> Vec<String> {
@@ -982,60 +905,31 @@ impl Cluster {
     }
 
     fn spawn(&mut self, index: usize) {
-        assert!(
-            self.members[index].child.is_none(),
-            "spawn: member {index} is already running"
-        );
-        let command_line = self.command_line(index);
         let args = self.args(index);
         let member = &mut self.members[index];
         std::fs::create_dir_all(&member.dir).expect("creating a member dir should work");
-        member.starts += 1;
-        let child = super::spawn_logged(
-            &self.bin,
-            &args,
-            &member.log_path(),
-            &format!("start #{}: {command_line}", member.starts),
-        );
-        self.proxy.set_pid(index, Some(child.id()));
-        member.child = Some(child);
+        member.process.spawn(&args);
+        self.proxy.set_pid(index, member.process.pid());
     }
 
     fn wait_healthy_until(&mut self, index: usize, deadline: Instant) -> Result<(), String> {
-        loop {
-            let Some(child) = self.members[index].child.as_mut() else {
-                return Err(format!("member {index} is not running"));
-            };
-            if let Some(status) = child.try_wait().expect("waiting on our child should work") {
-                self.members[index].child = None;
-                self.proxy.set_pid(index, None);
-                return Err(format!(
-                    "member {index} exited before becoming healthy: {status}"
-                ));
-            }
-            if self.is_healthy(index) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("member {index} not healthy in time"));
-            }
-            thread::sleep(POLL_INTERVAL);
+        let member = &mut self.members[index];
+        let process = &mut member.process;
+        let healthy = process.wait_healthy(member.client_port, deadline);
+        if !process.is_spawned() {
+            self.proxy.set_pid(index, None);
         }
+        healthy
     }
 
     fn port_clash(&self) -> bool {
-        (0..self.members.len()).any(|index| {
-            self.log(index)
-                .to_ascii_lowercase()
-                .contains("address already in use")
-        })
+        self.members
+            .iter()
+            .any(|member| member.process.port_clash())
     }
 
     fn kill_and_reap(&mut self, index: usize) {
-        if let Some(mut child) = self.members[index].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.members[index].process.kill();
         self.proxy.set_pid(index, None);
     }
 }

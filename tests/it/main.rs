@@ -1,0 +1,27 @@
+//! The one integration test binary: every black-box suite against real `oxetcd` processes, the
+//! checks of the alert rules and dashboards, and the deterministic raft simulation, as modules
+//! sharing one fixture (`common`). Run one suite with `cargo test --release --test it kv::`.
+
+mod common;
+mod sim;
+
+mod alerts;
+mod bad_input;
+mod cluster;
+mod cluster_faults;
+mod cluster_leadership;
+mod cluster_leases;
+mod cluster_membership;
+mod cluster_sim;
+mod config_cli;
+mod dashboards;
+mod durability;
+mod fixture_smoke;
+mod kv;
+mod layering;
+mod lease;
+mod logging;
+mod maintenance;
+mod observability_live;
+mod tracing;
+mod watch;
