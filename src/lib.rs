@@ -7,8 +7,6 @@
 //! raft transport between members) → `server` (wiring). `tasks` (the owners of every task and
 //! thread) is a leaf any layer may use. ARCHITECTURE.md is the map.
 
-#![forbid(unsafe_code)]
-
 pub mod alarm;
 pub mod api;
 pub mod apply;

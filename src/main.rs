@@ -1,7 +1,5 @@
 //! The `oxetcd` binary: parse flags → load config → run the server (or restore a snapshot).
 
-#![forbid(unsafe_code)]
-
 use std::process::ExitCode;
 
 use oxetcd::config::{self, Command};
@@ -71,8 +69,8 @@ fn restore(
     data_dir: &std::path::Path,
     config: &config::Config,
 ) -> ExitCode {
-    let options = oxetcd::snapshot::RestoreOptions::from_config(file, data_dir, config);
-    match oxetcd::snapshot::restore(&options) {
+    let options = oxetcd::snapshot::restore::RestoreOptions::from_config(file, data_dir, config);
+    match oxetcd::snapshot::restore::restore(&options) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS

@@ -22,7 +22,7 @@ use crate::proto::etcdserverpb::{
     MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
     StatusRequest, StatusResponse, alarm_request::AlarmAction,
 };
-use crate::snapshot::{self, SNAPSHOT_CHUNK_BYTES};
+use crate::snapshot::format::{self as snapshot, SNAPSHOT_CHUNK_BYTES};
 use crate::tasks::SpawnError;
 use crate::version::{ETCD_API_VERSION, ETCD_STORAGE_VERSION, OXETCD_VERSION};
 

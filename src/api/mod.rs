@@ -191,24 +191,6 @@ impl Quota {
 mod tests {
     use super::Quota;
 
-    /// The dependency direction (ARCHITECTURE.md): the API layer reaches consensus and the state
-    /// machine only through `node`.
-    #[test]
-    fn the_api_layer_does_not_use_apply() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
-        // Spelled in pieces so this file does not match itself.
-        let needle = ["crate", "apply"].join("::");
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            assert!(
-                !text.contains(&needle),
-                "{} uses {needle}; go through crate::node",
-                path.display()
-            );
-        }
-    }
-
     #[test]
     fn a_burst_between_samples_counts_against_the_quota() {
         let quota = Quota::new(1000);

@@ -136,7 +136,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
     let mut store = RaftLogStore::open(engine.clone(), &initial_voters)?;
     reconcile_raft_with_state(&engine, &mut store, &membership, applied_index)?;
-    let snapshot_source = Arc::new(crate::snapshot::StateMachineSnapshots::new(engine.clone()));
+    let snapshot_source = Arc::new(crate::snapshot::source::StateMachineSnapshots::new(
+        engine.clone(),
+    ));
     let snapshot_files =
         SnapshotFiles::open(&config.data_dir, snapshot_source).map_err(|e| StorageError::Io {
             path: config.data_dir.join(crate::raft::snapshots::SNAP_DIR),

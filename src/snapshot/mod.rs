@@ -8,11 +8,3 @@
 pub mod format;
 pub mod restore;
 pub mod source;
-
-pub use format::{
-    Record, SNAPSHOT_ALIGN_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_TRAILER_BYTES,
-    SnapshotError, SnapshotPosition, SnapshotReader, encoded_len, position, save_to_file,
-    verify_file, write_body, write_snapshot,
-};
-pub use restore::{RestoreError, RestoreOptions, RestoreSummary, restore};
-pub use source::StateMachineSnapshots;

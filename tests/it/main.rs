@@ -2,8 +2,12 @@
 //! checks of the alert rules and dashboards, and the deterministic raft simulation, as modules
 //! sharing one fixture (`common`). Run one suite with `cargo test --release --test it kv::`.
 
+// Test helpers outside #[test] functions unwrap too: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 mod sim;
+mod tidy;
 
 mod alerts;
 mod bad_input;
@@ -18,7 +22,6 @@ mod dashboards;
 mod durability;
 mod fixture_smoke;
 mod kv;
-mod layering;
 mod lease;
 mod logging;
 mod maintenance;
