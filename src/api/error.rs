@@ -178,15 +178,26 @@ impl From<crate::node::ProposeError> for EtcdError {
         use crate::node::ProposeError as P;
         match e {
             P::Node(e) => e.into(),
-            P::Txn(e) => e.into(),
-            P::Mvcc(e) => e.into(),
-            P::Lease(e) => e.into(),
-            P::NoSpace => EtcdError::NoSpace,
-            P::Corrupt => EtcdError::Corrupt,
-            P::MemberExists => EtcdError::MemberExists,
-            P::MemberNotFound => EtcdError::MemberNotFound,
-            P::MemberNotLearner => EtcdError::MemberNotLearner,
+            P::Refused(e) => e.into(),
             e @ P::UnexpectedResponse { .. } => EtcdError::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::node::ApplyError> for EtcdError {
+    fn from(e: crate::node::ApplyError) -> EtcdError {
+        use crate::node::ApplyError as A;
+        match e {
+            // The node turns a dropped proposal into `no leader` before it gets here.
+            A::Dropped => EtcdError::NoLeader,
+            A::Txn(e) => e.into(),
+            A::Mvcc(e) => e.into(),
+            A::Lease(e) => e.into(),
+            A::NoSpace => EtcdError::NoSpace,
+            A::Corrupt => EtcdError::Corrupt,
+            A::MemberExists => EtcdError::MemberExists,
+            A::MemberNotFound => EtcdError::MemberNotFound,
+            A::MemberNotLearner => EtcdError::MemberNotLearner,
         }
     }
 }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{EtcdError, ServerCtx};
 use crate::lease::{LeaseError, Lessor, MAX_LEASE_TTL_SECS};
-use crate::node::ProposeError;
+use crate::node::{ApplyError, ProposeError};
 use crate::peer::forward::{ForwardError, LeaderForwarder};
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -391,7 +391,7 @@ async fn revoke_expired(ctx: &ServerCtx) {
     for (id, result) in results {
         match result {
             // Revoked, or a client revoked it first.
-            Ok(_) | Err(ProposeError::Lease(LeaseError::NotFound)) => {}
+            Ok(_) | Err(ProposeError::Refused(ApplyError::Lease(LeaseError::NotFound))) => {}
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert((id, e.to_string()));

@@ -28,6 +28,9 @@ use crate::metrics::Metrics;
 use crate::raft::RaftLogStore;
 use crate::storage::Engine;
 
+/// Why applying a proposal refused it ([`ProposeError::Refused`]): the state machine's answer,
+/// named here because callers reach the state machine only through the node.
+pub use crate::apply::ApplyError;
 use handle::HandleInner;
 pub use handle::{NodeHandle, NodeThreads};
 pub use proposal::{Compaction, MemberPeerUrls, Proposal, ProposeError};

@@ -9,8 +9,6 @@ use tokio::sync::oneshot;
 
 use super::NodeError;
 use crate::apply::{ApplyError, Response};
-use crate::lease::LeaseError;
-use crate::mvcc::MvccError;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
     DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
@@ -18,7 +16,6 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::oxetcdpb::internal_request::Request;
 use crate::proto::oxetcdpb::{LeaseCheckpointRequest, MemberAttributes, MemberChange};
-use crate::txn::TxnError;
 
 /// A request carried through raft, and what applying it answers.
 pub trait Proposal: Send + 'static {
@@ -43,22 +40,10 @@ pub enum ProposeError {
     /// No leader, stopped, timed out, too many requests, too large.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// Applied, and refused by the state machine (a failed check, no space, a lease or member
+    /// that does not exist, ...).
     #[error(transparent)]
-    Txn(#[from] TxnError),
-    #[error(transparent)]
-    Mvcc(#[from] MvccError),
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
-    #[error("database space exceeded")]
-    NoSpace,
-    #[error("corrupt cluster")]
-    Corrupt,
-    #[error("member ID already exist")]
-    MemberExists,
-    #[error("member not found")]
-    MemberNotFound,
-    #[error("can only promote a learner member")]
-    MemberNotLearner,
+    Refused(ApplyError),
     /// Apply answered a request with a response of another kind (a bug).
     #[error("unexpected apply result for {request}")]
     UnexpectedResponse { request: &'static str },
@@ -69,14 +54,7 @@ impl From<ApplyError> for ProposeError {
         match e {
             // The proposal never entered the log: there was no leader to take it.
             ApplyError::Dropped => ProposeError::Node(NodeError::NoLeader),
-            ApplyError::Txn(e) => ProposeError::Txn(e),
-            ApplyError::Mvcc(e) => ProposeError::Mvcc(e),
-            ApplyError::Lease(e) => ProposeError::Lease(e),
-            ApplyError::NoSpace => ProposeError::NoSpace,
-            ApplyError::Corrupt => ProposeError::Corrupt,
-            ApplyError::MemberExists => ProposeError::MemberExists,
-            ApplyError::MemberNotFound => ProposeError::MemberNotFound,
-            ApplyError::MemberNotLearner => ProposeError::MemberNotLearner,
+            refused => ProposeError::Refused(refused),
         }
     }
 }
