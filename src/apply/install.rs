@@ -97,17 +97,7 @@ pub fn finish_interrupted_install(engine: &Engine) -> Result<bool, SnapshotError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::format::{sample_engine, save_to_file};
-
-    fn all(engine: &Engine, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
-        engine
-            .scan(cf, &[], None)
-            .map(|r| {
-                let (k, v) = r.unwrap();
-                (k.to_vec(), v.to_vec())
-            })
-            .collect()
-    }
+    use crate::snapshot::format::{all_records as all, sample_engine, save_to_file};
 
     #[test]
     fn install_replaces_the_state_and_keeps_the_member_id() {

@@ -387,6 +387,18 @@ pub fn save_to_file(engine: &Engine, path: &Path) -> Result<SnapshotPosition, Sn
     Ok(pos)
 }
 
+/// Every record of column family `cf`, in key order, for comparing engines in the snapshot tests.
+#[cfg(test)]
+pub(crate) fn all_records(engine: &Engine, cf: crate::storage::Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
+    engine
+        .scan(cf, &[], None)
+        .map(|r| {
+            let (k, v) = r.expect("the engine reads");
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
 /// An engine with a few revisions (one deleted key), a lease, some meta, a raft log entry and
 /// the applied position (42, 3), for the snapshot tests.
 #[cfg(test)]

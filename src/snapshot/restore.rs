@@ -346,17 +346,9 @@ fn count_revision(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::format::{SNAPSHOT_MAGIC, sample_engine, save_to_file, write_snapshot};
-
-    fn all(engine: &Engine, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
-        engine
-            .scan(cf, &[], None)
-            .map(|r| {
-                let (k, v) = r.unwrap();
-                (k.to_vec(), v.to_vec())
-            })
-            .collect()
-    }
+    use crate::snapshot::format::{
+        SNAPSHOT_MAGIC, all_records as all, sample_engine, save_to_file, write_snapshot,
+    };
 
     fn options(file: &Path, data_dir: &Path) -> RestoreOptions {
         RestoreOptions {
