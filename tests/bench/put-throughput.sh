@@ -3,8 +3,11 @@
 # A manual benchmark: CI does not run it.
 #
 # Usage:
-#   tests/bench/put-throughput.sh [OXETCD_BIN]      start etcd 3.4, then oxetcd, one at a time on
-#                                                  loopback ports; print a comparison table
+#   tests/bench/put-throughput.sh [[LABEL=]OXETCD_BIN ...]
+#                                                  start etcd 3.4, then each oxetcd binary, one
+#                                                  at a time on loopback ports; print one
+#                                                  comparison table (before/after builds of
+#                                                  oxetcd in one run: before=/tmp/a after=/tmp/b)
 #   tests/bench/put-throughput.sh --etcd-only       measure etcd 3.4 alone
 #   tests/bench/put-throughput.sh --endpoint URL    measure a server that is already running here
 #
@@ -17,6 +20,9 @@
 #                  loopback cluster and the load goes to its leader
 #      BENCH_DIR   where the throwaway data dirs go (default $TMPDIR or /tmp; put it on the disk
 #                  you care about: fsync cost dominates single-client latency)
+# Besides puts/s and latency, each run reports the servers' CPU time per put (user+sys from
+# /proc/PID/stat, summed over the members): on two cores the load generator takes about one, so
+# throughput alone hides how much of the machine the server needs.
 # Only loopback endpoints are accepted; started servers are stopped and their data removed on exit.
 set -euo pipefail
 
@@ -155,6 +161,18 @@ start() {
     fi
 }
 
+# The started servers' user+sys CPU time so far, in clock ticks.
+server_ticks() {
+    local pid total=0 stat
+    for pid in "${SERVER_PIDS[@]}"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        # Fields after the ")" closing the command name: utime and stime are the 12th and 13th.
+        stat=${stat##*) }
+        total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+    done
+    echo "$total"
+}
+
 # bench ENDPOINT CLIENTS REQUESTS: prints "puts/s p50_ms p99_ms completed errors".
 bench() {
     local out
@@ -165,17 +183,28 @@ bench() {
          END {print t, p50, p99, c, e}' <<<"$out"
 }
 
-# measure LABEL ENDPOINT: runs 1 and 64 clients, stores results in RESULT_<label>_<clients>.
+# measure LABEL ENDPOINT: runs 1 and 64 clients, stores "puts/s p50_ms p99_ms completed errors
+# cpu_us_per_put" in RESULT_<label>_<clients> (cpu "-" when the server is not ours to read).
 measure() {
-    local label=$1 endpoint=$2 clients requests result
+    local label=$1 endpoint=$2 clients requests result before cpu
     for clients in 1 64; do
         requests=$REQUESTS_1
         [[ $clients == 1 ]] || requests=$REQUESTS_64
         log "$label: $clients client(s), $requests puts"
+        before=$(server_ticks)
         result=$(bench "$endpoint" "$clients" "$requests")
-        printf -v "RESULT_${label}_${clients}" '%s' "$result"
-        log "$label: $clients client(s): $result (puts/s p50_ms p99_ms completed errors)"
+        cpu=$(awk -v t="$(($(server_ticks) - before))" -v hz="$(getconf CLK_TCK)" -v n="$(field "$result" 4)" \
+            -v any="${#SERVER_PIDS[@]}" 'BEGIN { if (any > 0 && n > 0) printf "%.0f", t * 1e6 / hz / n; else print "-" }')
+        result="$result $cpu"
+        printf -v "RESULT_${label//[^A-Za-z0-9_]/_}_${clients}" '%s' "$result"
+        log "$label: $clients client(s): $result (puts/s p50_ms p99_ms completed errors cpu_us/put)"
     done
+}
+
+# result LABEL CLIENTS: what measure stored.
+result() {
+    local var="RESULT_${1//[^A-Za-z0-9_]/_}_$2"
+    echo "${!var}"
 }
 
 field() { awk -v n="$2" '{print $n}' <<<"$1"; }
@@ -183,7 +212,7 @@ field() { awk -v n="$2" '{print $n}' <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 
 MODE=compare
-OXETCD_BIN=$TARGET_DIR/release/oxetcd
+SERVERS=()
 case "${1:-}" in
     --endpoint)
         MODE=endpoint
@@ -192,9 +221,13 @@ case "${1:-}" in
             || die "only loopback endpoints (http://127.x.x.x:PORT, localhost, [::1]) are allowed"
         ;;
     --etcd-only) MODE=etcd ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
-    "") ;;
-    *) OXETCD_BIN=$1 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+    "") SERVERS=("oxetcd=$TARGET_DIR/release/oxetcd") ;;
+    *)
+        for arg in "$@"; do
+            if [[ $arg == *=* ]]; then SERVERS+=("$arg"); else SERVERS+=("oxetcd=$arg"); fi
+        done
+        ;;
 esac
 
 if [[ -z ${PUT_BENCH:-} ]]; then
@@ -209,9 +242,8 @@ if [[ $MODE == endpoint ]]; then
     measure target "$ENDPOINT"
     printf '\n| clients | puts/s | p50 ms | p99 ms |\n|---|---|---|---|\n'
     for clients in 1 64; do
-        var="RESULT_target_$clients"
-        printf '| %s | %s | %s | %s |\n' "$clients" "$(field "${!var}" 1)" \
-            "$(field "${!var}" 2)" "$(field "${!var}" 3)"
+        r=$(result target "$clients")
+        printf '| %s | %s | %s | %s |\n' "$clients" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)"
     done
     exit 0
 fi
@@ -220,30 +252,26 @@ fi
 start etcd "$ETCD"
 measure etcd "$EP"
 stop_server
+LABELS=(etcd)
 
-if [[ $MODE == etcd ]]; then
-    printf '\n| clients | etcd 3.4 puts/s | p50 ms | p99 ms |\n|---|---|---|---|\n'
-    for clients in 1 64; do
-        var="RESULT_etcd_$clients"
-        printf '| %s | %s | %s | %s |\n' "$clients" "$(field "${!var}" 1)" \
-            "$(field "${!var}" 2)" "$(field "${!var}" 3)"
-    done
-    exit 0
-fi
+for server in "${SERVERS[@]}"; do
+    label=${server%%=*}
+    bin=${server#*=}
+    [[ -x $bin ]] || die "oxetcd binary $bin not found (cargo build --release, or pass its path)"
+    start "$label" "$bin"
+    measure "$label" "$EP"
+    stop_server
+    LABELS+=("$label")
+done
 
-[[ -x $OXETCD_BIN ]] || die "oxetcd binary $OXETCD_BIN not found (cargo build --release, or pass its path)"
-start oxetcd "$OXETCD_BIN"
-measure oxetcd "$EP"
-stop_server
-
-printf '\n| clients | etcd 3.4 puts/s | oxetcd puts/s | oxetcd/etcd | etcd p50/p99 ms | oxetcd p50/p99 ms |\n'
+printf '\n| server | clients | puts/s | vs etcd | p50 / p99 ms | server CPU us/put |\n'
 printf '|---|---|---|---|---|---|\n'
 for clients in 1 64; do
-    etcd_var="RESULT_etcd_$clients"
-    ox_var="RESULT_oxetcd_$clients"
-    printf '| %s | %s | %s | %s | %s / %s | %s / %s |\n' "$clients" \
-        "$(field "${!etcd_var}" 1)" "$(field "${!ox_var}" 1)" \
-        "$(ratio "$(field "${!ox_var}" 1)" "$(field "${!etcd_var}" 1)")" \
-        "$(field "${!etcd_var}" 2)" "$(field "${!etcd_var}" 3)" \
-        "$(field "${!ox_var}" 2)" "$(field "${!ox_var}" 3)"
+    etcd_result=$(result etcd "$clients")
+    for label in "${LABELS[@]}"; do
+        r=$(result "$label" "$clients")
+        printf '| %s | %s | %s | %s | %s / %s | %s |\n' "$label" "$clients" "$(field "$r" 1)" \
+            "$(ratio "$(field "$r" 1)" "$(field "$etcd_result" 1)")" \
+            "$(field "$r" 2)" "$(field "$r" 3)" "$(field "$r" 6)"
+    done
 done
