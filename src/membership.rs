@@ -169,6 +169,21 @@ pub fn cluster_id(member_ids: &[u64], cluster_token: &str) -> u64 {
     fnv1a64(&[&bytes, cluster_token.as_bytes()])
 }
 
+/// Two members, voter 1 and learner 2, for tests of what a member list becomes.
+#[cfg(test)]
+pub(crate) fn voter_1_learner_2() -> Vec<Member> {
+    let voter = Member {
+        id: 1,
+        ..Member::default()
+    };
+    let learner = Member {
+        id: 2,
+        is_learner: true,
+        ..Member::default()
+    };
+    vec![voter, learner]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,17 +201,7 @@ mod tests {
 
     #[test]
     fn conf_state_splits_voters_and_learners() {
-        let members = vec![
-            Member {
-                id: 1,
-                ..Member::default()
-            },
-            Member {
-                id: 2,
-                is_learner: true,
-                ..Member::default()
-            },
-        ];
+        let members = voter_1_learner_2();
         let cs = conf_state_from(&members);
         assert_eq!(cs.voters, vec![1]);
         assert_eq!(cs.learners, vec![2]);

@@ -72,24 +72,13 @@ fn conf_state_of(view: &View<'_>) -> Result<ConfState, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::etcdserverpb::Member;
     use crate::storage::Batch;
 
     #[test]
     fn captures_position_configuration_and_the_snapshot_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let engine = format::sample_engine(dir.path());
-        let members = vec![
-            Member {
-                id: 1,
-                ..Member::default()
-            },
-            Member {
-                id: 2,
-                is_learner: true,
-                ..Member::default()
-            },
-        ];
+        let members = membership::voter_1_learner_2();
         let mut batch = Batch::new();
         batch.put(
             &engine,
