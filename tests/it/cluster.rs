@@ -7,9 +7,7 @@
 
 use crate::common;
 use crate::common::cluster::exclusive;
-use crate::common::process::{
-    LOG_TAIL_LINES, POLL_INTERVAL, Process, READY_TIMEOUT, SPAWN_ATTEMPTS,
-};
+use crate::common::process::{POLL_INTERVAL, Process, READY_TIMEOUT, SPAWN_ATTEMPTS};
 
 use std::path::PathBuf;
 use std::thread;
@@ -216,12 +214,8 @@ impl Cluster {
     fn logs(&self) -> String {
         let mut text = String::new();
         for member in &self.members {
-            text.push_str(&format!(
-                "--- {} log {} (last {LOG_TAIL_LINES} lines) ---\n{}\n",
-                member.name,
-                member.process.log_path().display(),
-                member.process.log_tail()
-            ));
+            text.push_str(&member.process.log_report(&member.name));
+            text.push('\n');
         }
         text
     }

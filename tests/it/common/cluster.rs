@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, StatusResponse};
 
-use super::process::{LOG_TAIL_LINES, POLL_INTERVAL, Process, READY_TIMEOUT, SPAWN_ATTEMPTS};
+use super::process::{POLL_INTERVAL, Process, READY_TIMEOUT, SPAWN_ATTEMPTS};
 use super::proxy::{Fault, PeerProxy};
 use super::{ETCDCTL_TIMEOUT, free_port, run_etcdctl, server_bin, without_client_logs};
 
@@ -859,12 +859,12 @@ impl Cluster {
             self.proxy.stats()
         );
         for (index, member) in self.members.iter().enumerate() {
-            summary.push_str(&format!(
-                "\n--- member {index} ({}) log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
-                member.name,
-                member.process.log_path().display(),
-                member.process.log_tail()
-            ));
+            summary.push('\n');
+            summary.push_str(
+                &member
+                    .process
+                    .log_report(&format!("member {index} ({})", member.name)),
+            );
         }
         summary
     }

@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use http::{HttpResponse, http_get, http_post_json, http_summary};
-use process::{LOG_TAIL_LINES, Process, SPAWN_ATTEMPTS};
+use process::{Process, SPAWN_ATTEMPTS};
 pub use process::{READY_TIMEOUT, command_line};
 
 /// Member name passed as `--name`; the etcd 3.4 reference captures use the same name.
@@ -304,11 +304,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.process.kill();
         if thread::panicking() && !self.log_shown.get() {
-            eprintln!(
-                "--- server log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
-                self.log_path().display(),
-                self.process.log_tail()
-            );
+            eprintln!("{}", self.process.log_report("server"));
         }
         if std::env::var_os("OXETCD_TEST_KEEP_DIR").is_some_and(|value| value == "1") {
             self.dir.disable_cleanup(true);

@@ -220,6 +220,15 @@ impl Process {
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
+    /// The tail of the log under a header naming `what` and the log file, for a failure report.
+    pub fn log_report(&self, what: &str) -> String {
+        format!(
+            "--- {what} log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
+            self.log_path.display(),
+            self.log_tail()
+        )
+    }
+
     /// Whether a start failed because a port was taken between `free_port()` and bind.
     pub fn port_clash(&self) -> bool {
         self.log()
