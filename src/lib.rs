@@ -10,6 +10,7 @@
 pub mod alarm;
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod authority_fix;
 pub mod config;
 pub mod consistent_index;
