@@ -118,6 +118,18 @@ impl KeyPermissions {
         }
     }
 
+    /// Every key, for reading and writing: what the root role grants.
+    pub fn everything() -> KeyPermissions {
+        let all = vec![Interval {
+            start: Vec::new(),
+            end: None,
+        }];
+        KeyPermissions {
+            read: all.clone(),
+            write: all,
+        }
+    }
+
     /// Whether the user may `access` every key of `key`/`range_end` (Range's encoding).
     pub fn permits(&self, key: &[u8], range_end: &[u8], access: Access) -> bool {
         let granted = match access {
