@@ -18,6 +18,7 @@ const SERVICES: &[&str] = &[
     "etcdserverpb.Lease",
     "etcdserverpb.Cluster",
     "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
 ];
 
 #[derive(Default)]

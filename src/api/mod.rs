@@ -5,6 +5,7 @@
 //! through `NodeHandle::propose`, which answers each request type with its response type, header
 //! filled in; this layer never sees `apply`.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod grpc_metrics;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::alarm::Alarms;
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
@@ -67,6 +69,7 @@ pub struct ServerCtx {
     pub lessor: Arc<Mutex<Lessor>>,
     pub watch: Arc<WatchHub>,
     pub alarms: Arc<Alarms>,
+    pub auth: Arc<AuthStore>,
     pub membership: Arc<RwLock<Membership>>,
     pub quota: Arc<Quota>,
     /// Owns the tasks and threads serving long-lived client streams (watch, lease keep-alive,

@@ -17,6 +17,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 use tokio::sync::oneshot;
 
 use crate::alarm::{ALARM_NOSPACE, Alarms};
+use crate::auth::{AuthError, AuthStore};
 use crate::consistent_index;
 use crate::lease::{LeaseError, Lessor};
 use crate::membership::Membership;
@@ -28,6 +29,7 @@ use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction,
 };
 use crate::proto::mvccpb::{Event, event::EventType};
+use crate::proto::oxetcdpb::auth_change::Change as AuthChange;
 use crate::proto::oxetcdpb::{InternalRequest, MemberChange, internal_request::Request};
 use crate::storage::{Batch, Engine, StorageError};
 use crate::txn::{self, TxnError};
@@ -50,6 +52,8 @@ pub enum Response {
     LeaseCheckpoint,
     /// A membership change took effect; the member list after it.
     Members(Vec<Member>),
+    /// An auth store change took effect.
+    AuthChanged,
 }
 
 /// Why a committed request had no effect.
@@ -74,6 +78,8 @@ pub enum ApplyError {
     MemberNotFound,
     #[error("can only promote a learner member")]
     MemberNotLearner,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 pub type Reply = Result<Response, ApplyError>;
@@ -122,6 +128,7 @@ pub struct Applier {
     lessor: Arc<Mutex<Lessor>>,
     watch: Arc<WatchHub>,
     alarms: Arc<Alarms>,
+    auth: Arc<AuthStore>,
     waiters: Arc<Waiters>,
     applied_index: u64,
     membership: Option<MembershipSink>,
@@ -156,6 +163,7 @@ impl Applier {
             lessor,
             watch,
             alarms,
+            auth: Arc::new(AuthStore::default()),
             waiters: Arc::new(Waiters::default()),
             applied_index,
             membership: None,
@@ -175,6 +183,12 @@ impl Applier {
     /// Records each state-machine write in `metrics` (etcd's backend commit duration).
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Applier {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Applies auth changes to `auth` (without one they go to a store of the applier's own).
+    pub fn with_auth(mut self, auth: Arc<AuthStore>) -> Applier {
+        self.auth = auth;
         self
     }
 
@@ -207,6 +221,9 @@ impl Applier {
         }
         if let Err(e) = self.alarms.reload(&self.engine) {
             crate::fatal("loading the installed snapshot's alarms", &e);
+        }
+        if let Err(e) = self.auth.reload(&self.engine) {
+            crate::fatal("loading the installed snapshot's users and roles", &e);
         }
         let leases = match self.mvcc.live_leases() {
             Ok(leases) => leases,
@@ -503,6 +520,54 @@ impl Applier {
             }
             Request::MemberUpdate(change) => {
                 Pending::Done(self.apply_member_record(batch, MemberUpdate::PeerUrls(change)))
+            }
+            Request::Auth(change) => Pending::Done(
+                self.apply_auth(change.change, batch)
+                    .map(|()| Response::AuthChanged)
+                    .map_err(ApplyError::from),
+            ),
+        }
+    }
+
+    /// One auth store change, with etcd's rules (`auth::store`). A change with nothing in it
+    /// (a newer member's change this one does not know) changes nothing.
+    fn apply_auth(&self, change: Option<AuthChange>, batch: &mut Batch) -> Result<(), AuthError> {
+        let (auth, engine) = (&self.auth, &self.engine);
+        match change {
+            None => Ok(()),
+            Some(AuthChange::Enable(_)) => auth.enable_mut(engine, batch),
+            Some(AuthChange::Disable(_)) => {
+                auth.disable_mut(engine, batch);
+                Ok(())
+            }
+            Some(AuthChange::UserAdd(r)) => {
+                let no_password = r.options.is_some_and(|o| o.no_password);
+                auth.user_add_mut(
+                    engine,
+                    batch,
+                    &r.name,
+                    r.hashed_password.as_bytes(),
+                    no_password,
+                )
+            }
+            Some(AuthChange::UserDelete(r)) => auth.user_delete_mut(engine, batch, &r.name),
+            Some(AuthChange::UserChangePassword(r)) => {
+                auth.user_change_password_mut(engine, batch, &r.name, r.hashed_password.as_bytes())
+            }
+            Some(AuthChange::UserGrantRole(r)) => {
+                auth.user_grant_role_mut(engine, batch, &r.user, &r.role)
+            }
+            Some(AuthChange::UserRevokeRole(r)) => {
+                auth.user_revoke_role_mut(engine, batch, &r.name, &r.role)
+            }
+            Some(AuthChange::RoleAdd(r)) => auth.role_add_mut(engine, batch, &r.name),
+            Some(AuthChange::RoleDelete(r)) => auth.role_delete_mut(engine, batch, &r.role),
+            Some(AuthChange::RoleGrantPermission(r)) => match r.perm {
+                Some(perm) => auth.role_grant_permission_mut(engine, batch, &r.name, perm),
+                None => Err(AuthError::PermissionMissing),
+            },
+            Some(AuthChange::RoleRevokePermission(r)) => {
+                auth.role_revoke_permission_mut(engine, batch, &r.role, &r.key, &r.range_end)
             }
         }
     }

@@ -52,6 +52,8 @@ pub enum AuthError {
     RootUserMissing,
     #[error("user root does not have role root")]
     RootRoleMissing,
+    #[error("no permission given")]
+    PermissionMissing,
     /// Removing root's access while auth is enabled would lock everyone out.
     #[error("this change would remove root's access while auth is enabled")]
     InvalidManagement,

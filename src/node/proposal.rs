@@ -15,7 +15,7 @@ use crate::proto::etcdserverpb::{
     LeaseRevokeResponse, Member, PutRequest, PutResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::oxetcdpb::internal_request::Request;
-use crate::proto::oxetcdpb::{LeaseCheckpointRequest, MemberAttributes, MemberChange};
+use crate::proto::oxetcdpb::{AuthChange, LeaseCheckpointRequest, MemberAttributes, MemberChange};
 
 /// A request carried through raft, and what applying it answers.
 pub trait Proposal: Send + 'static {
@@ -182,5 +182,17 @@ pub(super) fn members(response: Response) -> Option<Vec<Member>> {
     match response {
         Response::Members(members) => Some(members),
         _ => None,
+    }
+}
+
+/// A change to the auth store; the API layer answers with the store as it is after it.
+impl Proposal for AuthChange {
+    type Response = ();
+    const NAME: &'static str = "auth change";
+    fn into_request(self) -> Request {
+        Request::Auth(self)
+    }
+    fn from_response(response: Response) -> Option<()> {
+        matches!(response, Response::AuthChanged).then_some(())
     }
 }

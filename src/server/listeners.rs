@@ -11,6 +11,7 @@ use crate::api::{self, ServerCtx};
 use crate::config::{Config, url_host_port};
 use crate::metrics::{DiskSpace, Metrics};
 use crate::peer::PeerService;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -93,6 +94,9 @@ pub(super) fn grpc_router(
         .add_service(limits!(MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(ctx.clone())
         )))
+        .add_service(limits!(AuthServer::new(api::auth::AuthService::new(
+            ctx.clone()
+        ))))
         .add_service(HealthServer::new(api::health::HealthService))
         .prepare()
         .into_axum_router()

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::alarm::Alarms;
 use crate::api::{self, ApiConfig, Quota, ServerCtx};
 use crate::apply::{Applier, MembershipSink};
+use crate::auth::AuthStore;
 use crate::config::{AutoCompaction, Config, url_host_port};
 use crate::lease::Lessor;
 use crate::membership::Membership;
@@ -111,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let alarms = Arc::new(Alarms::open(&engine)?);
+    let auth = Arc::new(AuthStore::open(&engine)?);
     let mvcc = Arc::new(MvccStore::open(engine.clone())?);
     let lessor = Arc::new(Mutex::new(Lessor::open(
         engine.clone(),
@@ -125,7 +127,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         lessor.clone(),
         watch.clone(),
         alarms.clone(),
-    )?;
+    )?
+    .with_auth(auth.clone());
     let applied_index = applier.applied_index();
     // A member joining an existing cluster starts with no configuration and waits for the
     // leader's snapshot, which carries it.
@@ -208,6 +211,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         lessor,
         watch: watch.clone(),
         alarms,
+        auth,
         membership,
         quota,
         streams: streams.clone(),

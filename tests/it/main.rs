@@ -10,6 +10,7 @@ mod sim;
 mod tidy;
 
 mod alerts;
+mod auth;
 mod bad_input;
 mod cluster;
 mod cluster_faults;

@@ -1,0 +1,299 @@
+//! etcd's Auth service: users, roles and their key permissions.
+//!
+//! Every change goes through raft as an `oxetcdpb.AuthChange` (the apply thread runs etcd's
+//! rules in `auth::store`), so every member holds the same store; reads wait for a read barrier
+//! first, so they see every change acknowledged before them. Passwords are hashed here with
+//! bcrypt before proposing and never logged.
+//!
+//! Not yet: enabling auth (and so tokens and permission checks on the other services). Until
+//! permissions are enforced, `AuthEnable` is refused with a message saying so rather than
+//! accepted and ignored, and `Authenticate` answers etcd's `authentication is not enabled`,
+//! which etcd's clients treat as "no token needed".
+
+use tonic::{Request, Response, Status};
+
+use super::{EtcdError, ServerCtx, blocking};
+use crate::auth::AuthError;
+use crate::proto::etcdserverpb::auth_server::Auth;
+use crate::proto::etcdserverpb::*;
+use crate::proto::oxetcdpb::AuthChange;
+use crate::proto::oxetcdpb::auth_change::Change;
+
+/// bcrypt's cost for the passwords this member hashes (etcd's `--bcrypt-cost` default).
+pub const BCRYPT_COST: u32 = 10;
+
+pub struct AuthService {
+    ctx: ServerCtx,
+}
+
+impl AuthService {
+    pub fn new(ctx: ServerCtx) -> AuthService {
+        AuthService { ctx }
+    }
+
+    /// Proposes `change` and waits until it is applied here; answers the header to send.
+    async fn change(&self, change: Change) -> Result<ResponseHeader, Status> {
+        self.ctx
+            .node
+            .propose(AuthChange {
+                change: Some(change),
+            })
+            .await
+            .map_err(EtcdError::from)?;
+        Ok(self.ctx.header_now())
+    }
+
+    /// Waits until this member has applied every change acknowledged before the call.
+    async fn barrier(&self) -> Result<(), Status> {
+        self.ctx
+            .node
+            .read_barrier()
+            .await
+            .map_err(|e| Status::from(EtcdError::from(e)))
+    }
+}
+
+fn refused(e: AuthError) -> Status {
+    EtcdError::from(e).into()
+}
+
+/// The bcrypt hash of `password` (off the async workers: a hash takes tens of milliseconds), or
+/// the client's own `hashed` one when it sent that instead (etcd 3.5+ clients may).
+async fn password_hash(password: String, hashed: String) -> Result<String, Status> {
+    if !hashed.is_empty() {
+        return Ok(hashed);
+    }
+    blocking(move || {
+        bcrypt::hash(password, BCRYPT_COST)
+            .map_err(|e| EtcdError::Other(format!("hashing the password failed: {e}")))
+    })
+    .await
+    .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        _request: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        Err(Status::unimplemented(
+            "oxetcd: enabling authentication is not supported yet: permissions would not be \
+             enforced; users and roles can be managed meanwhile",
+        ))
+    }
+
+    async fn auth_disable(
+        &self,
+        _request: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let header = self.change(Change::Disable(AuthDisableRequest {})).await?;
+        Ok(Response::new(AuthDisableResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn auth_status(
+        &self,
+        _request: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.barrier().await?;
+        Ok(Response::new(AuthStatusResponse {
+            header: Some(self.ctx.header_now()),
+            enabled: self.ctx.auth.is_enabled(),
+            auth_revision: self.ctx.auth.revision(),
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        _request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        Err(EtcdError::AuthNotEnabled.into())
+    }
+
+    async fn user_add(
+        &self,
+        request: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        let r = request.into_inner();
+        if r.name.is_empty() {
+            return Err(refused(AuthError::UserEmpty));
+        }
+        let no_password = r.options.is_some_and(|o| o.no_password);
+        let hashed_password = if no_password {
+            String::new()
+        } else {
+            password_hash(r.password, r.hashed_password).await?
+        };
+        let header = self
+            .change(Change::UserAdd(AuthUserAddRequest {
+                name: r.name,
+                password: String::new(),
+                options: r.options,
+                hashed_password,
+            }))
+            .await?;
+        Ok(Response::new(AuthUserAddResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn user_get(
+        &self,
+        request: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        self.barrier().await?;
+        let user = self
+            .ctx
+            .auth
+            .user(&request.into_inner().name)
+            .map_err(refused)?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: Some(self.ctx.header_now()),
+            roles: user.roles,
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        _request: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.barrier().await?;
+        Ok(Response::new(AuthUserListResponse {
+            header: Some(self.ctx.header_now()),
+            users: self.ctx.auth.user_names(),
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        let header = self
+            .change(Change::UserDelete(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserDeleteResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        let r = request.into_inner();
+        // An unknown user is refused before paying for a hash; apply checks again.
+        self.ctx.auth.user(&r.name).map_err(refused)?;
+        let hashed_password = password_hash(r.password, r.hashed_password).await?;
+        let header = self
+            .change(Change::UserChangePassword(AuthUserChangePasswordRequest {
+                name: r.name,
+                password: String::new(),
+                hashed_password,
+            }))
+            .await?;
+        Ok(Response::new(AuthUserChangePasswordResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        let header = self
+            .change(Change::UserGrantRole(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        let header = self
+            .change(Change::UserRevokeRole(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn role_add(
+        &self,
+        request: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        let header = self.change(Change::RoleAdd(request.into_inner())).await?;
+        Ok(Response::new(AuthRoleAddResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn role_get(
+        &self,
+        request: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        self.barrier().await?;
+        let role = self
+            .ctx
+            .auth
+            .role(&request.into_inner().role)
+            .map_err(refused)?;
+        Ok(Response::new(AuthRoleGetResponse {
+            header: Some(self.ctx.header_now()),
+            perm: role.key_permission,
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        _request: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.barrier().await?;
+        Ok(Response::new(AuthRoleListResponse {
+            header: Some(self.ctx.header_now()),
+            roles: self.ctx.auth.role_names(),
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        let header = self
+            .change(Change::RoleDelete(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleDeleteResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        let r = request.into_inner();
+        if r.perm.is_none() {
+            return Err(refused(AuthError::PermissionMissing));
+        }
+        let header = self.change(Change::RoleGrantPermission(r)).await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        let header = self
+            .change(Change::RoleRevokePermission(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse {
+            header: Some(header),
+        }))
+    }
+}
