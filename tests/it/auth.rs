@@ -1,10 +1,12 @@
 //! Black-box tests of the Auth service's user and role management through Debian's etcdctl,
 //! asserting what etcd 3.4 prints for the same commands (each test also runs against etcd with
-//! `OXETCD_TEST_BIN=/usr/bin/etcd`), and that users and roles survive a restart.
+//! `OXETCD_TEST_BIN=/usr/bin/etcd`), that users and roles survive a restart, and that every
+//! member of a cluster holds the same ones.
 
 use crate::common;
 
 use common::Server;
+use common::cluster::{Cluster, FAILOVER_DEADLINE, exclusive};
 
 /// Runs etcdctl and returns its exit code and what it printed, client log lines removed.
 fn run(server: &Server, args: &[&str]) -> (i32, String) {
@@ -165,4 +167,47 @@ fn enabling_auth_is_refused_until_permissions_are_enforced() {
             .trim_end(),
         "v"
     );
+}
+
+/// Users and roles go through raft: a change made through a follower is what every member lists,
+/// including a member that was down during the change and caught up after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_holds_the_same_users_and_roles() {
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
+    let others: Vec<usize> = cluster
+        .members()
+        .into_iter()
+        .filter(|i| *i != leader)
+        .collect();
+    let (follower, down) = (others[0], others[1]);
+    cluster.stop(down);
+    cluster.etcdctl_ok(follower, &["user", "add", "dave:pw"]);
+    cluster.etcdctl_ok(follower, &["role", "add", "ops"]);
+    cluster.etcdctl_ok(
+        follower,
+        &[
+            "role",
+            "grant-permission",
+            "ops",
+            "read",
+            "cfg/",
+            "--prefix",
+        ],
+    );
+    cluster.etcdctl_ok(follower, &["user", "grant-role", "dave", "ops"]);
+    cluster.restart(down);
+    for member in cluster.members() {
+        assert_eq!(
+            cluster.etcdctl_ok(member, &["user", "get", "dave"]),
+            "User: dave\nRoles: ops\n",
+            "member {member}"
+        );
+        assert_eq!(
+            cluster.etcdctl_ok(member, &["role", "get", "ops"]),
+            "Role ops\nKV Read:\n\t[cfg/, cfg0) (prefix cfg/)\nKV Write:\n",
+            "member {member}"
+        );
+    }
 }
