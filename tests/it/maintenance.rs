@@ -724,6 +724,10 @@ async fn snapshot_save_and_restore() {
     }
     client.delete("snap/05", None).await.expect("delete");
     client.put("snap/last", "end", None).await.expect("put");
+    // Users and roles travel in the snapshot too.
+    server.etcdctl_ok(&["role", "add", "readers"]);
+    server.etcdctl_ok(&["user", "add", "erin:pw"]);
+    server.etcdctl_ok(&["user", "grant-role", "erin", "readers"]);
     let head = current_revision(&mut client).await;
     let expected = kv_tuples(&all_kvs(&mut client).await);
 
@@ -789,6 +793,11 @@ async fn snapshot_save_and_restore() {
         "every key, value, revision and version comes back"
     );
     assert_eq!(current_revision(&mut restored_client).await, head);
+    let erin = restored_client
+        .user_get("erin")
+        .await
+        .expect("the restored member knows the saved user");
+    assert_eq!(erin.roles(), ["readers"]);
     let put = restored_client
         .put("after-restore", "x", None)
         .await
