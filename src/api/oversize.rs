@@ -102,7 +102,7 @@ mod tests {
             status.message()
         );
 
-        // Behind the layer as server.rs mounts it, a client sees etcd's status.
+        // Behind the layer as server/listeners.rs mounts it, a client sees etcd's status.
         let router = Routes::new(health())
             .prepare()
             .into_axum_router()
