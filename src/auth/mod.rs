@@ -3,10 +3,13 @@
 //! [`store`] holds users, roles and whether auth is enabled, changed through raft with etcd's
 //! rules and persisted in `meta`; [`perms`] decides whether a user's roles grant read or write
 //! access to a key or key range, the check every KV, Watch and Lease RPC makes once auth is
-//! enabled. Tokens and the Auth service build on these (issue 11); nothing calls them yet.
+//! enabled; [`tokens`] keeps etcd's `simple` tokens. The Auth service (`api/auth.rs`) manages
+//! the store; enforcing permissions on the other services, and so enabling auth, is next
+//! (issue 11).
 
 pub mod perms;
 pub mod store;
+pub mod tokens;
 
 pub use perms::{Access, KeyPermissions};
 pub use store::{AuthError, AuthStore, ROOT};
