@@ -1,23 +1,21 @@
-//! etcd's Auth service: users, roles and their key permissions.
+//! etcd's Auth service: enabling auth, authenticating, users, roles and their key permissions.
 //!
 //! Every change goes through raft as an `oxetcdpb.AuthChange` (the apply thread runs etcd's
-//! rules in `auth::store`), so every member holds the same store; reads wait for a read barrier
-//! first, so they see every change acknowledged before them. Passwords are hashed here with
-//! bcrypt before proposing and never logged.
-//!
-//! Not yet: enabling auth (and so tokens and permission checks on the other services). Until
-//! permissions are enforced, `AuthEnable` is refused with a message saying so rather than
-//! accepted and ignored, and `Authenticate` answers etcd's `authentication is not enabled`,
-//! which etcd's clients treat as "no token needed".
+//! rules in `auth::store` and checks the caller is root), so every member holds the same store;
+//! reads wait for a read barrier first, so they see every change acknowledged before them.
+//! Passwords are hashed here with bcrypt before proposing and never logged. Authenticate checks
+//! the password here and proposes the token, so every member knows it.
 
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
 use crate::auth::AuthError;
+use crate::auth::tokens::token_letters;
+use crate::node::{IssueToken, Origin};
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::*;
-use crate::proto::oxetcdpb::AuthChange;
 use crate::proto::oxetcdpb::auth_change::Change;
+use crate::proto::oxetcdpb::{self, AuthChange, Caller};
 
 /// bcrypt's cost for the passwords this member hashes (etcd's `--bcrypt-cost` default).
 pub const BCRYPT_COST: u32 = 10;
@@ -31,13 +29,17 @@ impl AuthService {
         AuthService { ctx }
     }
 
-    /// Proposes `change` and waits until it is applied here; answers the header to send.
-    async fn change(&self, change: Change) -> Result<ResponseHeader, Status> {
+    /// Proposes `change` for `caller` and waits until it is applied here (where the caller's
+    /// right to make it is checked); answers the header to send.
+    async fn change(&self, caller: Caller, change: Change) -> Result<ResponseHeader, Status> {
         self.ctx
             .node
-            .propose(AuthChange {
-                change: Some(change),
-            })
+            .propose(
+                AuthChange {
+                    change: Some(change),
+                },
+                Origin::Client(caller),
+            )
             .await
             .map_err(EtcdError::from)?;
         Ok(self.ctx.header_now())
@@ -75,19 +77,27 @@ async fn password_hash(password: String, hashed: String) -> Result<String, Statu
 impl Auth for AuthService {
     async fn auth_enable(
         &self,
-        _request: Request<AuthEnableRequest>,
+        request: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(Status::unimplemented(
-            "oxetcd: enabling authentication is not supported yet: permissions would not be \
-             enforced; users and roles can be managed meanwhile",
-        ))
+        let caller = self.ctx.caller(request.metadata())?;
+        let header = self
+            .change(caller, Change::Enable(AuthEnableRequest {}))
+            .await?;
+        tracing::info!("authentication enabled");
+        Ok(Response::new(AuthEnableResponse {
+            header: Some(header),
+        }))
     }
 
     async fn auth_disable(
         &self,
-        _request: Request<AuthDisableRequest>,
+        request: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let header = self.change(Change::Disable(AuthDisableRequest {})).await?;
+        let caller = self.ctx.admin(request.metadata())?;
+        let header = self
+            .change(caller, Change::Disable(AuthDisableRequest {}))
+            .await?;
+        tracing::info!("authentication disabled");
         Ok(Response::new(AuthDisableResponse {
             header: Some(header),
         }))
@@ -107,15 +117,51 @@ impl Auth for AuthService {
 
     async fn authenticate(
         &self,
-        _request: Request<AuthenticateRequest>,
+        request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(EtcdError::AuthNotEnabled.into())
+        if !self.ctx.auth.is_enabled() {
+            return Err(EtcdError::AuthNotEnabled.into());
+        }
+        let AuthenticateRequest { name, password } = request.into_inner();
+        // Any failure reads the same to the client: which part was wrong is not its business.
+        let user = self
+            .ctx
+            .auth
+            .user(&name)
+            .map_err(|_| EtcdError::AuthFailed)?;
+        if user.options.is_some_and(|o| o.no_password) {
+            return Err(EtcdError::AuthFailed.into());
+        }
+        let hash = String::from_utf8(user.password).map_err(|_| EtcdError::AuthFailed)?;
+        let matches =
+            blocking(move || Ok(bcrypt::verify(password, &hash).unwrap_or(false))).await?;
+        if !matches {
+            tracing::info!(user = %name, "authentication failed: wrong password");
+            return Err(EtcdError::AuthFailed.into());
+        }
+        let token = self
+            .ctx
+            .node
+            .propose(
+                IssueToken(oxetcdpb::IssueToken {
+                    user: name,
+                    letters: token_letters(),
+                }),
+                Origin::Member,
+            )
+            .await
+            .map_err(EtcdError::from)?;
+        Ok(Response::new(AuthenticateResponse {
+            header: Some(self.ctx.header_now()),
+            token,
+        }))
     }
 
     async fn user_add(
         &self,
         request: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(refused(AuthError::UserEmpty));
@@ -127,12 +173,15 @@ impl Auth for AuthService {
             password_hash(r.password, r.hashed_password).await?
         };
         let header = self
-            .change(Change::UserAdd(AuthUserAddRequest {
-                name: r.name,
-                password: String::new(),
-                options: r.options,
-                hashed_password,
-            }))
+            .change(
+                caller,
+                Change::UserAdd(AuthUserAddRequest {
+                    name: r.name,
+                    password: String::new(),
+                    options: r.options,
+                    hashed_password,
+                }),
+            )
             .await?;
         Ok(Response::new(AuthUserAddResponse {
             header: Some(header),
@@ -143,12 +192,14 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
+        // A user may look itself up; anyone else is root's business.
+        let caller = self.ctx.caller(request.metadata())?;
+        let name = request.into_inner().name;
+        if caller.user != name || caller.user.is_empty() {
+            self.ctx.permit(&caller, &[], true)?;
+        }
         self.barrier().await?;
-        let user = self
-            .ctx
-            .auth
-            .user(&request.into_inner().name)
-            .map_err(refused)?;
+        let user = self.ctx.auth.user(&name).map_err(refused)?;
         Ok(Response::new(AuthUserGetResponse {
             header: Some(self.ctx.header_now()),
             roles: user.roles,
@@ -157,8 +208,9 @@ impl Auth for AuthService {
 
     async fn user_list(
         &self,
-        _request: Request<AuthUserListRequest>,
+        request: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         self.barrier().await?;
         Ok(Response::new(AuthUserListResponse {
             header: Some(self.ctx.header_now()),
@@ -170,8 +222,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let header = self
-            .change(Change::UserDelete(request.into_inner()))
+            .change(caller, Change::UserDelete(request.into_inner()))
             .await?;
         Ok(Response::new(AuthUserDeleteResponse {
             header: Some(header),
@@ -182,16 +235,20 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let r = request.into_inner();
         // An unknown user is refused before paying for a hash; apply checks again.
         self.ctx.auth.user(&r.name).map_err(refused)?;
         let hashed_password = password_hash(r.password, r.hashed_password).await?;
         let header = self
-            .change(Change::UserChangePassword(AuthUserChangePasswordRequest {
-                name: r.name,
-                password: String::new(),
-                hashed_password,
-            }))
+            .change(
+                caller,
+                Change::UserChangePassword(AuthUserChangePasswordRequest {
+                    name: r.name,
+                    password: String::new(),
+                    hashed_password,
+                }),
+            )
             .await?;
         Ok(Response::new(AuthUserChangePasswordResponse {
             header: Some(header),
@@ -202,8 +259,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let header = self
-            .change(Change::UserGrantRole(request.into_inner()))
+            .change(caller, Change::UserGrantRole(request.into_inner()))
             .await?;
         Ok(Response::new(AuthUserGrantRoleResponse {
             header: Some(header),
@@ -214,8 +272,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let header = self
-            .change(Change::UserRevokeRole(request.into_inner()))
+            .change(caller, Change::UserRevokeRole(request.into_inner()))
             .await?;
         Ok(Response::new(AuthUserRevokeRoleResponse {
             header: Some(header),
@@ -226,7 +285,10 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        let header = self.change(Change::RoleAdd(request.into_inner())).await?;
+        let caller = self.ctx.admin(request.metadata())?;
+        let header = self
+            .change(caller, Change::RoleAdd(request.into_inner()))
+            .await?;
         Ok(Response::new(AuthRoleAddResponse {
             header: Some(header),
         }))
@@ -236,6 +298,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         self.barrier().await?;
         let role = self
             .ctx
@@ -250,8 +313,9 @@ impl Auth for AuthService {
 
     async fn role_list(
         &self,
-        _request: Request<AuthRoleListRequest>,
+        request: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         self.barrier().await?;
         Ok(Response::new(AuthRoleListResponse {
             header: Some(self.ctx.header_now()),
@@ -263,8 +327,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let header = self
-            .change(Change::RoleDelete(request.into_inner()))
+            .change(caller, Change::RoleDelete(request.into_inner()))
             .await?;
         Ok(Response::new(AuthRoleDeleteResponse {
             header: Some(header),
@@ -275,11 +340,12 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let r = request.into_inner();
         if r.perm.is_none() {
             return Err(refused(AuthError::PermissionMissing));
         }
-        let header = self.change(Change::RoleGrantPermission(r)).await?;
+        let header = self.change(caller, Change::RoleGrantPermission(r)).await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse {
             header: Some(header),
         }))
@@ -289,8 +355,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        let caller = self.ctx.admin(request.metadata())?;
         let header = self
-            .change(Change::RoleRevokePermission(request.into_inner()))
+            .change(caller, Change::RoleRevokePermission(request.into_inner()))
             .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse {
             header: Some(header),

@@ -18,7 +18,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType};
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx};
-use crate::node::{MemberPeerUrls, PeerProgress};
+use crate::node::{MemberPeerUrls, Origin, PeerProgress};
 use crate::peer::forward::{ForwardError, LeaderForwarder};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
@@ -278,7 +278,13 @@ impl Leader<'_> {
         let mut member = self.known_member(req.id)?;
         member.peer_ur_ls = parse_peer_urls(&req.peer_ur_ls)?;
         self.check_peer_urls_free(&member.peer_ur_ls, req.id)?;
-        let mut members = self.ctx.node.propose(MemberPeerUrls(member)).await?;
+        // Root's call, checked where the client called (this may be the leader it was forwarded
+        // to).
+        let mut members = self
+            .ctx
+            .node
+            .propose(MemberPeerUrls(member), Origin::Member)
+            .await?;
         members.sort_by_key(|m| m.id);
         tracing::info!(member_id = %format!("{:x}", req.id), peer_urls = ?req.peer_ur_ls, "updated member");
         Ok(changed(None, members))
@@ -379,6 +385,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         let req = request.into_inner();
         // Malformed URLs are refused here, before the leader is asked.
         parse_peer_urls(&req.peer_ur_ls)?;
@@ -394,6 +401,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         let changed = self.change(Change::Remove(request.into_inner())).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.ctx.header(0)),
@@ -405,6 +413,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         let changed = self.change(Change::Update(request.into_inner())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.ctx.header(0)),
@@ -433,6 +442,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.ctx.admin(request.metadata())?;
         let changed = self.change(Change::Promote(request.into_inner())).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.ctx.header(0)),

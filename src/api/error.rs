@@ -104,6 +104,14 @@ pub enum EtcdError {
     PermissionNotGranted,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
     #[error("etcdserver: watch canceled")]
     WatchCanceled,
     /// Anything else: etcd sends these with code Unknown and the error's own text.
@@ -121,7 +129,9 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge | UserEmpty | RoleEmpty | PermissionNotGiven
-            | InvalidAuthMgmt => Code::InvalidArgument,
+            | InvalidAuthMgmt | AuthOldRevision | AuthFailed => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
@@ -199,6 +209,9 @@ impl From<crate::auth::AuthError> for EtcdError {
             A::RootUserMissing => EtcdError::RootUserNotExist,
             A::RootRoleMissing => EtcdError::RootRoleNotExist,
             A::InvalidManagement => EtcdError::InvalidAuthMgmt,
+            A::PermissionDenied => EtcdError::PermissionDenied,
+            A::OldRevision => EtcdError::AuthOldRevision,
+            A::AuthFailed => EtcdError::AuthFailed,
         }
     }
 }
@@ -428,6 +441,21 @@ mod tests {
                 A::InvalidManagement,
                 Code::InvalidArgument,
                 "etcdserver: invalid auth management",
+            ),
+            (
+                A::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                A::OldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            (
+                A::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
             ),
         ];
         for (err, code, msg) in cases {

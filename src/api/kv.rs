@@ -7,6 +7,8 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
+use crate::auth::requests;
+use crate::node::Origin;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -45,10 +47,11 @@ pub async fn compact(
     ctx: &ServerCtx,
     revision: i64,
     physical: bool,
+    origin: Origin,
 ) -> Result<CompactionResponse, EtcdError> {
     let compaction = ctx
         .node
-        .propose(CompactionRequest { revision, physical })
+        .propose(CompactionRequest { revision, physical }, origin)
         .await?;
     if physical {
         let _ = compaction.physical_done.await;
@@ -62,8 +65,10 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         txn::check_range(&req).map_err(EtcdError::from)?;
+        self.ctx.permit(&caller, &requests::range(&req), false)?;
         let linearizable = !req.serializable;
         if linearizable && self.ctx.is_learner() {
             return Err(EtcdError::NotSupportedForLearner.into());
@@ -76,10 +81,16 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         txn::check_put(&req).map_err(EtcdError::from)?;
         self.ctx.check_quota(req.encoded_len() as u64).await?;
-        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        let resp = self
+            .ctx
+            .node
+            .propose(req, Origin::Client(caller))
+            .await
+            .map_err(EtcdError::from)?;
         Ok(Response::new(resp))
     }
 
@@ -87,16 +98,26 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         txn::check_delete_range(&req).map_err(EtcdError::from)?;
-        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        let resp = self
+            .ctx
+            .node
+            .propose(req, Origin::Client(caller))
+            .await
+            .map_err(EtcdError::from)?;
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         txn::check_txn(&req, self.ctx.config.txn_ops_max as usize).map_err(EtcdError::from)?;
         if !txn::has_writes(&req) {
+            // Served here, not through raft: checked here (a write txn is checked at apply).
+            self.ctx
+                .permit(&caller, &requests::txn(&req, &|_| Vec::new()), false)?;
             // A read-only txn is a set of reads at one revision: served locally like Range,
             // after a ReadIndex barrier unless every range in it is serializable.
             let linearizable = !txn::is_txn_serializable(&req);
@@ -107,7 +128,12 @@ impl Kv for KvService {
             return Ok(Response::new(resp));
         }
         self.ctx.check_quota(req.encoded_len() as u64).await?;
-        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        let resp = self
+            .ctx
+            .node
+            .propose(req, Origin::Client(caller))
+            .await
+            .map_err(EtcdError::from)?;
         Ok(Response::new(resp))
     }
 
@@ -115,8 +141,15 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
-        let resp = compact(&self.ctx, req.revision, req.physical).await?;
+        let resp = compact(
+            &self.ctx,
+            req.revision,
+            req.physical,
+            Origin::Client(caller),
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 }

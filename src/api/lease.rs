@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{EtcdError, ServerCtx};
 use crate::lease::{LeaseError, Lessor, MAX_LEASE_TTL_SECS};
-use crate::node::{ApplyError, ProposeError};
+use crate::node::{ApplyError, Origin, ProposeError};
 use crate::peer::forward::{ForwardError, LeaderForwarder};
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -69,6 +69,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -77,7 +78,12 @@ impl Lease for LeaseService {
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }
-        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        let resp = self
+            .ctx
+            .node
+            .propose(req, Origin::Client(caller))
+            .await
+            .map_err(EtcdError::from)?;
         Ok(Response::new(resp))
     }
 
@@ -85,8 +91,14 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
-        let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+        let resp = self
+            .ctx
+            .node
+            .propose(req, Origin::Client(caller))
+            .await
+            .map_err(EtcdError::from)?;
         Ok(Response::new(resp))
     }
 
@@ -271,7 +283,7 @@ pub async fn renew_on_leader(ctx: &ServerCtx, id: i64) -> Result<i64, EtcdError>
                 remaining_ttl: 0,
             }],
         };
-        if let Err(e) = ctx.node.propose(clear).await {
+        if let Err(e) = ctx.node.propose(clear, Origin::Member).await {
             tracing::warn!(lease_id = id, error = %e, "could not clear a lease checkpoint after renewal");
         }
     }
@@ -380,7 +392,10 @@ async fn revoke_expired(ctx: &ServerCtx) {
     let total = expired.len();
     let results: Vec<_> = futures::stream::iter(expired)
         .map(|id| async move {
-            let result = ctx.node.propose(LeaseRevokeRequest { id }).await;
+            let result = ctx
+                .node
+                .propose(LeaseRevokeRequest { id }, Origin::Member)
+                .await;
             (id, result)
         })
         .buffer_unordered(REVOKES_IN_FLIGHT_MAX)
@@ -422,7 +437,7 @@ async fn checkpoint_long_leases(ctx: &ServerCtx, interval: Duration) {
                 .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect(),
         };
-        if let Err(e) = ctx.node.propose(request).await {
+        if let Err(e) = ctx.node.propose(request, Origin::Member).await {
             tracing::warn!(error = %e, leases = chunk.len(), "could not checkpoint leases; retrying in the next interval");
             return;
         }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
+use crate::node::Origin;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
@@ -65,6 +66,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => {
@@ -85,7 +87,13 @@ impl Maintenance for MaintenanceService {
                 }))
             }
             Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
-                let resp = self.ctx.node.propose(req).await.map_err(EtcdError::from)?;
+                // Raising or clearing an alarm is root's (checked where it is applied).
+                let resp = self
+                    .ctx
+                    .node
+                    .propose(req, Origin::Client(caller))
+                    .await
+                    .map_err(EtcdError::from)?;
                 Ok(Response::new(resp))
             }
             Err(_) => Err(Status::invalid_argument(format!(
@@ -141,8 +149,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.ctx.maintenance_admin(request.metadata())?;
         let engine = self.ctx.engine.clone();
         let sizes = blocking(move || {
             let _one_at_a_time = DEFRAG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,7 +175,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.ctx.maintenance_admin(request.metadata())?;
         let mvcc = self.ctx.mvcc.clone();
         let (hash, revision) = blocking(move || mvcc.hash_all().map_err(EtcdError::from)).await?;
         Ok(Response::new(HashResponse {
@@ -179,6 +189,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.ctx.maintenance_admin(request.metadata())?;
         let revision = request.into_inner().revision;
         let mvcc = self.ctx.mvcc.clone();
         let h = blocking(move || mvcc.hash_kv(revision).map_err(EtcdError::from)).await?;
@@ -194,8 +205,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.ctx.maintenance_admin(request.metadata())?;
         let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
         let engine = self.ctx.engine.clone();
         let header = self.ctx.header_now();

@@ -24,11 +24,13 @@ use std::time::Duration;
 
 use crate::alarm::Alarms;
 use crate::auth::AuthStore;
+use crate::auth::requests::Need;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
-use crate::node::NodeHandle;
+use crate::node::{NodeHandle, Origin};
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::oxetcdpb::Caller;
 use crate::storage::Engine;
 use crate::tasks::TaskSet;
 use crate::watch::WatchHub;
@@ -125,13 +127,65 @@ impl ServerCtx {
             member_id,
             alarm: crate::alarm::ALARM_NOSPACE,
         };
-        let _ = self.node.propose(alarm).await;
+        let _ = self.node.propose(alarm, Origin::Member).await;
         Err(EtcdError::NoSpace)
     }
 
     /// Completes once the member starts draining client streams.
     pub async fn stopping(&self) {
         self.streams.stopping().await;
+    }
+
+    /// Who is calling: while auth is enabled, the user and auth revision of the request's
+    /// `token` (etcd's `invalid auth token` for one this member does not know or that expired;
+    /// no token is nobody, whom every check refuses with `user name is empty`). While auth is
+    /// disabled tokens are ignored, as in etcd.
+    pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, EtcdError> {
+        if !self.auth.is_enabled() {
+            return Ok(Caller::default());
+        }
+        let Some(token) = metadata.get("token") else {
+            return Ok(Caller::default());
+        };
+        let token = token.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
+        let (user, auth_revision) = self
+            .auth
+            .tokens()
+            .check(token, std::time::Instant::now())
+            .map_err(|_| EtcdError::InvalidAuthToken)?;
+        Ok(Caller {
+            user,
+            auth_revision,
+        })
+    }
+
+    /// Whether `caller` may do what `needs` lists (with `admin`, what only root may); always
+    /// while auth is disabled.
+    pub fn permit(&self, caller: &Caller, needs: &[Need], admin: bool) -> Result<(), EtcdError> {
+        self.auth
+            .check(&caller.user, caller.auth_revision, needs, admin)
+            .map_err(EtcdError::from)
+    }
+
+    /// The caller of `metadata`, refused unless it may use root-only calls.
+    pub fn admin(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, EtcdError> {
+        let caller = self.caller(metadata)?;
+        self.permit(&caller, &[], true)?;
+        Ok(caller)
+    }
+
+    /// [`ServerCtx::admin`] for the Maintenance calls etcd keeps to root (Defragment, Hash,
+    /// HashKV, Snapshot): etcd refuses those with code Unknown and an `auth: ` message
+    /// (`auth: permission denied`, `auth: user name is empty`), so this does too.
+    pub fn maintenance_admin(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(), EtcdError> {
+        self.admin(metadata).map(|_| ()).map_err(|e| {
+            let message = e.to_string();
+            let reason = message.strip_prefix("etcdserver: ").unwrap_or(&message);
+            EtcdError::Other(format!("auth: {reason}"))
+        })
     }
 
     /// A header carrying the current store revision.

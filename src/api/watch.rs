@@ -20,11 +20,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{EtcdError, ServerCtx};
+use crate::auth::Access;
+use crate::auth::requests::Need;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::Event;
+use crate::proto::oxetcdpb::Caller;
 use crate::watch::{HubEvent, HubSink, HubWatcherId, SINK_CAPACITY, WatchHub, WatchSpec};
 
 /// gRPC framing allowance on top of `--max-request-bytes` for incoming messages (etcd's
@@ -80,12 +83,15 @@ impl Watch for WatchService {
             .get("hasleader")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == "true");
+        // Checked against each create request; a bad token refuses every watch on the stream.
+        let caller = self.ctx.caller(request.metadata());
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let (sink, hub_rx) = mpsc::channel(SINK_CAPACITY);
         let stream = WatchStream {
             hub: self.ctx.watch.clone(),
             ctx: self.ctx.clone(),
+            caller,
             out: out_tx,
             sink,
             next_auto_id: 0,
@@ -116,6 +122,8 @@ struct Ended;
 /// State of one bidi stream, owned by its task.
 struct WatchStream {
     ctx: ServerCtx,
+    /// Who opened the stream (while auth is enabled, watches need READ on their range).
+    caller: Result<Caller, EtcdError>,
     hub: Arc<WatchHub>,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     /// Handed to the hub for every watcher of this stream.
@@ -242,6 +250,14 @@ impl WatchStream {
             watch_id,
             fragment,
         } = create;
+        let permitted = self.caller.as_ref().is_ok_and(|caller| {
+            let need = Need {
+                key: key.clone(),
+                range_end: range_end.clone(),
+                access: Access::Read,
+            };
+            self.ctx.permit(caller, &[need], false).is_ok()
+        });
         // "\0" is the smallest key: an empty key watches from the start of the key space.
         if key.is_empty() {
             key = vec![0];
@@ -255,6 +271,20 @@ impl WatchStream {
             cancel_reason: reason,
             ..WatchResponse::default()
         };
+        if !permitted {
+            // etcd words this reason as the gRPC status it would have sent.
+            let denied = Status::from(EtcdError::PermissionDenied);
+            return self
+                .send(WatchResponse {
+                    watch_id,
+                    ..refuse(format!(
+                        "rpc error: code = {:?} desc = {}",
+                        denied.code(),
+                        denied.message()
+                    ))
+                })
+                .await;
+        }
         if start_revision < 0 {
             return self.send(refuse(EtcdError::Compacted.to_string())).await;
         }

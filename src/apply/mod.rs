@@ -17,7 +17,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 use tokio::sync::oneshot;
 
 use crate::alarm::{ALARM_NOSPACE, Alarms};
-use crate::auth::{AuthError, AuthStore};
+use crate::auth::{AuthError, AuthStore, requests};
 use crate::consistent_index;
 use crate::lease::{LeaseError, Lessor};
 use crate::membership::Membership;
@@ -30,7 +30,10 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{Event, event::EventType};
 use crate::proto::oxetcdpb::auth_change::Change as AuthChange;
-use crate::proto::oxetcdpb::{InternalRequest, MemberChange, internal_request::Request};
+use crate::proto::oxetcdpb::{
+    AuthChange as AuthChangeRequest, Caller, InternalRequest, MemberChange,
+    internal_request::Request,
+};
 use crate::storage::{Batch, Engine, StorageError};
 use crate::txn::{self, TxnError};
 use crate::watch::WatchHub;
@@ -54,6 +57,8 @@ pub enum Response {
     Members(Vec<Member>),
     /// An auth store change took effect.
     AuthChanged,
+    /// Authenticate: the token every member assigned.
+    Token(String),
 }
 
 /// Why a committed request had no effect.
@@ -395,7 +400,13 @@ impl Applier {
                                 (parent, s)
                             });
                             let _entered = span.as_ref().map(|(_, s)| s.enter());
-                            Some((req.id, self.apply_request(req.request, &mut batch)))
+                            let caller = req.caller.as_ref();
+                            let refused = self.refuse_unpermitted(req.request.as_ref(), caller);
+                            let pending = match refused {
+                                Err(e) => Pending::Done(Err(e.into())),
+                                Ok(()) => self.apply_request(req.request, entry.index, &mut batch),
+                            };
+                            Some((req.id, pending))
                         }
                         Err(e) => crate::fatal(
                             "decoding a committed raft entry",
@@ -442,7 +453,62 @@ impl Applier {
         self.applied_index
     }
 
-    fn apply_request(&mut self, request: Option<Request>, batch: &mut Batch) -> Pending {
+    /// Refuses a client's request its caller may not make while auth is enabled, as etcd does at
+    /// apply (so a permission revoked after the request was proposed still counts). The
+    /// member's own requests carry no caller and are not checked.
+    fn refuse_unpermitted(
+        &self,
+        request: Option<&Request>,
+        caller: Option<&Caller>,
+    ) -> Result<(), AuthError> {
+        let (Some(caller), Some(request)) = (caller, request) else {
+            return Ok(());
+        };
+        if !self.auth.is_enabled() {
+            return Ok(());
+        }
+        let lease_keys = |id: i64| -> Vec<Vec<u8>> {
+            self.lessor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys_of(id)
+        };
+        let (needs, admin) = match request {
+            Request::Put(r) => {
+                let keys = if r.lease != 0 {
+                    lease_keys(r.lease)
+                } else {
+                    Vec::new()
+                };
+                (requests::put(r, &keys), false)
+            }
+            Request::DeleteRange(r) => (requests::delete_range(r), false),
+            Request::Txn(r) => (requests::txn(r, &lease_keys), false),
+            Request::LeaseRevoke(r) => (requests::lease_revoke(&lease_keys(r.id)), false),
+            // etcd 3.4 lets any authenticated user grant leases, compact and manage alarms.
+            Request::LeaseGrant(_) | Request::Compaction(_) | Request::Alarm(_) => {
+                (Vec::new(), false)
+            }
+            // Authenticate checked the password where it was proposed; enabling needs nothing
+            // while auth is off (and changes nothing while it is on).
+            Request::Auth(AuthChangeRequest {
+                change: Some(AuthChange::IssueToken(_) | AuthChange::Enable(_)),
+            }) => return Ok(()),
+            Request::Auth(_)
+            | Request::MemberAttributes(_)
+            | Request::MemberUpdate(_)
+            | Request::LeaseCheckpoint(_) => (Vec::new(), true),
+        };
+        self.auth
+            .check(&caller.user, caller.auth_revision, &needs, admin)
+    }
+
+    fn apply_request(
+        &mut self,
+        request: Option<Request>,
+        index: u64,
+        batch: &mut Batch,
+    ) -> Pending {
         let Some(request) = request else {
             return Pending::Done(Err(ApplyError::Txn(TxnError::KeyNotFound)));
         };
@@ -521,6 +587,17 @@ impl Applier {
             Request::MemberUpdate(change) => {
                 Pending::Done(self.apply_member_record(batch, MemberUpdate::PeerUrls(change)))
             }
+            Request::Auth(AuthChangeRequest {
+                change: Some(AuthChange::IssueToken(issue)),
+            }) => {
+                let token = crate::auth::tokens::token(&issue.letters, index);
+                Pending::Done(
+                    self.auth
+                        .issue_token(&issue.user, &token, std::time::Instant::now())
+                        .map(|()| Response::Token(token))
+                        .map_err(ApplyError::from),
+                )
+            }
             Request::Auth(change) => Pending::Done(
                 self.apply_auth(change.change, batch)
                     .map(|()| Response::AuthChanged)
@@ -569,6 +646,8 @@ impl Applier {
             Some(AuthChange::RoleRevokePermission(r)) => {
                 auth.role_revoke_permission_mut(engine, batch, &r.role, &r.key, &r.range_end)
             }
+            // Applied by `apply_request`, which knows the entry's index.
+            Some(AuthChange::IssueToken(_)) => Ok(()),
         }
     }
 

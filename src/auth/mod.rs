@@ -8,6 +8,7 @@
 //! (issue 11).
 
 pub mod perms;
+pub mod requests;
 pub mod store;
 pub mod tokens;
 

@@ -17,6 +17,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message as _;
 
 use super::perms::{Access, KeyPermissions};
+use super::requests::Need;
+use super::tokens::SimpleTokens;
 use crate::proto::authpb::{Permission, Role, User, UserAddOptions};
 use crate::storage::{Batch, Cf, Engine, StorageError};
 
@@ -54,6 +56,13 @@ pub enum AuthError {
     RootRoleMissing,
     #[error("no permission given")]
     PermissionMissing,
+    #[error("permission denied")]
+    PermissionDenied,
+    /// The caller's token was issued before the latest auth change; it must authenticate again.
+    #[error("the token's auth revision is older than the store's")]
+    OldRevision,
+    #[error("authentication failed")]
+    AuthFailed,
     /// Removing root's access while auth is enabled would lock everyone out.
     #[error("this change would remove root's access while auth is enabled")]
     InvalidManagement,
@@ -67,10 +76,11 @@ struct State {
     roles: BTreeMap<String, Role>,
 }
 
-/// The auth store of one member.
+/// The auth store of one member, and the tokens it issued.
 #[derive(Debug, Default)]
 pub struct AuthStore {
     state: RwLock<State>,
+    tokens: SimpleTokens,
 }
 
 fn corrupt(key: &[u8], reason: impl ToString) -> StorageError {
@@ -126,7 +136,80 @@ impl AuthStore {
         }
         Ok(AuthStore {
             state: RwLock::new(state),
+            tokens: SimpleTokens::default(),
         })
+    }
+
+    /// Tokens live `ttl` after their last use (etcd's `--auth-token-ttl`).
+    pub fn with_token_ttl(mut self, ttl: std::time::Duration) -> AuthStore {
+        self.tokens = SimpleTokens::new(ttl);
+        self
+    }
+
+    /// The simple tokens this member issued or learnt through raft.
+    pub fn tokens(&self) -> &SimpleTokens {
+        &self.tokens
+    }
+
+    /// Whether `user`, holding a token of auth `revision`, may do what `needs` lists (and, with
+    /// `admin`, what only root may). Everything is allowed while auth is disabled.
+    pub fn check(
+        &self,
+        user: &str,
+        revision: u64,
+        needs: &[Need],
+        admin: bool,
+    ) -> Result<(), AuthError> {
+        let state = self.read();
+        if !state.enabled {
+            return Ok(());
+        }
+        if user.is_empty() {
+            return Err(AuthError::UserEmpty);
+        }
+        if revision < state.revision {
+            return Err(AuthError::OldRevision);
+        }
+        let Some(u) = state.users.get(user) else {
+            return Err(AuthError::PermissionDenied);
+        };
+        if u.roles.iter().any(|r| r == ROOT) {
+            return Ok(());
+        }
+        if admin {
+            return Err(AuthError::PermissionDenied);
+        }
+        let perms = KeyPermissions::from_permissions(
+            u.roles
+                .iter()
+                .filter_map(|r| state.roles.get(r))
+                .flat_map(|role| role.key_permission.iter()),
+        );
+        if needs
+            .iter()
+            .all(|n| perms.permits(&n.key, &n.range_end, n.access))
+        {
+            Ok(())
+        } else {
+            Err(AuthError::PermissionDenied)
+        }
+    }
+
+    /// Assigns `token` to `user` at the store's current revision (an Authenticate entry being
+    /// applied; the password was checked by the member that proposed it). A user deleted in the
+    /// meantime gets none.
+    pub fn issue_token(
+        &self,
+        user: &str,
+        token: &str,
+        now: std::time::Instant,
+    ) -> Result<(), AuthError> {
+        let state = self.read();
+        if !state.users.contains_key(user) {
+            return Err(AuthError::AuthFailed);
+        }
+        self.tokens.assign(token, user, state.revision, now);
+        Ok(())
     }
 
     /// Reloads the persisted store (after a raft snapshot replaced it).
@@ -288,6 +371,7 @@ impl AuthStore {
         }
         batch.delete(engine, Cf::Meta, &prefixed(USER_PREFIX, name));
         bump(&mut state, engine, batch);
+        self.tokens.invalidate_user(name);
         Ok(())
     }
 
@@ -307,6 +391,7 @@ impl AuthStore {
         user.password = password_hash.to_vec();
         put_user(&mut state, engine, batch, user);
         bump(&mut state, engine, batch);
+        self.tokens.invalidate_user(name);
         Ok(())
     }
 

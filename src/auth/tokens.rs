@@ -49,16 +49,29 @@ pub struct SimpleTokens {
     tokens: Mutex<Tokens>,
 }
 
-/// A new token for the Authenticate entry that will be at raft index `index`.
-pub fn new_token(index: u64) -> String {
+/// The random part of a new token, drawn by the member that proposes the Authenticate entry.
+pub fn token_letters() -> String {
     let mut rng = rand::rng();
-    let letters: String = (0..TOKEN_LETTERS)
+    (0..TOKEN_LETTERS)
         .map(|_| {
             let n = rng.random_range(0..52u8);
             char::from(if n < 26 { b'a' + n } else { b'A' + n - 26 })
         })
-        .collect();
+        .collect()
+}
+
+/// The token an Authenticate entry at raft `index` assigns: `<letters>.<index>`.
+pub fn token(letters: &str, index: u64) -> String {
     format!("{letters}.{index}")
+}
+
+/// etcd's default `--auth-token-ttl`.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+impl Default for SimpleTokens {
+    fn default() -> SimpleTokens {
+        SimpleTokens::new(DEFAULT_TOKEN_TTL)
+    }
 }
 
 impl SimpleTokens {
@@ -130,12 +143,14 @@ mod tests {
 
     #[test]
     fn tokens_look_like_etcds() {
-        let token = new_token(9);
-        let (letters, index) = token.split_once('.').expect("a dot");
-        assert_eq!(index, "9");
+        let letters = token_letters();
         assert_eq!(letters.len(), TOKEN_LETTERS);
-        assert!(letters.chars().all(|c| c.is_ascii_alphabetic()), "{token}");
-        assert_ne!(new_token(9), token, "tokens are random");
+        assert!(
+            letters.chars().all(|c| c.is_ascii_alphabetic()),
+            "{letters}"
+        );
+        assert_ne!(token_letters(), letters, "tokens are random");
+        assert_eq!(token(&letters, 9), format!("{letters}.9"));
     }
 
     #[test]

@@ -233,6 +233,14 @@ impl Lessor {
         }
     }
 
+    /// The keys attached to lease `id`, in key order (none for an unknown lease).
+    pub fn keys_of(&self, id: i64) -> Vec<Vec<u8>> {
+        self.leases
+            .get(&id)
+            .map(|lease| lease.keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn exists(&self, id: i64) -> bool {
         self.leases.contains_key(&id)
     }

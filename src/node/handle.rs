@@ -12,7 +12,7 @@ use raft::SnapshotStatus;
 use raft::eraftpb::{ConfChange, Message};
 use tokio::sync::{oneshot, watch};
 
-use super::proposal::{self, Proposal, ProposeError};
+use super::proposal::{self, Origin, Proposal, ProposeError};
 use super::{NodeConfig, NodeError, NodeMsg, NodeStatus, PeerProgress, Shared, Traced, id};
 use crate::apply::{ApplyError, Reply, Waiters};
 use crate::metrics::Metrics;
@@ -142,10 +142,15 @@ impl NodeHandle {
 
     /// Proposes `request`, waits until it is applied on this member and returns its response,
     /// whose header (if it has one) carries this member's identity and current term.
-    pub async fn propose<P: Proposal>(&self, request: P) -> Result<P::Response, ProposeError> {
+    pub async fn propose<P: Proposal>(
+        &self,
+        request: P,
+        origin: Origin,
+    ) -> Result<P::Response, ProposeError> {
         let id = self.next_id();
         let data = InternalRequest {
             id,
+            caller: origin.into_caller(),
             request: Some(request.into_request()),
         }
         .encode_to_vec();

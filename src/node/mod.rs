@@ -33,7 +33,7 @@ use crate::storage::Engine;
 pub use crate::apply::ApplyError;
 use handle::HandleInner;
 pub use handle::{NodeHandle, NodeThreads};
-pub use proposal::{Compaction, MemberPeerUrls, Proposal, ProposeError};
+pub use proposal::{Compaction, IssueToken, MemberPeerUrls, Origin, Proposal, ProposeError};
 use raft_loop::{RaftLoop, ReadWaiter, Reads};
 
 /// Messages queued for the raft thread before it pushes back.

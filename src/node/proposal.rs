@@ -15,7 +15,27 @@ use crate::proto::etcdserverpb::{
     LeaseRevokeResponse, Member, PutRequest, PutResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::oxetcdpb::internal_request::Request;
-use crate::proto::oxetcdpb::{AuthChange, LeaseCheckpointRequest, MemberAttributes, MemberChange};
+use crate::proto::oxetcdpb::{
+    AuthChange, Caller, LeaseCheckpointRequest, MemberAttributes, MemberChange,
+};
+
+/// Who a proposal is for: the member itself (lease expiry, auto compaction, alarms, its published
+/// attributes), or a client, whose permissions apply checks while auth is enabled. Every caller
+/// of `NodeHandle::propose` says which, so a client request cannot skip the check by omission.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Member,
+    Client(Caller),
+}
+
+impl Origin {
+    pub(super) fn into_caller(self) -> Option<Caller> {
+        match self {
+            Origin::Member => None,
+            Origin::Client(caller) => Some(caller),
+        }
+    }
+}
 
 /// A request carried through raft, and what applying it answers.
 pub trait Proposal: Send + 'static {
@@ -194,5 +214,27 @@ impl Proposal for AuthChange {
     }
     fn from_response(response: Response) -> Option<()> {
         matches!(response, Response::AuthChanged).then_some(())
+    }
+}
+
+/// Authenticate: answers the token every member assigned.
+#[derive(Debug, Clone)]
+pub struct IssueToken(pub crate::proto::oxetcdpb::IssueToken);
+
+impl Proposal for IssueToken {
+    type Response = String;
+    const NAME: &'static str = "authenticate";
+    fn into_request(self) -> Request {
+        Request::Auth(AuthChange {
+            change: Some(crate::proto::oxetcdpb::auth_change::Change::IssueToken(
+                self.0,
+            )),
+        })
+    }
+    fn from_response(response: Response) -> Option<String> {
+        match response {
+            Response::Token(token) => Some(token),
+            _ => None,
+        }
     }
 }

@@ -56,7 +56,11 @@ pub(super) async fn publish_attributes(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         } else if ctx.node.status().leader_id != 0 {
-            match ctx.node.propose(attrs.clone()).await {
+            match ctx
+                .node
+                .propose(attrs.clone(), crate::node::Origin::Member)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(client_urls = ?attrs.client_urls, "published local member to cluster through raft");
                     published.send_replace(true);
@@ -160,7 +164,7 @@ pub(super) async fn auto_compact(
         if target <= ctx.mvcc.compact_revision() || target <= 0 {
             continue;
         }
-        match crate::api::kv::compact(&ctx, target, false).await {
+        match crate::api::kv::compact(&ctx, target, false, crate::node::Origin::Member).await {
             Ok(_) => tracing::info!(revision = target, "auto compaction completed"),
             Err(e) => tracing::warn!(revision = target, error = %e, "auto compaction failed"),
         }

@@ -143,30 +143,68 @@ fn changing_a_password_needs_the_user_to_exist() {
     assert_eq!(common::stdout_text(&output).trim_end(), "Password updated");
 }
 
-/// oxetcd manages users and roles but does not enforce permissions yet, so it refuses to enable
-/// auth rather than accept and ignore it; a client given credentials still works, as against
-/// an etcd whose auth is disabled.
+/// The etcdctl session of an operator who enables auth: root manages, a reader reads only its
+/// prefix, nobody without credentials gets anything, root-only calls are refused to others, and
+/// disabling auth opens everything again. etcd 3.4's answers, word for word.
 #[test]
-fn enabling_auth_is_refused_until_permissions_are_enforced() {
-    if common::running_real_etcd() {
-        return;
-    }
+fn permissions_are_enforced_once_auth_is_enabled() {
     let server = Server::start();
-    server.etcdctl_ok(&["user", "add", "root:rootpw"]);
-    server.etcdctl_ok(&["user", "grant-role", "root", "root"]);
-    let (code, printed) = run(&server, &["auth", "enable"]);
-    assert_eq!(code, 1, "{printed}");
-    assert!(
-        printed.contains("enabling authentication is not supported yet"),
-        "{printed}"
-    );
-    server.etcdctl_ok(&["--user", "root:rootpw", "put", "k", "v"]);
-    assert_eq!(
-        server
-            .etcdctl_ok(&["--user", "root:rootpw", "get", "k", "--print-value-only"])
-            .trim_end(),
-        "v"
-    );
+    #[rustfmt::skip]
+    expect_session(&server, &[
+        ("user add root:rootpw", 0, "User root created"),
+        ("role add reader", 0, "Role reader created"),
+        ("role grant-permission reader read app/ --prefix", 0, "Role reader updated"),
+        ("user add alice:alicepw", 0, "User alice created"),
+        ("user grant-role alice reader", 0, "Role reader is granted to user alice"),
+        ("put app/x 1", 0, "OK"),
+        ("put other 1", 0, "OK"),
+        // etcdctl grants root the root role itself when enabling.
+        ("auth enable", 0, "Authentication Enabled"),
+        ("get app/x", 1, "Error: etcdserver: user name is empty"),
+        ("put app/x 2", 1, "Error: etcdserver: user name is empty"),
+        ("--user alice:alicepw get app/x", 0, "app/x\n1"),
+        ("--user alice:alicepw get app/ --prefix --keys-only", 0, "app/x"),
+        ("--user alice:alicepw put app/x 2", 1, "Error: etcdserver: permission denied"),
+        ("--user alice:alicepw get other", 1, "Error: etcdserver: permission denied"),
+        ("--user alice:alicepw del app/x", 1, "Error: etcdserver: permission denied"),
+        // etcd 3.4 lets any user compact; user and role management is root's, except looking
+        // oneself up.
+        ("--user alice:alicepw compaction 1", 0, "compacted revision 1"),
+        ("--user alice:alicepw user list", 1, "Error: etcdserver: permission denied"),
+        ("--user alice:alicepw user get alice", 0, "User: alice\nRoles: reader"),
+        ("--user alice:alicepw user get root", 1, "Error: etcdserver: permission denied"),
+        // A failed login happens while etcdctl connects: its exit status for that is 2.
+        ("--user alice:wrong get app/x", 2,
+            "Error: etcdserver: authentication failed, invalid user ID or password"),
+        ("--user mallory:x get app/x", 2,
+            "Error: etcdserver: authentication failed, invalid user ID or password"),
+        ("--user root:rootpw put app/x 2", 0, "OK"),
+        ("--user root:rootpw get other --print-value-only", 0, "1"),
+        ("--user root:rootpw user list", 0, "alice\nroot"),
+        // A grant takes effect for the next request.
+        ("--user root:rootpw role grant-permission reader readwrite app/ --prefix", 0,
+            "Role reader updated"),
+        ("--user alice:alicepw put app/x 3", 0, "OK"),
+    ]);
+    // Root-only Maintenance calls answer as etcd's do: code Unknown, an `auth:` message.
+    for (user, reason) in [
+        (Some("alice:alicepw"), "auth: permission denied"),
+        (None, "auth: user name is empty"),
+    ] {
+        let mut args = vec!["endpoint", "hashkv"];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        let (code, printed) = run(&server, &args);
+        assert_eq!(code, 1, "{printed}");
+        let wanted = format!("rpc error: code = Unknown desc = {reason}");
+        assert!(printed.contains(&wanted), "{printed}");
+    }
+    #[rustfmt::skip]
+    expect_session(&server, &[
+        ("--user root:rootpw auth disable", 0, "Authentication Disabled"),
+        ("get other --print-value-only", 0, "1"),
+    ]);
 }
 
 /// Users and roles go through raft: a change made through a follower is what every member lists,

@@ -205,6 +205,7 @@ fn harness_catches_wiped_members() {
 fn put_entry(index: u64, key: &str, value: &str) -> Entry {
     let data = InternalRequest {
         id: index,
+        caller: None,
         request: Some(Request::Put(PutRequest {
             key: key.into(),
             value: value.into(),

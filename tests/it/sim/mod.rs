@@ -390,6 +390,7 @@ impl Sim {
         };
         let data = InternalRequest {
             id,
+            caller: None,
             request: Some(request),
         }
         .encode_to_vec();
