@@ -79,7 +79,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata())?;
+        let caller = self.ctx.caller(request.metadata()).await?;
         let header = self
             .change(caller, Change::Enable(AuthEnableRequest {}))
             .await?;
@@ -93,7 +93,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::Disable(AuthDisableRequest {}))
             .await?;
@@ -161,7 +161,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(refused(AuthError::UserEmpty));
@@ -193,7 +193,7 @@ impl Auth for AuthService {
         request: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
         // A user may look itself up; anyone else is root's business.
-        let caller = self.ctx.caller(request.metadata())?;
+        let caller = self.ctx.caller(request.metadata()).await?;
         let name = request.into_inner().name;
         if caller.user != name || caller.user.is_empty() {
             self.ctx.permit(&caller, &[], true)?;
@@ -210,7 +210,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.ctx.admin(request.metadata())?;
+        self.ctx.admin(request.metadata()).await?;
         self.barrier().await?;
         Ok(Response::new(AuthUserListResponse {
             header: Some(self.ctx.header_now()),
@@ -222,7 +222,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::UserDelete(request.into_inner()))
             .await?;
@@ -235,7 +235,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let r = request.into_inner();
         // An unknown user is refused before paying for a hash; apply checks again.
         self.ctx.auth.user(&r.name).map_err(refused)?;
@@ -259,7 +259,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::UserGrantRole(request.into_inner()))
             .await?;
@@ -272,7 +272,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::UserRevokeRole(request.into_inner()))
             .await?;
@@ -285,7 +285,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::RoleAdd(request.into_inner()))
             .await?;
@@ -298,7 +298,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        self.ctx.admin(request.metadata())?;
+        self.ctx.admin(request.metadata()).await?;
         self.barrier().await?;
         let role = self
             .ctx
@@ -315,7 +315,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.ctx.admin(request.metadata())?;
+        self.ctx.admin(request.metadata()).await?;
         self.barrier().await?;
         Ok(Response::new(AuthRoleListResponse {
             header: Some(self.ctx.header_now()),
@@ -327,7 +327,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::RoleDelete(request.into_inner()))
             .await?;
@@ -340,7 +340,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let r = request.into_inner();
         if r.perm.is_none() {
             return Err(refused(AuthError::PermissionMissing));
@@ -355,7 +355,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata())?;
+        let caller = self.ctx.admin(request.metadata()).await?;
         let header = self
             .change(caller, Change::RoleRevokePermission(request.into_inner()))
             .await?;

@@ -25,6 +25,7 @@ use std::time::Duration;
 use crate::alarm::Alarms;
 use crate::auth::AuthStore;
 use crate::auth::requests::Need;
+use crate::auth::tokens::TokenError;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
@@ -136,11 +137,20 @@ impl ServerCtx {
         self.streams.stopping().await;
     }
 
-    /// Who is calling: while auth is enabled, the user and auth revision of the request's
-    /// `token` (etcd's `invalid auth token` for one this member does not know or that expired;
-    /// no token is nobody, whom every check refuses with `user name is empty`). While auth is
+    /// Who is calling: while auth is enabled, the user the request's `token` names (etcd's
+    /// `invalid auth token` for one this member does not know or that expired; no token is
+    /// nobody, whom every check refuses with `user name is empty`), with the auth revision as
+    /// it is now: a simple token carries none, so a write is refused as `revision of auth store
+    /// is old` only when the store changes between now and its apply (as in etcd). While auth is
     /// disabled tokens are ignored, as in etcd.
-    pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, EtcdError> {
+    ///
+    /// A token this member does not know yet may come from an Authenticate another member
+    /// applied first (the client failed over): it is looked up again once this member has
+    /// applied everything committed before the call.
+    pub async fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, EtcdError> {
         if !self.auth.is_enabled() {
             return Ok(Caller::default());
         }
@@ -148,11 +158,19 @@ impl ServerCtx {
             return Ok(Caller::default());
         };
         let token = token.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
-        let (user, auth_revision) = self
-            .auth
-            .tokens()
-            .check(token, std::time::Instant::now())
-            .map_err(|_| EtcdError::InvalidAuthToken)?;
+        let tokens = self.auth.tokens();
+        let user = match tokens.check(token, std::time::Instant::now()) {
+            Err(TokenError::Unknown) => {
+                self.node
+                    .read_barrier()
+                    .await
+                    .map_err(|_| EtcdError::InvalidAuthToken)?;
+                tokens.check(token, std::time::Instant::now())
+            }
+            checked => checked,
+        }
+        .map_err(|_| EtcdError::InvalidAuthToken)?;
+        let auth_revision = self.auth.revision();
         Ok(Caller {
             user,
             auth_revision,
@@ -168,8 +186,11 @@ impl ServerCtx {
     }
 
     /// The caller of `metadata`, refused unless it may use root-only calls.
-    pub fn admin(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, EtcdError> {
-        let caller = self.caller(metadata)?;
+    pub async fn admin(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, EtcdError> {
+        let caller = self.caller(metadata).await?;
         self.permit(&caller, &[], true)?;
         Ok(caller)
     }
@@ -177,11 +198,11 @@ impl ServerCtx {
     /// [`ServerCtx::admin`] for the Maintenance calls etcd keeps to root (Defragment, Hash,
     /// HashKV, Snapshot): etcd refuses those with code Unknown and an `auth: ` message
     /// (`auth: permission denied`, `auth: user name is empty`), so this does too.
-    pub fn maintenance_admin(
+    pub async fn maintenance_admin(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(), EtcdError> {
-        self.admin(metadata).map(|_| ()).map_err(|e| {
+        self.admin(metadata).await.map(|_| ()).map_err(|e| {
             let message = e.to_string();
             let reason = message.strip_prefix("etcdserver: ").unwrap_or(&message);
             EtcdError::Other(format!("auth: {reason}"))

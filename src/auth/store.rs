@@ -195,9 +195,8 @@ impl AuthStore {
         }
     }
 
-    /// Assigns `token` to `user` at the store's current revision (an Authenticate entry being
-    /// applied; the password was checked by the member that proposed it). A user deleted in the
-    /// meantime gets none.
+    /// Assigns `token` to `user` (an Authenticate entry being applied; the password was checked
+    /// by the member that proposed it). A user deleted in the meantime gets none.
     pub fn issue_token(
         &self,
         user: &str,
@@ -208,7 +207,7 @@ impl AuthStore {
         if !state.users.contains_key(user) {
             return Err(AuthError::AuthFailed);
         }
-        self.tokens.assign(token, user, state.revision, now);
+        self.tokens.assign(token, user, now);
         Ok(())
     }
 

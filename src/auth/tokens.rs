@@ -1,8 +1,9 @@
 //! etcd's `simple` tokens: an opaque string (16 random letters, a dot and the raft index of the
-//! Authenticate entry that issued it, e.g. `sssvIpwfnLAcWAQH.9`) that names a user and the auth
-//! revision it was issued at. Each member keeps its tokens in memory; a token expires `ttl`
-//! after its last use, as with etcd's `--auth-token-ttl`, and a user's tokens go when the user
-//! is deleted or changes password.
+//! Authenticate entry that issued it, e.g. `sssvIpwfnLAcWAQH.9`) that names a user. Each member
+//! keeps its tokens in memory; a token expires `ttl` after its last use, as with etcd's
+//! `--auth-token-ttl`, and a user's tokens go when the user is deleted or changes password.
+//! Unlike a JWT, a simple token carries no auth revision: a request made with one is checked
+//! against the auth store as it is when the request arrives (as in etcd).
 //!
 //! The letters are drawn by the member that proposes the Authenticate entry and every member
 //! assigns the same token when it applies it, so a client may present its token to any member.
@@ -32,7 +33,6 @@ pub enum TokenError {
 #[derive(Debug)]
 struct Issued {
     user: String,
-    revision: u64,
     expires: Instant,
 }
 
@@ -89,8 +89,8 @@ impl SimpleTokens {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `token` as `user`'s, issued at auth `revision`.
-    pub fn assign(&self, token: &str, user: &str, revision: u64, now: Instant) {
+    /// Records `token` as `user`'s.
+    pub fn assign(&self, token: &str, user: &str, now: Instant) {
         let mut tokens = self.lock();
         if tokens.by_token.len() >= tokens.sweep_at {
             tokens.by_token.retain(|_, issued| issued.expires > now);
@@ -100,14 +100,13 @@ impl SimpleTokens {
             token.to_owned(),
             Issued {
                 user: user.to_owned(),
-                revision,
                 expires: now + self.ttl,
             },
         );
     }
 
-    /// The user and auth revision `token` was issued for; using it extends its life by the TTL.
-    pub fn check(&self, token: &str, now: Instant) -> Result<(String, u64), TokenError> {
+    /// The user `token` was issued for; using it extends its life by the TTL.
+    pub fn check(&self, token: &str, now: Instant) -> Result<String, TokenError> {
         let mut tokens = self.lock();
         let Some(issued) = tokens.by_token.get_mut(token) else {
             return Err(TokenError::Unknown);
@@ -117,7 +116,7 @@ impl SimpleTokens {
             return Err(TokenError::Expired);
         }
         issued.expires = now + self.ttl;
-        Ok((issued.user.clone(), issued.revision))
+        Ok(issued.user.clone())
     }
 
     /// Forgets every token of `user` (deleted, or its password changed).
@@ -154,11 +153,11 @@ mod tests {
     }
 
     #[test]
-    fn a_token_names_its_user_and_revision_until_it_expires() {
+    fn a_token_names_its_user_until_it_expires() {
         let tokens = SimpleTokens::new(TTL);
         let t0 = Instant::now();
-        tokens.assign("abc.1", "alice", 7, t0);
-        assert_eq!(tokens.check("abc.1", t0 + TTL / 2), Ok(("alice".into(), 7)));
+        tokens.assign("abc.1", "alice", t0);
+        assert_eq!(tokens.check("abc.1", t0 + TTL / 2), Ok("alice".into()));
         assert_eq!(tokens.check("nope.1", t0), Err(TokenError::Unknown));
         // The use at TTL/2 extended it to 1.5 TTL.
         assert!(tokens.check("abc.1", t0 + TTL + TTL / 4).is_ok());
@@ -174,9 +173,9 @@ mod tests {
     fn a_users_tokens_go_with_it() {
         let tokens = SimpleTokens::new(TTL);
         let now = Instant::now();
-        tokens.assign("a.1", "alice", 1, now);
-        tokens.assign("a.2", "alice", 1, now);
-        tokens.assign("b.3", "bob", 1, now);
+        tokens.assign("a.1", "alice", now);
+        tokens.assign("a.2", "alice", now);
+        tokens.assign("b.3", "bob", now);
         tokens.invalidate_user("alice");
         assert_eq!(tokens.check("a.1", now), Err(TokenError::Unknown));
         assert_eq!(tokens.check("a.2", now), Err(TokenError::Unknown));
@@ -188,11 +187,11 @@ mod tests {
         let tokens = SimpleTokens::new(TTL);
         let t0 = Instant::now();
         for i in 0..SWEEP_AT_LEAST {
-            tokens.assign(&format!("old.{i}"), "alice", 1, t0);
+            tokens.assign(&format!("old.{i}"), "alice", t0);
         }
         assert_eq!(tokens.len(), SWEEP_AT_LEAST);
         // All of those have expired by now; the next assignment sweeps them.
-        tokens.assign("new.1", "alice", 1, t0 + TTL * 2);
+        tokens.assign("new.1", "alice", t0 + TTL * 2);
         assert_eq!(tokens.len(), 1);
         assert!(tokens.check("new.1", t0 + TTL * 2).is_ok());
     }

@@ -5,8 +5,12 @@
 
 use crate::common;
 
+use std::time::Duration;
+
 use common::Server;
 use common::cluster::{Cluster, FAILOVER_DEADLINE, exclusive};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use tonic::Code;
 
 /// Runs etcdctl and returns its exit code and what it printed, client log lines removed.
 fn run(server: &Server, args: &[&str]) -> (i32, String) {
@@ -247,5 +251,175 @@ async fn every_member_holds_the_same_users_and_roles() {
             "Role ops\nKV Read:\n\t[cfg/, cfg0) (prefix cfg/)\nKV Write:\n",
             "member {member}"
         );
+    }
+}
+
+/// Starts a server with root (password `rootpw`), role `reader` (READ on `app/`), user alice
+/// (password `alicepw`) holding it, a key in and a key outside her prefix, and auth enabled.
+fn server_with_alice() -> Server {
+    let server = Server::start();
+    for command in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "role add reader",
+        "role grant-permission reader read app/ --prefix",
+        "user add alice:alicepw",
+        "user grant-role alice reader",
+        "put app/x 1",
+        "put other 1",
+        "auth enable",
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        server.etcdctl_ok(&args);
+    }
+    server
+}
+
+async fn connect_as(server: &Server, user: &str, password: &str) -> Client {
+    Client::connect(
+        [server.endpoint()],
+        Some(ConnectOptions::new().with_user(user, password)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+}
+
+fn refusal<T: std::fmt::Debug>(result: Result<T, etcd_client::Error>) -> (Code, String) {
+    match result {
+        Err(etcd_client::Error::GRpcStatus(status)) => (status.code(), status.message().to_owned()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn denied() -> (Code, String) {
+    (
+        Code::PermissionDenied,
+        "etcdserver: permission denied".to_owned(),
+    )
+}
+
+/// Through the `etcd-client` crate: a txn needs what its compares and both branches need, a
+/// watch READ on its range (refused as a canceled watch, as etcd does), a lease revoke WRITE on
+/// the lease's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txns_watches_and_lease_revokes_need_their_permissions() {
+    let server = server_with_alice();
+    let mut root = connect_as(&server, "root", "rootpw").await;
+    let mut alice = connect_as(&server, "alice", "alicepw").await;
+
+    let reads_app = Txn::new()
+        .when([Compare::value("app/x", CompareOp::Equal, "1")])
+        .and_then([TxnOp::get("app/x", None)])
+        .or_else([TxnOp::get("app/y", None)]);
+    assert!(
+        alice
+            .txn(reads_app)
+            .await
+            .expect("a read of app/")
+            .succeeded()
+    );
+    let compares_other = Txn::new()
+        .when([Compare::value("other", CompareOp::Equal, "1")])
+        .and_then([TxnOp::get("app/x", None)]);
+    assert_eq!(refusal(alice.txn(compares_other).await), denied());
+    // The branch not taken counts too.
+    let writes_in_else = Txn::new()
+        .when([Compare::value("app/x", CompareOp::Equal, "1")])
+        .and_then([TxnOp::get("app/x", None)])
+        .or_else([TxnOp::put("app/x", "2", None)]);
+    assert_eq!(refusal(alice.txn(writes_in_else).await), denied());
+
+    let mut stream = alice.watch("other", None).await.expect("watch opens");
+    let response = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("a watch response")
+        .expect("the stream works")
+        .expect("the stream is open");
+    assert!(response.created() && response.canceled(), "{response:?}");
+    assert_eq!(
+        response.cancel_reason(),
+        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+    );
+
+    let lease = root.lease_grant(60, None).await.expect("grant").id();
+    root.put("other", "leased", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("root attaches a key");
+    assert_eq!(refusal(alice.lease_revoke(lease).await), denied());
+    root.lease_revoke(lease).await.expect("root revokes");
+}
+
+/// A simple token names a user, not a moment: a grant or a revoke made after it was issued
+/// applies to the next request made with it (as in etcd; a JWT would carry its revision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_revokes_apply_to_tokens_already_issued() {
+    let server = server_with_alice();
+    let mut alice = connect_as(&server, "alice", "alicepw").await;
+    assert_eq!(refusal(alice.get("other", None).await), denied());
+    let root = ["--user", "root:rootpw"];
+    let grant = [
+        &root[..],
+        &["role", "grant-permission", "reader", "read", "other"],
+    ]
+    .concat();
+    server.etcdctl_ok(&grant);
+    let other = alice
+        .get("other", None)
+        .await
+        .expect("the new grant applies");
+    assert_eq!(other.kvs()[0].value(), b"1");
+    let revoke = [&root[..], &["role", "revoke-permission", "reader", "other"]].concat();
+    server.etcdctl_ok(&revoke);
+    assert_eq!(refusal(alice.get("other", None).await), denied());
+}
+
+/// Authenticate goes through raft: a token one member issued is accepted by every member, so a
+/// client may fail over with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_by_one_member_works_on_every_member() {
+    use oxetcd::proto::etcdserverpb::auth_client::AuthClient;
+    use oxetcd::proto::etcdserverpb::kv_client::KvClient;
+    use oxetcd::proto::etcdserverpb::{AuthenticateRequest, RangeRequest};
+
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(FAILOVER_DEADLINE).await;
+    for command in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "put k v",
+        "auth enable",
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        cluster.etcdctl_ok(0, &args);
+    }
+    let channel = |member: usize| {
+        tonic::transport::Endpoint::from_shared(cluster.endpoint(member))
+            .expect("a valid endpoint")
+            .connect_lazy()
+    };
+    let token = AuthClient::new(channel(1))
+        .authenticate(AuthenticateRequest {
+            name: "root".into(),
+            password: "rootpw".into(),
+        })
+        .await
+        .expect("root authenticates on member 1")
+        .into_inner()
+        .token;
+    for member in cluster.members() {
+        let mut request = tonic::Request::new(RangeRequest {
+            key: b"k".to_vec(),
+            ..RangeRequest::default()
+        });
+        request
+            .metadata_mut()
+            .insert("token", token.parse().expect("a token is ASCII"));
+        let response = KvClient::new(channel(member))
+            .range(request)
+            .await
+            .unwrap_or_else(|e| panic!("member {member} accepts the token: {e}"))
+            .into_inner();
+        assert_eq!(response.kvs[0].value, b"v", "member {member}");
     }
 }
