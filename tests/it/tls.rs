@@ -309,10 +309,6 @@ fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
 
 #[test]
 fn a_replaced_certificate_is_served_to_new_connections() {
-    if common::running_real_etcd() {
-        // etcd 3.4 reloads too, but this test reads oxetcd's log; etcdctl checks are the same.
-        eprintln!("a_replaced_certificate_is_served_to_new_connections: run against oxetcd only");
-    }
     let files = Files::new();
     server_and_client(&files);
     let server = Server::start_with_https(&[
@@ -353,6 +349,10 @@ fn a_replaced_certificate_is_served_to_new_connections() {
     let old = etcdctl(&endpoint, &old_ca, &["get", "rotate"]);
     assert!(!old.status.success(), "the old certificate is still served");
 
+    if common::running_real_etcd() {
+        // etcd 3.4 re-reads the pair on every handshake and fails them all while it is broken.
+        return;
+    }
     // A broken replacement (a key of another pair) keeps the new pair in use.
     let (_, stray_key) = Ca::new("stray").leaf("x", ExtendedKeyUsagePurpose::ServerAuth);
     files.replace("server-key.pem", &stray_key);
@@ -471,6 +471,11 @@ fn bad_certificate_input_exits_2_naming_the_key() {
         ),
     ];
     for (name, args, key_named, path_named) in cases {
+        if real_etcd && name == "expired certificate" {
+            // etcd 3.4 starts with an expired certificate (Go does not check its own); oxetcd
+            // refuses it at start on purpose.
+            continue;
+        }
         let (code, stderr, data_dir) = run_to_exit(&args);
         if real_etcd {
             // etcd 3.4 exits 1 and words these its own way; what users need is that it stops.
