@@ -502,3 +502,27 @@ fn bad_certificate_input_exits_2_naming_the_key() {
         let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
     }
 }
+
+#[test]
+fn auto_tls_serves_a_self_signed_certificate_from_the_data_dir() {
+    let server = Server::start_with_https(&["--auto-tls"]);
+    let endpoint = server.https_endpoint();
+    // etcd's place for the generated pair.
+    let cert = server.dir().join("data/fixtures/client/cert.pem");
+    let deadline = Instant::now() + ROTATION_TIMEOUT;
+    while !cert.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no {} was written",
+            cert.display()
+        );
+        std::thread::sleep(common::process::POLL_INTERVAL);
+    }
+    // Trusting the generated certificate itself (it is self-signed) is enough to talk to it.
+    let tls_args = strings(&["--cacert", &cert.display().to_string()]);
+    etcdctl_ok(&endpoint, &tls_args, &["put", "auto", "tls"]);
+    assert_eq!(
+        etcdctl_ok(&endpoint, &tls_args, &["get", "auto", "--print-value-only"]).trim(),
+        "tls"
+    );
+}
