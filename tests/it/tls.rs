@@ -65,6 +65,41 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client certificate for `sans` with serial number `serial`: (certificate PEM, key PEM).
+    fn client(&self, sans: &[&str], serial: u64) -> (String, String) {
+        let sans: Vec<String> = sans.iter().map(|san| san.to_string()).collect();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "client");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A CRL revoking `serial`.
+    fn crl_revoking(&self, serial: u64) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2090, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
 /// PEM files of one test, in their own temp dir.
 struct Files {
     dir: tempfile::TempDir,
@@ -261,6 +296,8 @@ fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
         "--client-cert-auth",
     ]);
     let endpoint = server.https_endpoint();
+    // A client that connects and never says hello must not hold up anyone's handshake.
+    let _silent = std::net::TcpStream::connect(endpoint.trim_start_matches("https://")).unwrap();
 
     let no_cert = etcdctl(&endpoint, &strings(&["--cacert", &ca]), &["put", "a", "1"]);
     assert!(
@@ -525,4 +562,65 @@ fn auto_tls_serves_a_self_signed_certificate_from_the_data_dir() {
         etcdctl_ok(&endpoint, &tls_args, &["get", "auto", "--print-value-only"]).trim(),
         "tls"
     );
+}
+
+#[test]
+fn revoked_and_wrong_host_client_certificates_are_refused() {
+    let files = Files::new();
+    let ca = server_and_client(&files);
+    let revoked_serial = 7;
+    let (cert, key) = ca.client(&["127.0.0.1"], revoked_serial);
+    files.write("revoked.pem", &cert);
+    files.write("revoked-key.pem", &key);
+    let (cert, key) = ca.client(&["127.0.0.1"], 8);
+    files.write("good.pem", &cert);
+    files.write("good-key.pem", &key);
+    let (cert, key) = ca.client(&["allowed.example"], 9);
+    files.write("allowed.pem", &cert);
+    files.write("allowed-key.pem", &key);
+    files.write("crl.pem", &ca.crl_revoking(revoked_serial));
+    let ca_path = files.path("ca.pem");
+    let client_args = |name: &str| {
+        strings(&[
+            "--cacert",
+            &ca_path,
+            "--cert",
+            &files.path(&format!("{name}.pem")),
+            "--key",
+            &files.path(&format!("{name}-key.pem")),
+        ])
+    };
+    let common_flags = [
+        "--cert-file".to_owned(),
+        files.path("server.pem"),
+        "--key-file".to_owned(),
+        files.path("server-key.pem"),
+        "--trusted-ca-file".to_owned(),
+        ca_path.clone(),
+        "--client-cert-auth".to_owned(),
+    ];
+
+    let crl = files.path("crl.pem");
+    let mut args: Vec<&str> = common_flags.iter().map(String::as_str).collect();
+    args.extend(["--client-crl-file", &crl]);
+    let server = Server::start_with_https(&args);
+    let endpoint = server.https_endpoint();
+    let revoked = etcdctl(&endpoint, &client_args("revoked"), &["put", "a", "1"]);
+    assert!(
+        !revoked.status.success(),
+        "a revoked client certificate was accepted"
+    );
+    etcdctl_ok(&endpoint, &client_args("good"), &["put", "a", "1"]);
+    drop(server);
+
+    let mut args: Vec<&str> = common_flags.iter().map(String::as_str).collect();
+    args.extend(["--client-cert-allowed-hostname", "allowed.example"]);
+    let server = Server::start_with_https(&args);
+    let endpoint = server.https_endpoint();
+    let other_host = etcdctl(&endpoint, &client_args("good"), &["put", "a", "1"]);
+    assert!(
+        !other_host.status.success(),
+        "a client certificate for another host was accepted"
+    );
+    etcdctl_ok(&endpoint, &client_args("allowed"), &["put", "a", "1"]);
 }
