@@ -624,3 +624,85 @@ fn revoked_and_wrong_host_client_certificates_are_refused() {
     );
     etcdctl_ok(&endpoint, &client_args("allowed"), &["put", "a", "1"]);
 }
+
+/// `curl` over https with extra TLS options; true when the request succeeded.
+fn curl_with(url: &str, ca: &str, options: &[&str]) -> bool {
+    Command::new("curl")
+        .args(["--silent", "--max-time", "5", "--cacert", ca])
+        .args(options)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("curl runs")
+        .success()
+}
+
+#[test]
+fn cipher_suites_and_versions_limit_what_clients_may_negotiate() {
+    if common::running_real_etcd() {
+        // --tls-min-version and --tls-max-version came with etcd 3.5; Debian's is 3.4.
+        eprintln!("cipher_suites_and_versions_limit_what_clients_may_negotiate: needs etcd 3.5");
+        return;
+    }
+    if !have_curl() {
+        eprintln!("curl not installed: skipped");
+        return;
+    }
+    let files = Files::new();
+    server_and_client(&files);
+    let ca = files.path("ca.pem");
+    let (cert, key) = (files.path("server.pem"), files.path("server-key.pem"));
+    // rcgen's keys are ECDSA P-256: offer one ECDSA suite, TLS 1.2 only.
+    let server = Server::start_with_https(&[
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--cipher-suites",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "--tls-max-version",
+        "TLS1.2",
+    ]);
+    let health = format!("{}/health", server.https_endpoint());
+    assert!(curl_with(
+        &health,
+        &ca,
+        &[
+            "--tls-max",
+            "1.2",
+            "--ciphers",
+            "ECDHE-ECDSA-AES256-GCM-SHA384"
+        ]
+    ));
+    assert!(
+        !curl_with(
+            &health,
+            &ca,
+            &[
+                "--tls-max",
+                "1.2",
+                "--ciphers",
+                "ECDHE-ECDSA-AES128-GCM-SHA256"
+            ]
+        ),
+        "a cipher suite outside --cipher-suites was negotiated"
+    );
+    drop(server);
+
+    let server = Server::start_with_https(&[
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--tls-min-version",
+        "TLS1.3",
+    ]);
+    let health = format!("{}/health", server.https_endpoint());
+    assert!(curl_with(&health, &ca, &["--tlsv1.3"]));
+    assert!(
+        !curl_with(&health, &ca, &["--tls-max", "1.2"]),
+        "TLS 1.2 was negotiated below --tls-min-version TLS1.3"
+    );
+}
