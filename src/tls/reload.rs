@@ -88,3 +88,44 @@ fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Stamp {
     };
     [of(cert), of(key)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_changed_pair_is_served_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let (first_cert, first_key) = pair();
+        std::fs::write(&cert, &first_cert).unwrap();
+        std::fs::write(&key, &first_key).unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = ReloadingCert::new(cert.clone(), key.clone(), provider).unwrap();
+        let first = resolver.current();
+        assert!(
+            Arc::ptr_eq(&first, &resolver.current()),
+            "unchanged files were re-read"
+        );
+
+        let (second_cert, second_key) = pair();
+        // Half a rotation: the new key with the old certificate does not match.
+        std::fs::write(&key, &second_key).unwrap();
+        assert!(Arc::ptr_eq(&first, &resolver.current()));
+        std::fs::write(&cert, &second_cert).unwrap();
+        let second = resolver.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_ne!(first.cert, second.cert);
+
+        // A deleted certificate keeps the pair in use.
+        std::fs::remove_file(&cert).unwrap();
+        assert!(Arc::ptr_eq(&second, &resolver.current()));
+    }
+}
