@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+pub mod tls;
 pub mod txn;
 pub mod version;
 pub mod watch;

@@ -55,6 +55,7 @@ const CLUSTERING: &str = "Clustering";
 const MONITORING: &str = "Monitoring";
 const LOGGING: &str = "Logging";
 const TRACING: &str = "Distributed tracing";
+const SECURITY: &str = "Security";
 const FEATURES: &str = "Features";
 const UNSAFE: &str = "Unsafe";
 
@@ -267,6 +268,140 @@ pub(super) const KEYS: &[Key] = &[
         "Sampled traces per million requests",
     ),
     key(
+        "cert-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Certificate (PEM, leaf first) the https:// client and metrics URLs present",
+    ),
+    key(
+        "key-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Private key (PEM) of --cert-file",
+    ),
+    key(
+        "trusted-ca-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "CA certificates (PEM) that client certificates must chain to",
+    ),
+    key(
+        "client-cert-auth",
+        "false",
+        Kind::Bool,
+        SECURITY,
+        "Require https:// clients to present a certificate signed by --trusted-ca-file",
+    ),
+    key(
+        "client-crl-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Certificate revocation list (PEM) checked against client certificates",
+    ),
+    key(
+        "client-cert-allowed-hostname",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Accept only client certificates valid for this host name (with --client-cert-auth)",
+    ),
+    key(
+        "cipher-suites",
+        "",
+        Kind::List,
+        SECURITY,
+        "Comma-separated TLS cipher suites by Go/IANA name, e.g. \
+         TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256; empty means rustls's defaults",
+    ),
+    key(
+        "tls-min-version",
+        "TLS1.2",
+        Kind::Text,
+        SECURITY,
+        "Minimum TLS version: TLS1.2 or TLS1.3",
+    ),
+    key(
+        "tls-max-version",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Maximum TLS version: TLS1.2 or TLS1.3; empty means the newest supported",
+    ),
+    key(
+        "auto-tls",
+        "false",
+        Kind::Bool,
+        SECURITY,
+        "Serve https:// URLs with a generated self-signed certificate when --cert-file is not set",
+    ),
+    key(
+        "self-signed-cert-validity",
+        "1",
+        Kind::Integer,
+        SECURITY,
+        "Validity of the --auto-tls certificate, in years",
+    ),
+    key(
+        "peer-cert-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-key-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-trusted-ca-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-client-cert-auth",
+        "false",
+        Kind::Bool,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-crl-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-cert-allowed-cn",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-cert-allowed-hostname",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "peer-auto-tls",
+        "false",
+        Kind::Bool,
+        SECURITY,
+        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
         "watch-progress-notify-interval",
         "10m",
         Kind::Duration,
@@ -323,6 +458,18 @@ pub(super) const KEYS: &[Key] = &[
         UNSAFE,
         "Skip fsync; a crash can lose or corrupt data (testing only)",
     ),
+];
+
+/// The `--peer-*` TLS keys: accepted so that setting one is a clear error, not an unknown flag.
+pub(super) const PEER_TLS_KEYS: &[&str] = &[
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "peer-client-cert-auth",
+    "peer-crl-file",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "peer-auto-tls",
 ];
 
 /// Old spellings accepted for a key (etcd 3.5's `--experimental-` names), as (old, current).

@@ -8,10 +8,11 @@ use ::config::{Value, ValueKind};
 use url::Url;
 
 use super::error::ConfigError;
-use super::parse::{parse_bool, parse_duration, parse_url};
+use super::keys::PEER_TLS_KEYS;
+use super::parse::{parse_bool, parse_cipher_suite, parse_duration, parse_url};
 use super::{
-    AutoCompaction, ClusterState, CompactionMode, Config, InitialMember,
-    LEASE_CHECKPOINT_INTERVAL_DEFAULT, LogFormat, LogLevel,
+    AutoCompaction, ClientTls, ClusterState, CompactionMode, Config, InitialMember,
+    LEASE_CHECKPOINT_INTERVAL_DEFAULT, LogFormat, LogLevel, TlsVersion,
 };
 
 /// The merged layers: every key of the keys table holds a value, its default at least.
@@ -161,6 +162,70 @@ impl Merged {
         Ok(members)
     }
 
+    /// A path key: `None` when empty.
+    fn path(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+        let text = self.text(key)?;
+        Ok((!text.trim().is_empty()).then(|| PathBuf::from(text)))
+    }
+
+    fn client_tls(&self) -> Result<ClientTls, ConfigError> {
+        let cipher_suites = self
+            .list("cipher-suites")?
+            .into_iter()
+            .map(|name| {
+                parse_cipher_suite(&name)
+                    .map_err(|reason| self.invalid("cipher-suites", &name, reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_version = match self.text("tls-max-version")?.trim() {
+            "" => None,
+            text => Some(
+                TlsVersion::parse(text)
+                    .map_err(|reason| self.invalid("tls-max-version", text, reason))?,
+            ),
+        };
+        let hostname = self.text("client-cert-allowed-hostname")?;
+        Ok(ClientTls {
+            cert_file: self.path("cert-file")?,
+            key_file: self.path("key-file")?,
+            trusted_ca_file: self.path("trusted-ca-file")?,
+            client_cert_auth: self.boolean("client-cert-auth")?,
+            client_crl_file: self.path("client-crl-file")?,
+            client_cert_allowed_hostname: (!hostname.trim().is_empty())
+                .then(|| hostname.trim().to_owned()),
+            cipher_suites,
+            min_version: self.parse("tls-min-version", TlsVersion::parse)?,
+            max_version,
+            auto_tls: self.boolean("auto-tls")?,
+            self_signed_cert_validity_years: self
+                .integer("self-signed-cert-validity", "a whole number of years")?,
+        })
+    }
+
+    /// Refuses any `--peer-*` TLS key that is set: peer TLS is not implemented, and ignoring it
+    /// would send raft traffic in the clear while the operator believes it is encrypted.
+    fn refuse_peer_tls(&self) -> Result<(), ConfigError> {
+        for key in PEER_TLS_KEYS {
+            let text = self.text(key)?;
+            let set = match text.trim() {
+                "" => false,
+                value => parse_bool(value).unwrap_or(true),
+            };
+            if set {
+                let origin = self
+                    .values
+                    .get(*key)
+                    .and_then(|value| value.origin())
+                    .map(str::to_owned);
+                return Err(ConfigError::PeerTlsUnsupported {
+                    key: (*key).to_owned(),
+                    origin,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn to_config(&self, config_file: Option<PathBuf>) -> Result<Config, ConfigError> {
         let name = self.text("name")?;
         let data_dir = match self.text("data-dir")? {
@@ -182,6 +247,7 @@ impl Merged {
         // Checked for a valid boolean, then ignored: checkpoints are always on.
         self.boolean("experimental-enable-lease-checkpoint")?;
         self.boolean("experimental-enable-lease-checkpoint-persist")?;
+        self.refuse_peer_tls()?;
         Ok(Config {
             config_file,
             data_dir,
@@ -215,6 +281,7 @@ impl Merged {
             distributed_tracing_sampling_per_million: self
                 .integer("distributed-tracing-sampling-rate", WHOLE)?,
             learners_max: self.integer("max-learners", WHOLE)?,
+            client_tls: self.client_tls()?,
             strict_reconfig_check: self.boolean("strict-reconfig-check")?,
             pre_vote: self.boolean("pre-vote")?,
             unsafe_no_fsync: self.boolean("unsafe-no-fsync")?,

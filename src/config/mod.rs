@@ -216,6 +216,68 @@ impl AutoCompaction {
     }
 }
 
+/// `--tls-min-version` / `--tls-max-version`, with etcd's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLS1.2",
+            TlsVersion::Tls13 => "TLS1.3",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "TLS1.2" => Ok(TlsVersion::Tls12),
+            "TLS1.3" => Ok(TlsVersion::Tls13),
+            "TLS1.0" | "TLS1.1" => {
+                Err("TLS1.0 and TLS1.1 are not supported; use TLS1.2 or TLS1.3".to_owned())
+            }
+            _ => Err("expected TLS1.2 or TLS1.3".to_owned()),
+        }
+    }
+}
+
+/// TLS of the https:// client and metrics URLs (etcd's client transport security). Paths are
+/// only named here; the `tls` module reads and checks the files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    /// `--cert-file`.
+    pub cert_file: Option<PathBuf>,
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
+    /// `--trusted-ca-file`.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`.
+    pub client_cert_auth: bool,
+    /// `--client-crl-file`.
+    pub client_crl_file: Option<PathBuf>,
+    /// `--client-cert-allowed-hostname`.
+    pub client_cert_allowed_hostname: Option<String>,
+    /// `--cipher-suites`: Go/IANA names, each one rustls supports; empty means rustls's
+    /// defaults. Like Go, they restrict TLS 1.2 only; TLS 1.3 suites are always on.
+    pub cipher_suites: Vec<String>,
+    pub min_version: TlsVersion,
+    /// `None`: the newest supported.
+    pub max_version: Option<TlsVersion>,
+    /// `--auto-tls`.
+    pub auto_tls: bool,
+    /// `--self-signed-cert-validity`.
+    pub self_signed_cert_validity_years: u32,
+}
+
+impl ClientTls {
+    /// Whether an https:// listener has a certificate to present (files or --auto-tls).
+    pub fn has_certificate(&self) -> bool {
+        (self.cert_file.is_some() && self.key_file.is_some()) || self.auto_tls
+    }
+}
+
 /// One member of `--initial-cluster`: a name and its peer URLs (a name may be listed several
 /// times).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,6 +327,8 @@ pub struct Config {
     pub distributed_tracing_sampling_per_million: u32,
     /// `--max-learners`.
     pub learners_max: u32,
+    /// TLS of the https:// client and metrics URLs.
+    pub client_tls: ClientTls,
     pub strict_reconfig_check: bool,
     pub pre_vote: bool,
     pub unsafe_no_fsync: bool,

@@ -191,6 +191,8 @@ fn config_file_from_env_and_toml_value_types() {
     let file = TomlFile::new(
         r#"
             listen_client_urls = ["http://10.0.0.1:2379", "https://[::1]:2379"]
+            cert-file = "/etc/oxetcd/server.crt"
+            key-file = "/etc/oxetcd/server.key"
             advertise-client-urls = "http://10.0.0.1:2379, http://10.0.0.2:2379"
             heartbeat-interval = 50
             election-timeout = "500"
@@ -864,4 +866,193 @@ fn parse_command_serve_and_snapshot_restore() {
         let err = parse_command(args.iter().copied(), env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Usage(_)), "{args:?}: {err:?}");
     }
+}
+
+#[test]
+fn tls_keys_from_flags_env_and_toml() {
+    let config = load_ok(&[], &[]);
+    assert!(config.client_tls.cert_file.is_none() && !config.client_tls.client_cert_auth);
+    assert!(!config.client_tls.auto_tls && config.client_tls.cipher_suites.is_empty());
+    assert_eq!(config.client_tls.max_version, None);
+    assert_eq!(config.client_tls.min_version, TlsVersion::Tls12);
+    assert_eq!(config.client_tls.self_signed_cert_validity_years, 1);
+
+    let file = TomlFile::new(
+        r#"
+            cert-file = "/c.pem"
+            key-file = "/k.pem"
+            trusted-ca-file = "/ca.pem"
+            client-cert-auth = true
+            client-crl-file = "/crl.pem"
+            client-cert-allowed-hostname = "client.example"
+            cipher-suites = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"]
+            tls-max-version = "TLS1.3"
+            self-signed-cert-validity = 3
+            "#,
+    );
+    let config = load_ok(
+        &[
+            "--config-file",
+            file.path(),
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+        ],
+        &[
+            ("ETCD_TLS_MIN_VERSION", "TLS1.2"),
+            ("ETCD_AUTO_TLS", "true"),
+        ],
+    );
+    let tls = &config.client_tls;
+    assert_eq!(tls.cert_file, Some(PathBuf::from("/c.pem")));
+    assert_eq!(tls.key_file, Some(PathBuf::from("/k.pem")));
+    assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+    assert!(tls.client_cert_auth);
+    assert_eq!(tls.client_crl_file, Some(PathBuf::from("/crl.pem")));
+    assert_eq!(
+        tls.client_cert_allowed_hostname.as_deref(),
+        Some("client.example")
+    );
+    assert_eq!(
+        tls.cipher_suites,
+        vec![
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_owned(),
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256".to_owned()
+        ]
+    );
+    assert_eq!(tls.max_version, Some(TlsVersion::Tls13));
+    assert!(tls.auto_tls);
+    assert_eq!(tls.self_signed_cert_validity_years, 3);
+}
+
+#[test]
+fn https_listener_needs_a_certificate() {
+    for (key, url) in [
+        ("listen-client-urls", "https://127.0.0.1:2379"),
+        ("listen-metrics-urls", "https://127.0.0.1:2381"),
+    ] {
+        let flag = format!("--{key}");
+        let err = load_err(&[flag.as_str(), url], &[]);
+        assert!(
+            matches!(err, ConfigError::HttpsWithoutCertificate { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.key(), Some(key));
+        let message = err.to_string();
+        assert!(message.contains("--cert-file"), "{message}");
+        assert!(message.contains(url), "{message}");
+        // --auto-tls or a pair is enough.
+        load_ok(&[flag.as_str(), url, "--auto-tls"], &[]);
+        load_ok(
+            &[flag.as_str(), url, "--cert-file", "/c", "--key-file", "/k"],
+            &[],
+        );
+    }
+    let err = load_err(&["--cert-file", "/c"], &[]);
+    assert_eq!(err.key(), Some("key-file"), "{err}");
+    let err = load_err(&["--client-cert-auth"], &[]);
+    assert_eq!(err.key(), Some("trusted-ca-file"), "{err}");
+}
+
+#[test]
+fn bad_tls_values_name_the_key() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &[
+                "--cipher-suites",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_BOGUS",
+            ],
+            "cipher-suites",
+            "unknown cipher suite TLS_BOGUS",
+        ),
+        (
+            &["--cipher-suites", "TLS_RSA_WITH_AES_128_CBC_SHA"],
+            "cipher-suites",
+            "not supported by rustls",
+        ),
+        (
+            &[
+                "--cipher-suites",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "--tls-min-version",
+                "TLS1.3",
+            ],
+            "cipher-suites",
+            "TLS1.3",
+        ),
+        (
+            &["--tls-min-version", "TLS1.1"],
+            "tls-min-version",
+            "not supported",
+        ),
+        (
+            &["--tls-max-version", "1.3"],
+            "tls-max-version",
+            "TLS1.2 or TLS1.3",
+        ),
+        (
+            &["--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"],
+            "tls-max-version",
+            "below",
+        ),
+        (
+            &["--self-signed-cert-validity", "0"],
+            "self-signed-cert-validity",
+            "at least",
+        ),
+        (
+            &["--client-cert-auth=maybe"],
+            "client-cert-auth",
+            "true or false",
+        ),
+    ];
+    for (args, key, reason) in cases {
+        let err = load_err(args, &[]);
+        assert_eq!(err.key(), Some(*key), "{args:?}: {err}");
+        assert!(err.to_string().contains(reason), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn peer_tls_is_refused_not_ignored() {
+    /// Flags, environment, the key the error names.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--peer-cert-file", "/p.pem"], &[], "peer-cert-file"),
+        (&["--peer-client-cert-auth"], &[], "peer-client-cert-auth"),
+        (&[], &[("ETCD_PEER_AUTO_TLS", "true")], "peer-auto-tls"),
+        (
+            &[],
+            &[("ETCD_PEER_TRUSTED_CA_FILE", "/ca.pem")],
+            "peer-trusted-ca-file",
+        ),
+        (
+            &["--listen-peer-urls", "https://127.0.0.1:2380"],
+            &[],
+            "listen-peer-urls",
+        ),
+        (
+            &[
+                "--initial-advertise-peer-urls",
+                "https://127.0.0.1:2380",
+                "--initial-cluster",
+                "default=https://127.0.0.1:2380",
+            ],
+            &[],
+            "initial-advertise-peer-urls",
+        ),
+    ];
+    for (args, vars, key) in cases {
+        let err = load_err(args, vars);
+        assert!(
+            matches!(err, ConfigError::PeerTlsUnsupported { .. }),
+            "{args:?}: {err:?}"
+        );
+        assert_eq!(err.key(), Some(*key), "{err}");
+        assert!(
+            err.to_string().contains("peer TLS is not supported yet"),
+            "{err}"
+        );
+    }
+    // Explicitly off is fine.
+    load_ok(&["--peer-client-cert-auth=false"], &[]);
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::error::ConfigError;
 use super::{
     ClusterState, Config, ELECTION_TIMEOUT_MS_MAX, QUOTA_BACKEND_BYTES_RECOMMENDED_MAX,
-    TRACING_SAMPLING_PER_MILLION_MAX, etcd_url_string, join_urls,
+    TRACING_SAMPLING_PER_MILLION_MAX, TlsVersion, etcd_url_string, join_urls,
 };
 
 impl Config {
@@ -93,6 +93,7 @@ impl Config {
             }
         }
         self.validate_initial_cluster()?;
+        self.validate_tls()?;
         if self.distributed_tracing_sampling_per_million > TRACING_SAMPLING_PER_MILLION_MAX {
             return Err(ConfigError::invalid_value(
                 "distributed-tracing-sampling-rate",
@@ -128,6 +129,102 @@ impl Config {
                 "log-outputs",
                 "",
                 "needs at least one output",
+            ));
+        }
+        Ok(())
+    }
+
+    /// https:// listeners need a certificate; the TLS keys must agree with each other; peer URLs
+    /// must be http:// (peer TLS is not implemented).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        for (key, urls) in [
+            ("listen-peer-urls", &self.listen_peer_urls),
+            (
+                "initial-advertise-peer-urls",
+                &self.initial_advertise_peer_urls,
+            ),
+        ] {
+            if urls.iter().any(|url| url.scheme() == "https") {
+                return Err(ConfigError::PeerTlsUnsupported {
+                    key: key.to_owned(),
+                    origin: None,
+                });
+            }
+        }
+        if self
+            .initial_cluster
+            .iter()
+            .flat_map(|member| &member.peer_urls)
+            .any(|url| url.scheme() == "https")
+        {
+            return Err(ConfigError::PeerTlsUnsupported {
+                key: "initial-cluster".to_owned(),
+                origin: None,
+            });
+        }
+        let tls = &self.client_tls;
+        for (key, urls) in [
+            ("listen-client-urls", &self.listen_client_urls),
+            ("listen-metrics-urls", &self.listen_metrics_urls),
+        ] {
+            if let Some(url) = urls.iter().find(|url| url.scheme() == "https")
+                && !tls.has_certificate()
+            {
+                return Err(ConfigError::HttpsWithoutCertificate {
+                    key: key.to_owned(),
+                    url: etcd_url_string(url),
+                });
+            }
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid_value(
+                    "key-file",
+                    "",
+                    "must be set together with --cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid_value(
+                    "cert-file",
+                    "",
+                    "must be set together with --key-file",
+                ));
+            }
+            _ => {}
+        }
+        if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+            return Err(ConfigError::invalid_value(
+                "trusted-ca-file",
+                "",
+                "must be set when --client-cert-auth is on",
+            ));
+        }
+        if let Some(max) = tls.max_version
+            && max < tls.min_version
+        {
+            return Err(ConfigError::invalid_value(
+                "tls-max-version",
+                max.as_str(),
+                format!(
+                    "must not be below --tls-min-version {}",
+                    tls.min_version.as_str()
+                ),
+            ));
+        }
+        if !tls.cipher_suites.is_empty() && tls.min_version == TlsVersion::Tls13 {
+            // etcd refuses this too: TLS 1.3's suites cannot be chosen.
+            return Err(ConfigError::invalid_value(
+                "cipher-suites",
+                tls.cipher_suites.join(","),
+                "cannot be set when --tls-min-version is TLS1.3",
+            ));
+        }
+        if tls.self_signed_cert_validity_years == 0 {
+            return Err(ConfigError::invalid_value(
+                "self-signed-cert-validity",
+                0,
+                "must be at least 1 year",
             ));
         }
         Ok(())
@@ -206,6 +303,18 @@ impl Config {
                 "--quota-backend-bytes {} exceeds the recommended maximum of {} bytes",
                 self.quota_backend_bytes, QUOTA_BACKEND_BYTES_RECOMMENDED_MAX
             ));
+        }
+        let has_https = self
+            .listen_client_urls
+            .iter()
+            .chain(&self.listen_metrics_urls)
+            .any(|url| url.scheme() == "https");
+        if !has_https && (self.client_tls.cert_file.is_some() || self.client_tls.auto_tls) {
+            warnings.push(
+                "TLS is configured but no --listen-client-urls or --listen-metrics-urls URL is \
+                 https://; every listener serves plain HTTP"
+                    .to_owned(),
+            );
         }
         if self.unsafe_no_fsync {
             warnings.push("--unsafe-no-fsync is set: a crash can lose or corrupt data".to_owned());

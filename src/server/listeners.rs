@@ -159,12 +159,38 @@ pub(super) async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {
 pub(super) async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    serve_on(
+        crate::authority_fix::FixingListener::new(listener),
+        router,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `router` on an https:// listener: handshakes run in `tasks` (see `tls_listener.rs`).
+pub(super) async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    tasks: &crate::tasks::TaskSet,
+    router: axum::Router,
+) {
+    match super::tls_listener::TlsListener::start(listener, tls, tasks) {
+        Ok(listener) => serve_on(listener, router, tasks.stop_signal()).await,
+        Err(e) => tracing::error!(error = %e, "https listener not started"),
+    }
+}
+
+async fn serve_on<L>(listener: L, router: axum::Router, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let stopped = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(crate::authority_fix::FixingListener::new(listener), router)
+    if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(stopped)
         .await
     {

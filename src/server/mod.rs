@@ -5,6 +5,7 @@
 mod bootstrap;
 mod jobs;
 mod listeners;
+mod tls_listener;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use bootstrap::{
     reconcile_raft_with_state,
 };
 use jobs::{auto_compact, publish_attributes, reopen_log_on_hangup, sample_quota};
-use listeners::{bind, grpc_router, metrics_text, peer_router, serve};
+use listeners::{bind, grpc_router, metrics_text, peer_router, serve, serve_tls};
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ pub enum ServerError {
     Bootstrap(String),
     #[error("{0}")]
     Spawn(#[from] SpawnError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// How long each step of the shutdown waits before it warns and moves on (aborting the tasks
@@ -68,6 +71,37 @@ const PEERS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A compaction or a raft snapshot under way is let finish rather than cut off.
 const NODE_THREADS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS configuration an https:// URL is served with; `None` for http://.
+fn https_config(
+    url: &url::Url,
+    tls: &Option<Arc<rustls::ServerConfig>>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    (url.scheme() == "https").then(|| tls.clone()).flatten()
+}
+
+/// The hosts an `--auto-tls` certificate names: those of the client and metrics URLs, listened
+/// on and advertised.
+fn tls_hosts(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    for url in config
+        .listen_client_urls
+        .iter()
+        .chain(&config.advertise_client_urls)
+        .chain(&config.listen_metrics_urls)
+    {
+        if let Some(host) = url.host_str() {
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+    }
+    hosts
+}
 
 /// Runs the member until SIGINT or SIGTERM (or its removal from the cluster).
 ///
@@ -222,6 +256,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     peer_links.spawn(ctx.node.clone(), &peers);
 
     let metrics_text = metrics_text(&config, ctx.clone(), metrics.clone());
+    let tls = if crate::tls::any_https(&[&config.listen_client_urls, &config.listen_metrics_urls]) {
+        Some(crate::tls::server_config(
+            &config.client_tls,
+            &config.data_dir,
+            &tls_hosts(&config),
+        )?)
+    } else {
+        None
+    };
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
         let router = peer_router(&ctx, peers.stop_signal(), snap_dir.clone(), metrics.clone());
@@ -240,23 +283,41 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let mut published = published_rx.clone();
         let stop = client_listeners.stop_signal();
         let address = url_host_port(url);
+        let tls = https_config(url, &tls);
+        let tasks = client_listeners.clone();
         client_listeners.spawn("client-listener", async move {
             let mut stopping = stop.clone();
             tokio::select! {
                 Ok(_) = published.wait_for(|p| *p) => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
-            tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
-            serve(listener, router, stop).await;
+            match tls {
+                Some(tls) => {
+                    tracing::info!(address = %address, "serving client traffic securely");
+                    serve_tls(listener, tls, &tasks, router).await;
+                }
+                None => {
+                    tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
+                    serve(listener, router, stop).await;
+                }
+            }
         })?;
     }
     for url in &config.listen_metrics_urls {
         let listener = bind(url).await?;
         let router = crate::http::router(ctx.clone(), metrics_text.clone());
-        client_listeners.spawn(
-            "metrics-listener",
-            serve(listener, router, client_listeners.stop_signal()),
-        )?;
+        match https_config(url, &tls) {
+            Some(tls) => {
+                let tasks = client_listeners.clone();
+                client_listeners.spawn("metrics-listener", async move {
+                    serve_tls(listener, tls, &tasks, router).await;
+                })?;
+            }
+            None => client_listeners.spawn(
+                "metrics-listener",
+                serve(listener, router, client_listeners.stop_signal()),
+            )?,
+        }
         tracing::info!(address = %url_host_port(url), "serving metrics");
     }
     let stop = async {

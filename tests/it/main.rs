@@ -27,5 +27,6 @@ mod lease;
 mod logging;
 mod maintenance;
 mod observability_live;
+mod tls;
 mod tracing;
 mod watch;

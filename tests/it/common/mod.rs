@@ -89,6 +89,8 @@ pub struct Server {
     data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// A second client URL, https://127.0.0.1:<port>, when started with [`Server::start_with_https`].
+    https_port: Option<u16>,
     extra_args: Vec<String>,
     process: Process,
     /// Set once a failure message carried the log, so Drop does not print it a second time.
@@ -105,6 +107,16 @@ impl Server {
     /// `["--max-txn-ops", "4"]`) and waits until it is healthy. Retries with new ports if the
     /// chosen ones were taken in the meantime.
     pub fn start_with(extra_args: &[&str]) -> Server {
+        Server::start_listening(extra_args, false)
+    }
+
+    /// Like [`Server::start_with`], with a second client URL `https://127.0.0.1:<port>` beside
+    /// the plain one the fixture waits on (`extra_args` must give the certificate flags).
+    pub fn start_with_https(extra_args: &[&str]) -> Server {
+        Server::start_listening(extra_args, true)
+    }
+
+    fn start_listening(extra_args: &[&str], https: bool) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("oxetcd-test-")
             .tempdir()
@@ -115,12 +127,14 @@ impl Server {
             dir,
             client_port: 0,
             peer_port: 0,
+            https_port: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             log_shown: Cell::new(false),
         };
         for attempt in 1..=SPAWN_ATTEMPTS {
             server.client_port = free_port();
             server.peer_port = free_port();
+            server.https_port = https.then(free_port);
             server.spawn();
             match server.wait_ready() {
                 Ok(()) => return server,
@@ -141,6 +155,14 @@ impl Server {
     /// `http://127.0.0.1:P`, the client URL (gRPC and HTTP on the same port).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `https://127.0.0.1:T`, the https client URL of [`Server::start_with_https`].
+    pub fn https_endpoint(&self) -> String {
+        let port = self
+            .https_port
+            .expect("the server was started with start_with_https");
+        format!("https://127.0.0.1:{port}")
     }
 
     /// `http://127.0.0.1:Q`, the peer URL.
@@ -269,13 +291,17 @@ impl Server {
     fn args(&self) -> Vec<String> {
         let client = self.endpoint();
         let peer = self.peer_url();
+        let listen = match self.https_port {
+            Some(_) => format!("{client},{}", self.https_endpoint()),
+            None => client.clone(),
+        };
         let mut args = vec![
             "--name".to_string(),
             MEMBER_NAME.to_string(),
             "--data-dir".to_string(),
             self.data_dir.display().to_string(),
             "--listen-client-urls".to_string(),
-            client.clone(),
+            listen,
             "--advertise-client-urls".to_string(),
             client,
             "--listen-peer-urls".to_string(),

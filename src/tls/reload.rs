@@ -1,0 +1,131 @@
+//! Certificate reload per handshake, as etcd does: the pair is re-read when either file's
+//! modification time or size changes (two `stat` calls per handshake). A broken replacement
+//! (unreadable, mismatched, expired, or half written) keeps the pair in use and is logged at
+//! error once per change of the files.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::{TlsError, load_pair};
+
+/// What the files looked like when last read: modification time and size of each.
+type Stamp = [Option<(SystemTime, u64)>; 2];
+
+#[derive(Debug)]
+struct State {
+    current: Arc<CertifiedKey>,
+    /// The files' stamp when `current` was read, or when a replacement last failed.
+    stamp: Stamp,
+}
+
+/// A [`ResolvesServerCert`] serving the pair in `cert` and `key`, re-read when they change.
+#[derive(Debug)]
+pub(super) struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    state: Mutex<State>,
+}
+
+impl ReloadingCert {
+    pub(super) fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ReloadingCert, TlsError> {
+        let stamp = stamp(&cert, &key);
+        let current = Arc::new(load_pair(&cert, &key, &provider)?);
+        Ok(ReloadingCert {
+            cert,
+            key,
+            provider,
+            state: Mutex::new(State { current, stamp }),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let stamp = stamp(&self.cert, &self.key);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stamp != state.stamp {
+            state.stamp = stamp;
+            match load_pair(&self.cert, &self.key, &self.provider) {
+                Ok(pair) => {
+                    state.current = Arc::new(pair);
+                    tracing::info!(
+                        cert_file = %self.cert.display(),
+                        key_file = %self.key.display(),
+                        "reloaded the client TLS certificate"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "the changed client TLS certificate cannot be used; still serving the previous one"
+                ),
+            }
+        }
+        state.current.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Stamp {
+    let of = |path: &std::path::Path| {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some((metadata.modified().ok()?, metadata.len()))
+    };
+    [of(cert), of(key)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_changed_pair_is_served_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let (first_cert, first_key) = pair();
+        std::fs::write(&cert, &first_cert).unwrap();
+        std::fs::write(&key, &first_key).unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = ReloadingCert::new(cert.clone(), key.clone(), provider).unwrap();
+        let first = resolver.current();
+        assert!(
+            Arc::ptr_eq(&first, &resolver.current()),
+            "unchanged files were re-read"
+        );
+
+        let (second_cert, second_key) = pair();
+        // Half a rotation: the new key with the old certificate does not match.
+        std::fs::write(&key, &second_key).unwrap();
+        assert!(Arc::ptr_eq(&first, &resolver.current()));
+        std::fs::write(&cert, &second_cert).unwrap();
+        let second = resolver.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_ne!(first.cert, second.cert);
+
+        // A deleted certificate keeps the pair in use.
+        std::fs::remove_file(&cert).unwrap();
+        assert!(Arc::ptr_eq(&second, &resolver.current()));
+    }
+}
