@@ -18,6 +18,8 @@ use prometheus_client::registry::Registry;
 
 /// One label: a peer (`To`/`From`, the member ID in hex).
 pub type PeerLabel = [(&'static str, String); 1];
+/// `listener` (client or peer) and `path` (the certificate file) of a served TLS certificate.
+pub type CertificateLabels = [(&'static str, String); 2];
 /// `grpc_type`, `grpc_service`, `grpc_method`.
 pub type GrpcLabels = [(&'static str, String); 3];
 /// `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code`.
@@ -68,6 +70,17 @@ pub struct Sample {
     pub log_dir_disk: DiskSpace,
     pub pending_compaction_bytes: u64,
     pub live_data_bytes: u64,
+    /// Each TLS certificate this member serves: its listener, file and end of validity
+    /// (seconds since the Unix epoch).
+    pub certificates: Vec<CertificateExpiry>,
+}
+
+/// The end of validity of one served TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    pub listener: &'static str,
+    pub path: String,
+    pub not_after: i64,
 }
 
 /// Free (available to this user) and total bytes of a filesystem.
@@ -138,6 +151,7 @@ pub struct Metrics {
     log_dir_total: Gauge,
     pending_compaction: Gauge,
     live_data: Gauge,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
     process: ProcessMetrics,
 }
 
@@ -197,6 +211,7 @@ impl Metrics {
             log_dir_total: Gauge::default(),
             pending_compaction: Gauge::default(),
             live_data: Gauge::default(),
+            certificate_expiry: Family::default(),
             process: ProcessMetrics::default(),
         };
         r.register(
@@ -404,6 +419,11 @@ impl Metrics {
             m.live_data.clone(),
         );
         r.register(
+            "oxetcd_tls_certificate_expiry_timestamp_seconds",
+            "When each TLS certificate this member serves expires, in seconds since the Unix epoch",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
             "oxetcd_raft_log_entries",
             "Entries in this member's raft log (older ones are compacted after a snapshot)",
             m.raft_log_entries.clone(),
@@ -436,6 +456,14 @@ impl Metrics {
         self.pending_compaction
             .set(s.pending_compaction_bytes as i64);
         self.live_data.set(s.live_data_bytes as i64);
+        for certificate in s.certificates {
+            self.certificate_expiry
+                .get_or_create(&[
+                    ("listener", certificate.listener.to_owned()),
+                    ("path", certificate.path),
+                ])
+                .set(certificate.not_after);
+        }
         self.process.sample();
     }
 
@@ -585,6 +613,11 @@ mod tests {
             leader_changes: 2,
             db_size_bytes: 4096,
             watchers: 3,
+            certificates: vec![CertificateExpiry {
+                listener: "client",
+                path: "/etc/oxetcd/server.crt".to_owned(),
+                not_after: 1_893_456_000,
+            }],
             ..Sample::default()
         });
         m.wal_fsync_seconds.observe(0.003);
@@ -603,6 +636,7 @@ mod tests {
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1",
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.002\"} 0",
             "etcd_network_peer_sent_bytes_total{To=\"2\"} 10",
+            "oxetcd_tls_certificate_expiry_timestamp_seconds{listener=\"client\",path=\"/etc/oxetcd/server.crt\"} 1893456000",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ServerCtx};
 use crate::config::{Config, url_host_port};
-use crate::metrics::{DiskSpace, Metrics};
+use crate::metrics::{CertificateExpiry, DiskSpace, Metrics};
 use crate::peer::PeerService;
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -19,6 +19,7 @@ use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::oxetcdpb::peer_server::PeerServer;
+use crate::tls::ServedCertificate;
 
 use super::ServerError;
 
@@ -31,6 +32,7 @@ pub(super) fn metrics_text(
     config: &Config,
     ctx: ServerCtx,
     metrics: Arc<Metrics>,
+    certificates: Vec<(&'static str, ServedCertificate)>,
 ) -> crate::http::MetricsText {
     // The log file's directory, or the data directory when logging to stderr/stdout.
     let log_dir = config
@@ -64,6 +66,14 @@ pub(super) fn metrics_text(
             log_dir_disk: DiskSpace::of(&log_dir),
             pending_compaction_bytes: sizes.pending_compaction_bytes,
             live_data_bytes: sizes.live_data_bytes,
+            certificates: certificates
+                .iter()
+                .map(|(listener, certificate)| CertificateExpiry {
+                    listener,
+                    path: certificate.path().display().to_string(),
+                    not_after: certificate.not_after(),
+                })
+                .collect(),
         });
         metrics.encode()
     })

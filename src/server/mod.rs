@@ -255,16 +255,22 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     start_jobs(&jobs, &ctx, &config, published_tx)?;
     peer_links.spawn(ctx.node.clone(), &peers);
 
-    let metrics_text = metrics_text(&config, ctx.clone(), metrics.clone());
-    let tls = if crate::tls::any_https(&[&config.listen_client_urls, &config.listen_metrics_urls]) {
-        Some(crate::tls::server_config(
-            &config.client_tls,
-            &config.data_dir,
-            &tls_hosts(&config),
-        )?)
-    } else {
-        None
-    };
+    let client_tls =
+        if crate::tls::any_https(&[&config.listen_client_urls, &config.listen_metrics_urls]) {
+            Some(crate::tls::server_config(
+                &config.client_tls,
+                &config.data_dir,
+                &tls_hosts(&config),
+            )?)
+        } else {
+            None
+        };
+    let certificates = client_tls
+        .iter()
+        .map(|tls| ("client", tls.certificate.clone()))
+        .collect();
+    let metrics_text = metrics_text(&config, ctx.clone(), metrics.clone(), certificates);
+    let tls = client_tls.map(|tls| tls.config);
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
         let router = peer_router(&ctx, peers.stop_signal(), snap_dir.clone(), metrics.clone());

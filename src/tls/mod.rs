@@ -94,6 +94,30 @@ pub fn check(tls: &ClientTls) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// What the https:// listeners serve: the rustls configuration, and the certificate it presents.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub certificate: ServedCertificate,
+}
+
+/// The certificate a TLS configuration presents, for its expiry metric: looking at it re-reads
+/// the files when they changed, as a handshake would, so a rotation shows without one.
+#[derive(Debug, Clone)]
+pub struct ServedCertificate(Arc<reload::ReloadingCert>);
+
+impl ServedCertificate {
+    /// The certificate file (for `--auto-tls`, the generated one under the data directory).
+    pub fn path(&self) -> &Path {
+        self.0.cert_path()
+    }
+
+    /// When the certificate in use stops being valid, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.0.not_after()
+    }
+}
+
 /// The rustls configuration of the https:// listeners: the configured pair re-read when its
 /// files change, or the `--auto-tls` certificate made under `data_dir` for `hosts`; ALPN h2 and
 /// http/1.1.
@@ -101,13 +125,13 @@ pub fn server_config(
     tls: &ClientTls,
     data_dir: &Path,
     hosts: &[String],
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServerTls, TlsError> {
     let provider = Arc::new(provider(tls));
     let (cert, key) = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => auto::ensure_self_signed(data_dir, hosts, tls.self_signed_cert_validity_years)?,
     };
-    let resolver = reload::ReloadingCert::new(cert, key, provider.clone())?;
+    let resolver = Arc::new(reload::ReloadingCert::new(cert, key, provider.clone())?);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(tls))
         .map_err(|e| TlsError::Settings {
@@ -118,9 +142,12 @@ pub fn server_config(
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        certificate: ServedCertificate(resolver),
+    })
 }
 
 /// The ring provider with `--cipher-suites` applied to TLS 1.2 (as in Go, TLS 1.3's suites
@@ -242,12 +269,20 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
+/// A certificate and key pair as read and checked, with the end of the certificate's validity.
+#[derive(Debug)]
+struct Pair {
+    key: Arc<CertifiedKey>,
+    /// Not after, in seconds since the Unix epoch.
+    not_after: i64,
+}
+
 /// Reads and checks one certificate and key pair.
 fn load_pair(
     cert_path: &Path,
     key_path: &Path,
     provider: &CryptoProvider,
-) -> Result<CertifiedKey, TlsError> {
+) -> Result<Pair, TlsError> {
     let chain = read_certs("cert-file", cert_path)?;
     let key_bytes = read("key-file", key_path)?;
     // The parser's error could quote a line of the file: say what was expected instead.
@@ -307,5 +342,8 @@ fn load_pair(
             reason: format!("is not valid before {}", validity.not_before),
         });
     }
-    Ok(certified)
+    Ok(Pair {
+        key: Arc::new(certified),
+        not_after: validity.not_after.unix_seconds,
+    })
 }

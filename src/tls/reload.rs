@@ -11,14 +11,14 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::{TlsError, load_pair};
+use super::{Pair, TlsError, load_pair};
 
 /// What the files looked like when last read: modification time and size of each.
 type Stamp = [Option<(SystemTime, u64)>; 2];
 
 #[derive(Debug)]
 struct State {
-    current: Arc<CertifiedKey>,
+    current: Pair,
     /// The files' stamp when `current` was read, or when a replacement last failed.
     stamp: Stamp,
 }
@@ -39,7 +39,7 @@ impl ReloadingCert {
         provider: Arc<CryptoProvider>,
     ) -> Result<ReloadingCert, TlsError> {
         let stamp = stamp(&cert, &key);
-        let current = Arc::new(load_pair(&cert, &key, &provider)?);
+        let current = load_pair(&cert, &key, &provider)?;
         Ok(ReloadingCert {
             cert,
             key,
@@ -48,7 +48,21 @@ impl ReloadingCert {
         })
     }
 
+    pub(super) fn cert_path(&self) -> &std::path::Path {
+        &self.cert
+    }
+
+    /// The end of the validity of the certificate in use (after re-reading changed files).
+    pub(super) fn not_after(&self) -> i64 {
+        self.refreshed(|pair| pair.not_after)
+    }
+
     fn current(&self) -> Arc<CertifiedKey> {
+        self.refreshed(|pair| pair.key.clone())
+    }
+
+    /// Re-reads the pair if its files changed, then looks at the pair in use.
+    fn refreshed<T>(&self, look: impl FnOnce(&Pair) -> T) -> T {
         let stamp = stamp(&self.cert, &self.key);
         let mut state = self
             .state
@@ -58,7 +72,7 @@ impl ReloadingCert {
             state.stamp = stamp;
             match load_pair(&self.cert, &self.key, &self.provider) {
                 Ok(pair) => {
-                    state.current = Arc::new(pair);
+                    state.current = pair;
                     tracing::info!(
                         cert_file = %self.cert.display(),
                         key_file = %self.key.display(),
@@ -71,7 +85,7 @@ impl ReloadingCert {
                 ),
             }
         }
-        state.current.clone()
+        look(&state.current)
     }
 }
 
@@ -93,17 +107,23 @@ fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Stamp {
 mod tests {
     use super::*;
 
-    fn pair() -> (String, String) {
+    /// 2030-01-01 and 2031-01-01 at midnight UTC, in seconds since the Unix epoch.
+    const UNTIL_2030: i64 = 1_893_456_000;
+    const UNTIL_2031: i64 = 1_924_992_000;
+
+    /// A self-signed pair valid until the first of January of `until_year`.
+    fn pair(until_year: i32) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(until_year, 1, 1);
         (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
     }
 
     #[test]
-    fn a_changed_pair_is_served_and_a_broken_one_is_not() {
+    fn a_changed_pair_is_served_and_its_expiry_shown_and_a_broken_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let (first_cert, first_key) = pair();
+        let (first_cert, first_key) = pair(2030);
         std::fs::write(&cert, &first_cert).unwrap();
         std::fs::write(&key, &first_key).unwrap();
         #[allow(deprecated)]
@@ -114,12 +134,16 @@ mod tests {
             Arc::ptr_eq(&first, &resolver.current()),
             "unchanged files were re-read"
         );
+        assert_eq!(resolver.not_after(), UNTIL_2030);
 
-        let (second_cert, second_key) = pair();
+        let (second_cert, second_key) = pair(2031);
         // Half a rotation: the new key with the old certificate does not match.
         std::fs::write(&key, &second_key).unwrap();
         assert!(Arc::ptr_eq(&first, &resolver.current()));
+        assert_eq!(resolver.not_after(), UNTIL_2030);
         std::fs::write(&cert, &second_cert).unwrap();
+        // The expiry metric's look at the files picks up the new pair without a handshake.
+        assert_eq!(resolver.not_after(), UNTIL_2031);
         let second = resolver.current();
         assert!(!Arc::ptr_eq(&first, &second));
         assert_ne!(first.cert, second.cert);
@@ -127,5 +151,6 @@ mod tests {
         // A deleted certificate keeps the pair in use.
         std::fs::remove_file(&cert).unwrap();
         assert!(Arc::ptr_eq(&second, &resolver.current()));
+        assert_eq!(resolver.not_after(), UNTIL_2031);
     }
 }
