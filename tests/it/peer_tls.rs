@@ -426,13 +426,29 @@ async fn kubeadm_joins_learners_over_peer_tls_and_promotes_them() {
     for index in 1..3 {
         let peer_url = cluster.members[index].peer_url();
         let name = cluster.members[index].name.clone();
-        let added = cluster.members[0].etcdctl_ok(&[
+        let add = [
             "member",
             "add",
             &name,
             "--learner",
             &format!("--peer-urls={peer_url}"),
-        ]);
+        ];
+        // etcd refuses a change until a just-promoted member has been up a while ("unhealthy
+        // cluster"); kubeadm retries, and so does this.
+        let deadline = Instant::now() + PROMOTE_TIMEOUT;
+        let added = loop {
+            let output = cluster.members[0].etcdctl(&add);
+            if output.status.success() {
+                break common::stdout_text(&output);
+            }
+            let error = common::stderr_text(&output);
+            assert!(
+                error.contains("unhealthy cluster") && Instant::now() < deadline,
+                "member add {name}: {error}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(POLL_INTERVAL * 10).await;
+        };
         // "Member 8e9e05c52164694d added to cluster ..."
         let id = added
             .split_whitespace()
