@@ -194,7 +194,8 @@ pub(super) const KEYS: &[Key] = &[
         "true",
         Kind::Bool,
         CLUSTERING,
-        "Run raft's pre-vote phase before elections",
+        "Accepted for etcd compatibility; oxetcd always runs raft's pre-vote phase before \
+         elections (false is ignored)",
     ),
     key(
         "auto-compaction-mode",
@@ -456,7 +457,8 @@ pub(super) const KEYS: &[Key] = &[
         "100ms",
         Kind::Duration,
         FEATURES,
-        "Applying an entry for longer than this logs a warning",
+        "Accepted for etcd compatibility and ignored: oxetcd does not yet warn about slow \
+         applies",
     ),
     key(
         "experimental-lease-checkpoint-interval",
