@@ -301,7 +301,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Some(tls) => {
                 let tasks = peers.clone();
                 peers.spawn("peer-listener", async move {
-                    serve_tls(listener, tls, &tasks, router).await;
+                    serve_tls(listener, tls, &tasks, router, "peer").await;
                 })?;
                 tracing::info!(address = %url_host_port(url), "serving peer traffic securely");
             }
@@ -334,7 +334,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             match tls {
                 Some(tls) => {
                     tracing::info!(address = %address, "serving client traffic securely");
-                    serve_tls(listener, tls, &tasks, router).await;
+                    serve_tls(listener, tls, &tasks, router, "client").await;
                 }
                 None => {
                     tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
@@ -350,7 +350,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Some(tls) => {
                 let tasks = client_listeners.clone();
                 client_listeners.spawn("metrics-listener", async move {
-                    serve_tls(listener, tls, &tasks, router).await;
+                    serve_tls(listener, tls, &tasks, router, "metrics").await;
                 })?;
             }
             None => client_listeners.spawn(

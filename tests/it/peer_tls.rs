@@ -740,3 +740,79 @@ fn bad_peer_tls_input_exits_2_naming_the_key() {
         );
     }
 }
+
+/// Processes killed when the test ends, their logs shown if it failed.
+struct Members(Vec<Process>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for process in &mut self.0 {
+            process.kill();
+            if std::thread::panicking() {
+                eprintln!("{}", process.log_report("member"));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_auto_tls_forms_a_cluster_from_self_signed_certificates() {
+    let _exclusive = crate::common::cluster::exclusive().await;
+    let dir = tempfile::Builder::new()
+        .prefix("oxetcd-peer-auto-tls-")
+        .tempdir()
+        .unwrap();
+    let peers: Vec<String> = (0..3)
+        .map(|i| format!("https://127.0.0.{}:{}", i + 2, free_port()))
+        .collect();
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, url)| format!("m{}={url}", i + 1))
+        .collect();
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut members = Members(Vec::new());
+    for i in 0..3 {
+        let client = format!("http://127.0.0.1:{}", client_ports[i]);
+        let name = format!("m{}", i + 1);
+        let mut process = Process::new(&name, server_bin(), dir.path().join(format!("{name}.log")));
+        process.spawn(&[
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.path().join(&name).display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={}", peers[i]),
+            format!("--initial-advertise-peer-urls={}", peers[i]),
+            format!("--initial-cluster={}", initial.join(",")),
+            "--peer-auto-tls".to_owned(),
+            format!("--heartbeat-interval={HEARTBEAT_INTERVAL_MS}"),
+            format!("--election-timeout={ELECTION_TIMEOUT_MS}"),
+        ]);
+        members.0.push(process);
+    }
+    for (i, process) in members.0.iter_mut().enumerate() {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        process.wait_healthy(client_ports[i], deadline).unwrap();
+    }
+    let endpoint = |i: usize| format!("http://127.0.0.1:{}", client_ports[i]);
+    let put = common::run_etcdctl(
+        &endpoint(0),
+        &["put", "auto", "peer-tls"],
+        None,
+        ETCDCTL_TIMEOUT,
+    );
+    assert!(put.status.success(), "{}", common::stderr_text(&put));
+    let get = common::run_etcdctl(
+        &endpoint(2),
+        &["get", "auto", "--print-value-only"],
+        None,
+        ETCDCTL_TIMEOUT,
+    );
+    assert_eq!(common::stdout_text(&get).trim(), "peer-tls");
+    // etcd's place for the generated pair, which both servers use.
+    for i in 0..3 {
+        let fixtures = dir.path().join(format!("m{}", i + 1)).join("fixtures/peer");
+        assert!(fixtures.join("cert.pem").exists(), "{}", fixtures.display());
+        assert!(fixtures.join("key.pem").exists(), "{}", fixtures.display());
+    }
+}
