@@ -392,6 +392,17 @@ async fn mutual_tls_cluster_from_kubeadms_command_line_survives_a_leader_kill() 
 
     let via = survivors[1];
     cluster.members[via].etcdctl_ok(&["put", "after-etcdctl", "3"]);
+    // A keep-alive on a follower goes to the leader over the peer URLs (the forwarder's TLS).
+    let follower = *survivors.iter().find(|&&i| i != new_leader).unwrap();
+    let mut client = cluster.members[follower].client().await;
+    let lease = client.lease_grant(30, None).await.unwrap();
+    let (mut keeper, mut answers) = client.lease_keep_alive(lease.id()).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let answer = answers.message().await.unwrap().unwrap();
+    assert!(
+        answer.ttl() > 0,
+        "keep-alive through a follower: {answer:?}"
+    );
     let mut client = cluster.members[survivors[0]].client().await;
     client.put("after-client", "4", None).await.unwrap();
 
