@@ -95,8 +95,8 @@ struct Member {
     pki: Files,
     data_dir: PathBuf,
     process: Process,
-    /// `--peer-cert-allowed-cn`, when set.
-    allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-cn=...` or `--peer-cert-allowed-hostname=...`, when set.
+    allowed: Option<String>,
 }
 
 impl Member {
@@ -151,8 +151,8 @@ impl Member {
         if existing {
             args.push("--initial-cluster-state=existing".into());
         }
-        if let Some(cn) = &self.allowed_cn {
-            args.push(format!("--peer-cert-allowed-cn={cn}"));
+        if let Some(flag) = &self.allowed {
+            args.push(flag.clone());
         }
         args.extend([
             format!("--heartbeat-interval={HEARTBEAT_INTERVAL_MS}"),
@@ -274,7 +274,7 @@ impl TlsCluster {
             peer_port: free_port(),
             metrics_port: free_port(),
             pki,
-            allowed_cn: None,
+            allowed: None,
         }
     }
 
@@ -500,16 +500,21 @@ async fn kubeadm_joins_learners_over_peer_tls_and_promotes_them() {
     }
 }
 
-/// Starts m1 and m2 (good, peer CN `allowed_cn` when set) and m3 (`bad`), all with
-/// `--peer-cert-allowed-cn` `allowed_cn`; m1 and m2 keep serving, m3 never joins, and (oxetcd)
-/// m1 warns once about the refused handshakes (all loopback connections come from 127.0.0.1).
-async fn refused_peer(bad: impl FnOnce(&TlsCluster) -> Member, allowed_cn: Option<&str>) {
+/// Starts m1 and m2 (good, peer CN and SAN `good_cn` when set) and m3 (`bad`), all with
+/// `allowed` (an allowed CN or hostname flag); m1 and m2 keep serving, m3 never joins, and
+/// (oxetcd) m1 warns once about the refused handshakes (all loopback connections come from
+/// 127.0.0.1).
+async fn refused_peer(
+    bad: impl FnOnce(&TlsCluster) -> Member,
+    good_cn: Option<&str>,
+    allowed: Option<&str>,
+) {
     let _exclusive = crate::common::cluster::exclusive().await;
-    let mut cluster = TlsCluster::with_peer_cn(2, Spelling::V36, allowed_cn);
+    let mut cluster = TlsCluster::with_peer_cn(2, Spelling::V36, good_cn);
     let bad = bad(&cluster);
     cluster.members.push(bad);
     for member in &mut cluster.members {
-        member.allowed_cn = allowed_cn.map(str::to_owned);
+        member.allowed = allowed.map(str::to_owned);
     }
     let initial = cluster.initial_cluster(&[0, 1, 2]);
     for index in 0..3 {
@@ -566,6 +571,7 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     refused_peer(
         |cluster| TlsCluster::member(cluster.dir.path(), 2, &Ca::new("another CA"), None),
         None,
+        None,
     )
     .await;
 }
@@ -577,6 +583,19 @@ async fn a_peer_with_a_disallowed_cn_is_refused() {
     refused_peer(
         |cluster| TlsCluster::member(cluster.dir.path(), 2, &cluster.ca, Some("intruder")),
         Some("etcd-peer"),
+        Some("--peer-cert-allowed-cn=etcd-peer"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_whose_certificate_is_not_for_the_allowed_hostname_is_refused() {
+    // kubeadm_pair puts the CN among the SANs: good members' certificates are valid for
+    // "etcd-peer", the intruder's for "intruder".
+    refused_peer(
+        |cluster| TlsCluster::member(cluster.dir.path(), 2, &cluster.ca, Some("intruder")),
+        Some("etcd-peer"),
+        Some("--peer-cert-allowed-hostname=etcd-peer"),
     )
     .await;
 }
