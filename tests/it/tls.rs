@@ -126,7 +126,7 @@ impl Files {
     }
 
     /// Replaces a file in one rename, as a certificate manager would.
-    fn replace(&self, name: &str, text: &str) {
+    pub(crate) fn replace(&self, name: &str, text: &str) {
         let staging = self.dir.path().join(format!("{name}.new"));
         std::fs::write(&staging, text).unwrap();
         std::fs::rename(&staging, self.dir.path().join(name)).unwrap();
