@@ -2,9 +2,8 @@
 //! with kubeadm's static-pod command line (etcd 3.6 and 3.5 spellings) and kubeadm's certificate
 //! layout; a leader kill; learners joined and promoted as kubeadm does; peers with a certificate
 //! from another CA or a disallowed CN or hostname refused; a rotated peer certificate; peer auto
-//! TLS; bad peer TLS input at start. Each member listens
-//! on its own loopback address (127.0.0.2-4), as kubeadm's nodes do on theirs. Certificates are
-//! made here with rcgen.
+//! TLS; bad peer TLS input at start. Each member listens on its own loopback address
+//! (127.0.0.2-4), as kubeadm's nodes do on theirs. Certificates are made here with rcgen.
 //!
 //! Against etcd 3.4 (`OXETCD_TEST_BIN=/usr/bin/etcd`) the flags 3.4 lacks are left out where
 //! noted (`--feature-gates`, `--watch-progress-notify-interval` without its 3.5 prefix,
