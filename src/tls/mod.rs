@@ -26,7 +26,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::config::{TlsKeys, TlsSettings, TlsSide, TlsVersion};
+use crate::config::{TlsSettings, TlsSide, TlsVersion};
 
 pub use auto::auto_tls_dir;
 
@@ -109,30 +109,32 @@ pub(crate) struct PairKeys {
 
 impl PairKeys {
     /// The served pair of a side, or (`dialing`) the pair a member presents to its peers.
-    fn of(keys: &TlsKeys, dialing: bool) -> PairKeys {
+    fn of(side: TlsSide, dialing: bool) -> PairKeys {
+        let keys = side.keys();
         let (cert, key) = if dialing {
             (keys.client_cert_file, keys.client_key_file)
         } else {
             (keys.cert_file, keys.key_file)
         };
-        let what = match (keys.cert_file, dialing) {
-            ("cert-file", _) => "client",
-            (_, false) => "peer",
-            (_, true) => "peer client",
+        let what = match (side, dialing) {
+            (TlsSide::Client, _) => "client",
+            (TlsSide::Peer, false) => "peer",
+            (TlsSide::Peer, true) => "peer client",
         };
         PairKeys { cert, key, what }
     }
 
     /// A pair made by auto TLS: errors name the auto TLS key.
-    fn auto(keys: &TlsKeys) -> PairKeys {
+    fn auto(side: TlsSide) -> PairKeys {
+        let key = side.keys().auto_tls;
+        let what = match side {
+            TlsSide::Client => "client (auto TLS)",
+            TlsSide::Peer => "peer (auto TLS)",
+        };
         PairKeys {
-            cert: keys.auto_tls,
-            key: keys.auto_tls,
-            what: if keys.auto_tls == "auto-tls" {
-                "client (auto TLS)"
-            } else {
-                "peer (auto TLS)"
-            },
+            cert: key,
+            key,
+            what,
         }
     }
 }
@@ -144,10 +146,10 @@ pub fn check(tls: &TlsSettings) -> Result<(), TlsError> {
     let provider = provider(tls);
     let keys = tls.keys();
     if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-        load_pair(cert, key, PairKeys::of(keys, false), &provider)?;
+        load_pair(cert, key, PairKeys::of(tls.side, false), &provider)?;
     }
     if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
-        load_pair(cert, key, PairKeys::of(keys, true), &provider)?;
+        load_pair(cert, key, PairKeys::of(tls.side, true), &provider)?;
     }
     client_verifier(tls, &provider)?;
     if let Some(ca_file) = &tls.trusted_ca_file {
@@ -166,12 +168,11 @@ pub fn server_config(
     hosts: &[String],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider(tls));
-    let keys = tls.keys();
     let (cert, key, pair_keys) = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone(), PairKeys::of(keys, false)),
+        (Some(cert), Some(key)) => (cert.clone(), key.clone(), PairKeys::of(tls.side, false)),
         _ => {
             let (cert, key) = auto::ensure_self_signed(data_dir, tls, hosts)?;
-            (cert, key, PairKeys::auto(keys))
+            (cert, key, PairKeys::auto(tls.side))
         }
     };
     let resolver = reload::ReloadingCert::new(cert, key, pair_keys, provider.clone())?;
@@ -212,15 +213,15 @@ pub fn client_config(
         &tls.key_file,
     ) {
         (Some(cert), Some(key), _, _) => {
-            Some((cert.clone(), key.clone(), PairKeys::of(keys, true)))
+            Some((cert.clone(), key.clone(), PairKeys::of(tls.side, true)))
         }
         (_, _, Some(cert), Some(key)) => {
-            Some((cert.clone(), key.clone(), PairKeys::of(keys, false)))
+            Some((cert.clone(), key.clone(), PairKeys::of(tls.side, false)))
         }
         _ if tls.auto_tls => {
             auto_made = true;
             let (cert, key) = auto::ensure_self_signed(data_dir, tls, hosts)?;
-            Some((cert, key, PairKeys::auto(keys)))
+            Some((cert, key, PairKeys::auto(tls.side)))
         }
         _ => None,
     };

@@ -130,7 +130,7 @@ mod tests {
         std::fs::write(&key, &first_key).unwrap();
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let keys = super::super::PairKeys::of(crate::config::TlsSide::Client.keys(), false);
+        let keys = super::super::PairKeys::of(crate::config::TlsSide::Client, false);
         let resolver = ReloadingCert::new(cert.clone(), key.clone(), keys, provider).unwrap();
         let first = resolver.current();
         assert!(
