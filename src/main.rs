@@ -24,11 +24,16 @@ fn main() -> ExitCode {
 
 fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
     // The TLS files are checked before anything else, the data directory included.
-    if oxetcd::tls::any_https(&[&config.listen_client_urls, &config.listen_metrics_urls])
-        && let Err(e) = oxetcd::tls::check(&config.client_tls)
-    {
-        eprintln!("oxetcd: {e}");
-        return ExitCode::from(2);
+    let client_https =
+        oxetcd::tls::any_https(&[&config.listen_client_urls, &config.listen_metrics_urls]);
+    for (used, tls) in [
+        (client_https, &config.client_tls),
+        (config.peer_https(), &config.peer_tls),
+    ] {
+        if used && let Err(e) = oxetcd::tls::check(tls) {
+            eprintln!("oxetcd: {e}");
+            return ExitCode::from(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

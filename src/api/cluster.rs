@@ -44,7 +44,8 @@ pub struct ClusterService {
 impl ClusterService {
     pub fn new(ctx: ServerCtx) -> ClusterService {
         let handlers = std::sync::Arc::new(super::peer::PeerHandlersImpl::new(ctx.clone()));
-        let forwarder = LeaderForwarder::new(ctx.node.clone(), handlers);
+        let forwarder =
+            LeaderForwarder::new(ctx.node.clone(), handlers, ctx.config.peer_dialer.clone());
         ClusterService { ctx, forwarder }
     }
 

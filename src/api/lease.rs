@@ -54,7 +54,8 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(ctx: ServerCtx) -> LeaseService {
         let handlers = std::sync::Arc::new(super::peer::PeerHandlersImpl::new(ctx.clone()));
-        let forwarder = LeaderForwarder::new(ctx.node.clone(), handlers);
+        let forwarder =
+            LeaderForwarder::new(ctx.node.clone(), handlers, ctx.config.peer_dialer.clone());
         LeaseService { ctx, forwarder }
     }
 }

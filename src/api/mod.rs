@@ -60,6 +60,8 @@ pub struct ApiConfig {
     pub lease_checkpoint_interval: Duration,
     /// `--watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// Opens channels to peers (the leader forwarders use it).
+    pub peer_dialer: crate::peer::PeerDialer,
 }
 
 /// Everything a service handler may use. Cheap to clone.

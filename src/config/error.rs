@@ -65,20 +65,19 @@ pub enum ConfigError {
         advertised: String,
         in_cluster: String,
     },
-    /// A `--peer-*` TLS key is set or a peer URL is https://: peer TLS is not implemented.
+    /// An https:// listener URL with no certificate to serve (no cert and key files and no
+    /// auto TLS of its side).
     #[error(
-        "--{key}: peer TLS is not supported yet; members talk to each other over plain http://, \
-         keep the peer network private{}",
-        origin.as_deref().map(|origin| format!(" (set by {origin})")).unwrap_or_default()
+        "--{key} has the https URL {url} but no certificate: set --{cert_key} and --{key_key} \
+         (or --{auto_key})"
     )]
-    PeerTlsUnsupported { key: String, origin: Option<String> },
-    /// An https:// listener URL with no certificate to serve (no --cert-file/--key-file and no
-    /// --auto-tls).
-    #[error(
-        "--{key} has the https URL {url} but no certificate: set --cert-file and --key-file \
-         (or --auto-tls)"
-    )]
-    HttpsWithoutCertificate { key: String, url: String },
+    HttpsWithoutCertificate {
+        key: String,
+        url: String,
+        cert_key: &'static str,
+        key_key: &'static str,
+        auto_key: &'static str,
+    },
     /// Two flags on the command line are spellings of one key (its old and its current name).
     #[error("{} are the same setting; give only --{key}", describe_flags(flags))]
     SameSettingTwice { key: String, flags: Vec<String> },
@@ -103,7 +102,6 @@ impl ConfigError {
             ConfigError::InvalidValue { key, .. }
             | ConfigError::SameSettingTwice { key, .. }
             | ConfigError::SetTwice { key, .. }
-            | ConfigError::PeerTlsUnsupported { key, .. }
             | ConfigError::HttpsWithoutCertificate { key, .. } => Some(key),
             ConfigError::ElectionTimeoutTooShort { .. }
             | ConfigError::ElectionTimeoutTooLong { .. } => Some("election-timeout"),

@@ -194,7 +194,8 @@ pub(super) const KEYS: &[Key] = &[
         "true",
         Kind::Bool,
         CLUSTERING,
-        "Run raft's pre-vote phase before elections",
+        "Accepted for etcd compatibility; oxetcd always runs raft's pre-vote phase before \
+         elections (false is ignored)",
     ),
     key(
         "auto-compaction-mode",
@@ -350,56 +351,92 @@ pub(super) const KEYS: &[Key] = &[
         "",
         Kind::Text,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Certificate (PEM, leaf first) the https:// peer URLs present",
     ),
     key(
         "peer-key-file",
         "",
         Kind::Text,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Private key (PEM) of --peer-cert-file",
+    ),
+    key(
+        "peer-client-cert-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Certificate this member presents when it dials a peer's https:// URL; empty means \
+         --peer-cert-file",
+    ),
+    key(
+        "peer-client-key-file",
+        "",
+        Kind::Text,
+        SECURITY,
+        "Private key (PEM) of --peer-client-cert-file",
     ),
     key(
         "peer-trusted-ca-file",
         "",
         Kind::Text,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "CA certificates (PEM) that peer certificates must chain to, both the peers dialing in \
+         (with --peer-client-cert-auth) and the peers this member dials",
     ),
     key(
         "peer-client-cert-auth",
         "false",
         Kind::Bool,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Require peers dialing the https:// peer URLs to present a certificate signed by \
+         --peer-trusted-ca-file",
     ),
     key(
         "peer-crl-file",
         "",
         Kind::Text,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Certificate revocation list (PEM) checked against certificates of peers dialing in",
     ),
     key(
         "peer-cert-allowed-cn",
         "",
         Kind::Text,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Accept only peer certificates with this common name (CN), in both directions",
     ),
     key(
         "peer-cert-allowed-hostname",
         "",
         Kind::Text,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Accept only peer certificates valid for this host name, in both directions",
     ),
     key(
         "peer-auto-tls",
         "false",
         Kind::Bool,
         SECURITY,
-        "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+        "Serve https:// peer URLs with a generated self-signed certificate when --peer-cert-file \
+         is not set; peers' certificates are then not verified (as in etcd)",
+    ),
+    key(
+        "feature-gates",
+        "",
+        Kind::List,
+        FEATURES,
+        "etcd 3.6 feature gates, Name=true|false,...: InitialCorruptCheck, CompactHashCheck, \
+         StopGRPCServiceOnDefrag, TxnModeWriteWithSharedBuffer, SetMemberLocalAddr, \
+         FastLeaseKeepAlive and PriorityRequest are accepted and ignored (oxetcd does not \
+         implement them); LeaseCheckpoint and LeaseCheckpointPersist are always on",
+    ),
+    key(
+        "experimental-initial-corrupt-check",
+        "false",
+        Kind::Bool,
+        FEATURES,
+        "Accepted for etcd 3.5 compatibility and ignored: oxetcd has no initial corruption \
+         check (etcd 3.6: --feature-gates=InitialCorruptCheck=true)",
     ),
     key(
         "watch-progress-notify-interval",
@@ -420,7 +457,8 @@ pub(super) const KEYS: &[Key] = &[
         "100ms",
         Kind::Duration,
         FEATURES,
-        "Applying an entry for longer than this logs a warning",
+        "Accepted for etcd compatibility and ignored: oxetcd does not yet warn about slow \
+         applies",
     ),
     key(
         "experimental-lease-checkpoint-interval",
@@ -458,18 +496,6 @@ pub(super) const KEYS: &[Key] = &[
         UNSAFE,
         "Skip fsync; a crash can lose or corrupt data (testing only)",
     ),
-];
-
-/// The `--peer-*` TLS keys: accepted so that setting one is a clear error, not an unknown flag.
-pub(super) const PEER_TLS_KEYS: &[&str] = &[
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-trusted-ca-file",
-    "peer-client-cert-auth",
-    "peer-crl-file",
-    "peer-cert-allowed-cn",
-    "peer-cert-allowed-hostname",
-    "peer-auto-tls",
 ];
 
 /// Old spellings accepted for a key (etcd 3.5's `--experimental-` names), as (old, current).

@@ -8,11 +8,10 @@ use ::config::{Value, ValueKind};
 use url::Url;
 
 use super::error::ConfigError;
-use super::keys::PEER_TLS_KEYS;
 use super::parse::{parse_bool, parse_cipher_suite, parse_duration, parse_url};
 use super::{
-    AutoCompaction, ClientTls, ClusterState, CompactionMode, Config, InitialMember,
-    LEASE_CHECKPOINT_INTERVAL_DEFAULT, LogFormat, LogLevel, TlsVersion,
+    AutoCompaction, ClusterState, CompactionMode, Config, FeatureGates, InitialMember,
+    LEASE_CHECKPOINT_INTERVAL_DEFAULT, LogFormat, LogLevel, TlsSettings, TlsSide, TlsVersion,
 };
 
 /// The merged layers: every key of the keys table holds a value, its default at least.
@@ -168,7 +167,9 @@ impl Merged {
         Ok((!text.trim().is_empty()).then(|| PathBuf::from(text)))
     }
 
-    fn client_tls(&self) -> Result<ClientTls, ConfigError> {
+    /// One side's TLS settings; the version, cipher suite and validity keys are shared.
+    fn tls_settings(&self, side: TlsSide) -> Result<TlsSettings, ConfigError> {
+        let keys = side.keys();
         let cipher_suites = self
             .list("cipher-suites")?
             .into_iter()
@@ -184,46 +185,42 @@ impl Merged {
                     .map_err(|reason| self.invalid("tls-max-version", text, reason))?,
             ),
         };
-        let hostname = self.text("client-cert-allowed-hostname")?;
-        Ok(ClientTls {
-            cert_file: self.path("cert-file")?,
-            key_file: self.path("key-file")?,
-            trusted_ca_file: self.path("trusted-ca-file")?,
-            client_cert_auth: self.boolean("client-cert-auth")?,
-            client_crl_file: self.path("client-crl-file")?,
-            client_cert_allowed_hostname: (!hostname.trim().is_empty())
-                .then(|| hostname.trim().to_owned()),
+        let optional_text = |key: &'static str| -> Result<Option<String>, ConfigError> {
+            let text = self.text(key)?;
+            Ok((!text.trim().is_empty()).then(|| text.trim().to_owned()))
+        };
+        let (client_cert_file, client_key_file, allowed_cn) = match side {
+            TlsSide::Client => (None, None, None),
+            TlsSide::Peer => (
+                self.path(keys.client_cert_file)?,
+                self.path(keys.client_key_file)?,
+                optional_text(keys.allowed_cn)?,
+            ),
+        };
+        Ok(TlsSettings {
+            side,
+            cert_file: self.path(keys.cert_file)?,
+            key_file: self.path(keys.key_file)?,
+            client_cert_file,
+            client_key_file,
+            trusted_ca_file: self.path(keys.trusted_ca_file)?,
+            client_cert_auth: self.boolean(keys.client_cert_auth)?,
+            crl_file: self.path(keys.crl_file)?,
+            allowed_hostname: optional_text(keys.allowed_hostname)?,
+            allowed_cn,
             cipher_suites,
             min_version: self.parse("tls-min-version", TlsVersion::parse)?,
             max_version,
-            auto_tls: self.boolean("auto-tls")?,
+            auto_tls: self.boolean(keys.auto_tls)?,
             self_signed_cert_validity_years: self
                 .integer("self-signed-cert-validity", "a whole number of years")?,
         })
     }
 
-    /// Refuses any `--peer-*` TLS key that is set: peer TLS is not implemented, and ignoring it
-    /// would send raft traffic in the clear while the operator believes it is encrypted.
-    fn refuse_peer_tls(&self) -> Result<(), ConfigError> {
-        for key in PEER_TLS_KEYS {
-            let text = self.text(key)?;
-            let set = match text.trim() {
-                "" => false,
-                value => parse_bool(value).unwrap_or(true),
-            };
-            if set {
-                let origin = self
-                    .values
-                    .get(*key)
-                    .and_then(|value| value.origin())
-                    .map(str::to_owned);
-                return Err(ConfigError::PeerTlsUnsupported {
-                    key: (*key).to_owned(),
-                    origin,
-                });
-            }
-        }
-        Ok(())
+    /// `--feature-gates`: etcd's `Name=bool,...`; an unknown gate or a bad value is an error.
+    fn feature_gates(&self) -> Result<FeatureGates, ConfigError> {
+        FeatureGates::parse(&self.list("feature-gates")?)
+            .map_err(|(entry, reason)| self.invalid("feature-gates", &entry, reason))
     }
 
     pub(super) fn to_config(&self, config_file: Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -247,7 +244,8 @@ impl Merged {
         // Checked for a valid boolean, then ignored: checkpoints are always on.
         self.boolean("experimental-enable-lease-checkpoint")?;
         self.boolean("experimental-enable-lease-checkpoint-persist")?;
-        self.refuse_peer_tls()?;
+        // Checked for a valid boolean, then ignored: oxetcd has no initial corruption check.
+        self.boolean("experimental-initial-corrupt-check")?;
         Ok(Config {
             config_file,
             data_dir,
@@ -281,7 +279,9 @@ impl Merged {
             distributed_tracing_sampling_per_million: self
                 .integer("distributed-tracing-sampling-rate", WHOLE)?,
             learners_max: self.integer("max-learners", WHOLE)?,
-            client_tls: self.client_tls()?,
+            client_tls: self.tls_settings(TlsSide::Client)?,
+            peer_tls: self.tls_settings(TlsSide::Peer)?,
+            feature_gates: self.feature_gates()?,
             strict_reconfig_check: self.boolean("strict-reconfig-check")?,
             pre_vote: self.boolean("pre-vote")?,
             unsafe_no_fsync: self.boolean("unsafe-no-fsync")?,

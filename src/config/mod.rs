@@ -243,38 +243,174 @@ impl TlsVersion {
     }
 }
 
-/// TLS of the https:// client and metrics URLs (etcd's client transport security). Paths are
-/// only named here; the `tls` module reads and checks the files.
+/// Which listeners a [`TlsSettings`] is for: the client and metrics URLs, or the peer URLs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsSide {
+    Client,
+    Peer,
+}
+
+/// The key names of one side's TLS settings, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsKeys {
+    pub cert_file: &'static str,
+    pub key_file: &'static str,
+    pub client_cert_file: &'static str,
+    pub client_key_file: &'static str,
+    pub trusted_ca_file: &'static str,
+    pub client_cert_auth: &'static str,
+    pub crl_file: &'static str,
+    pub allowed_hostname: &'static str,
+    pub allowed_cn: &'static str,
+    pub auto_tls: &'static str,
+}
+
+impl TlsSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsSide::Client => "client",
+            TlsSide::Peer => "peer",
+        }
+    }
+
+    /// The keys of this side (the client side has no allowed CN and no dialing pair: their
+    /// entries name the nearest key).
+    pub fn keys(self) -> &'static TlsKeys {
+        match self {
+            TlsSide::Client => &TlsKeys {
+                cert_file: "cert-file",
+                key_file: "key-file",
+                client_cert_file: "cert-file",
+                client_key_file: "key-file",
+                trusted_ca_file: "trusted-ca-file",
+                client_cert_auth: "client-cert-auth",
+                crl_file: "client-crl-file",
+                allowed_hostname: "client-cert-allowed-hostname",
+                allowed_cn: "client-cert-allowed-hostname",
+                auto_tls: "auto-tls",
+            },
+            TlsSide::Peer => &TlsKeys {
+                cert_file: "peer-cert-file",
+                key_file: "peer-key-file",
+                client_cert_file: "peer-client-cert-file",
+                client_key_file: "peer-client-key-file",
+                trusted_ca_file: "peer-trusted-ca-file",
+                client_cert_auth: "peer-client-cert-auth",
+                crl_file: "peer-crl-file",
+                allowed_hostname: "peer-cert-allowed-hostname",
+                allowed_cn: "peer-cert-allowed-cn",
+                auto_tls: "peer-auto-tls",
+            },
+        }
+    }
+}
+
+/// TLS of one side's listeners (etcd's client or peer transport security): the client side
+/// serves the https:// client and metrics URLs, the peer side serves the https:// peer URLs and
+/// dials the peers' https:// URLs. Paths are only named here; the `tls` module reads and checks
+/// the files. `--cipher-suites`, `--tls-min/max-version` and `--self-signed-cert-validity` apply
+/// to both sides, as in etcd.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientTls {
-    /// `--cert-file`.
+pub struct TlsSettings {
+    pub side: TlsSide,
+    /// `--cert-file` / `--peer-cert-file`.
     pub cert_file: Option<PathBuf>,
-    /// `--key-file`.
+    /// `--key-file` / `--peer-key-file`.
     pub key_file: Option<PathBuf>,
-    /// `--trusted-ca-file`.
+    /// `--peer-client-cert-file`: what the member presents when it dials; `None` on the client
+    /// side.
+    pub client_cert_file: Option<PathBuf>,
+    /// `--peer-client-key-file`.
+    pub client_key_file: Option<PathBuf>,
+    /// `--trusted-ca-file` / `--peer-trusted-ca-file`.
     pub trusted_ca_file: Option<PathBuf>,
-    /// `--client-cert-auth`.
+    /// `--client-cert-auth` / `--peer-client-cert-auth`.
     pub client_cert_auth: bool,
-    /// `--client-crl-file`.
-    pub client_crl_file: Option<PathBuf>,
-    /// `--client-cert-allowed-hostname`.
-    pub client_cert_allowed_hostname: Option<String>,
+    /// `--client-crl-file` / `--peer-crl-file`.
+    pub crl_file: Option<PathBuf>,
+    /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`.
+    pub allowed_hostname: Option<String>,
+    /// `--peer-cert-allowed-cn`; `None` on the client side.
+    pub allowed_cn: Option<String>,
     /// `--cipher-suites`: Go/IANA names, each one rustls supports; empty means rustls's
     /// defaults. Like Go, they restrict TLS 1.2 only; TLS 1.3 suites are always on.
     pub cipher_suites: Vec<String>,
     pub min_version: TlsVersion,
     /// `None`: the newest supported.
     pub max_version: Option<TlsVersion>,
-    /// `--auto-tls`.
+    /// `--auto-tls` / `--peer-auto-tls`.
     pub auto_tls: bool,
     /// `--self-signed-cert-validity`.
     pub self_signed_cert_validity_years: u32,
 }
 
-impl ClientTls {
-    /// Whether an https:// listener has a certificate to present (files or --auto-tls).
+impl TlsSettings {
+    /// Whether an https:// listener has a certificate to present (files or auto TLS).
     pub fn has_certificate(&self) -> bool {
         (self.cert_file.is_some() && self.key_file.is_some()) || self.auto_tls
+    }
+
+    /// The names of this side's keys.
+    pub fn keys(&self) -> &'static TlsKeys {
+        self.side.keys()
+    }
+}
+
+/// `--feature-gates` (etcd 3.6), as given: which gates were named and their value. None of them
+/// changes what oxetcd does (see the key's help); they are kept so the configuration says what
+/// was asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeatureGates {
+    pub gates: Vec<(String, bool)>,
+}
+
+/// etcd 3.6's feature gates (`server/features/etcd_features.go`).
+pub const FEATURE_GATES_KNOWN: &[&str] = &[
+    "StopGRPCServiceOnDefrag",
+    "InitialCorruptCheck",
+    "CompactHashCheck",
+    "TxnModeWriteWithSharedBuffer",
+    "LeaseCheckpoint",
+    "LeaseCheckpointPersist",
+    "SetMemberLocalAddr",
+    "FastLeaseKeepAlive",
+    "PriorityRequest",
+];
+
+impl FeatureGates {
+    /// Parses etcd's `Name=bool,...` (the list already split on commas).
+    fn parse(entries: &[String]) -> Result<FeatureGates, (String, String)> {
+        let mut gates = Vec::new();
+        for entry in entries {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let Some((name, value)) = entry.split_once('=') else {
+                return Err((
+                    entry.to_owned(),
+                    "missing bool value; expected Name=true or Name=false".to_owned(),
+                ));
+            };
+            let name = name.trim();
+            if !FEATURE_GATES_KNOWN.contains(&name) {
+                return Err((
+                    entry.to_owned(),
+                    format!(
+                        "unrecognized feature gate {name:?}; known gates: {}",
+                        FEATURE_GATES_KNOWN.join(", ")
+                    ),
+                ));
+            }
+            let value = parse::parse_bool(value.trim()).map_err(|_| {
+                (
+                    entry.to_owned(),
+                    format!("invalid value of {name}: expected true or false"),
+                )
+            })?;
+            gates.push((name.to_owned(), value));
+        }
+        Ok(FeatureGates { gates })
     }
 }
 
@@ -328,7 +464,11 @@ pub struct Config {
     /// `--max-learners`.
     pub learners_max: u32,
     /// TLS of the https:// client and metrics URLs.
-    pub client_tls: ClientTls,
+    pub client_tls: TlsSettings,
+    /// TLS of the https:// peer URLs, served and dialed.
+    pub peer_tls: TlsSettings,
+    /// `--feature-gates`.
+    pub feature_gates: FeatureGates,
     pub strict_reconfig_check: bool,
     pub pre_vote: bool,
     pub unsafe_no_fsync: bool,

@@ -907,11 +907,8 @@ fn tls_keys_from_flags_env_and_toml() {
     assert_eq!(tls.key_file, Some(PathBuf::from("/k.pem")));
     assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
     assert!(tls.client_cert_auth);
-    assert_eq!(tls.client_crl_file, Some(PathBuf::from("/crl.pem")));
-    assert_eq!(
-        tls.client_cert_allowed_hostname.as_deref(),
-        Some("client.example")
-    );
+    assert_eq!(tls.crl_file, Some(PathBuf::from("/crl.pem")));
+    assert_eq!(tls.allowed_hostname.as_deref(), Some("client.example"));
     assert_eq!(
         tls.cipher_suites,
         vec![
@@ -1013,46 +1010,137 @@ fn bad_tls_values_name_the_key() {
 }
 
 #[test]
-fn peer_tls_is_refused_not_ignored() {
-    /// Flags, environment, the key the error names.
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: &[Case] = &[
-        (&["--peer-cert-file", "/p.pem"], &[], "peer-cert-file"),
-        (&["--peer-client-cert-auth"], &[], "peer-client-cert-auth"),
-        (&[], &[("ETCD_PEER_AUTO_TLS", "true")], "peer-auto-tls"),
+fn peer_tls_keys_from_flags_env_and_toml() {
+    let config = load_ok(&[], &[]);
+    assert_eq!(config.peer_tls.side, TlsSide::Peer);
+    assert!(config.peer_tls.cert_file.is_none() && !config.peer_tls.client_cert_auth);
+    assert!(!config.peer_tls.auto_tls && !config.peer_https());
+
+    let file = TomlFile::new(
+        r#"
+            peer-cert-file = "/p.pem"
+            peer-key-file = "/pk.pem"
+            peer-trusted-ca-file = "/ca.pem"
+            peer-crl-file = "/crl.pem"
+            peer-cert-allowed-cn = "etcd-peer"
+            "#,
+    );
+    let config = load_ok(
+        &[
+            "--config-file",
+            file.path(),
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--peer-client-cert-file",
+            "/pc.pem",
+        ],
+        &[
+            ("ETCD_PEER_CLIENT_CERT_AUTH", "true"),
+            ("ETCD_PEER_CLIENT_KEY_FILE", "/pck.pem"),
+        ],
+    );
+    let tls = &config.peer_tls;
+    assert_eq!(tls.cert_file, Some(PathBuf::from("/p.pem")));
+    assert_eq!(tls.key_file, Some(PathBuf::from("/pk.pem")));
+    assert_eq!(tls.client_cert_file, Some(PathBuf::from("/pc.pem")));
+    assert_eq!(tls.client_key_file, Some(PathBuf::from("/pck.pem")));
+    assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+    assert!(tls.client_cert_auth);
+    assert_eq!(tls.crl_file, Some(PathBuf::from("/crl.pem")));
+    assert_eq!(tls.allowed_cn.as_deref(), Some("etcd-peer"));
+    assert!(config.peer_https());
+    // The client side is untouched by peer keys.
+    assert!(config.client_tls.cert_file.is_none() && !config.client_tls.client_cert_auth);
+}
+
+#[test]
+fn bad_peer_tls_settings_name_the_key() {
+    let https = ["--listen-peer-urls", "https://127.0.0.1:2380"];
+    let cases: &[(&[&str], &str)] = &[
+        (&https, "listen-peer-urls"),
+        (&["--peer-cert-file", "/p.pem"], "peer-key-file"),
         (
-            &[],
-            &[("ETCD_PEER_TRUSTED_CA_FILE", "/ca.pem")],
-            "peer-trusted-ca-file",
+            &["--peer-client-key-file", "/k.pem"],
+            "peer-client-cert-file",
         ),
-        (
-            &["--listen-peer-urls", "https://127.0.0.1:2380"],
-            &[],
-            "listen-peer-urls",
-        ),
+        (&["--peer-client-cert-auth"], "peer-trusted-ca-file"),
+        (&["--peer-client-cert-auth=maybe"], "peer-client-cert-auth"),
         (
             &[
-                "--initial-advertise-peer-urls",
-                "https://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=https://127.0.0.1:2380",
+                "--peer-cert-allowed-cn",
+                "a",
+                "--peer-cert-allowed-hostname",
+                "b",
             ],
-            &[],
-            "initial-advertise-peer-urls",
+            "peer-cert-allowed-cn",
+        ),
+        // Dialing https:// peers needs a CA to verify them.
+        (
+            &[
+                https[0],
+                https[1],
+                "--peer-cert-file",
+                "/p.pem",
+                "--peer-key-file",
+                "/k.pem",
+            ],
+            "peer-trusted-ca-file",
         ),
     ];
-    for (args, vars, key) in cases {
-        let err = load_err(args, vars);
-        assert!(
-            matches!(err, ConfigError::PeerTlsUnsupported { .. }),
-            "{args:?}: {err:?}"
-        );
-        assert_eq!(err.key(), Some(*key), "{err}");
-        assert!(
-            err.to_string().contains("peer TLS is not supported yet"),
-            "{err}"
-        );
+    for (args, key) in cases {
+        let err = load_err(args, &[]);
+        assert_eq!(err.key(), Some(*key), "{args:?}: {err}");
     }
-    // Explicitly off is fine.
-    load_ok(&["--peer-client-cert-auth=false"], &[]);
+    let err = load_err(&https, &[]);
+    assert!(err.to_string().contains("--peer-cert-file"), "{err}");
+    // Auto TLS needs no CA: peers' certificates are not verified then, as in etcd.
+    load_ok(&[https[0], https[1], "--peer-auto-tls"], &[]);
+    load_ok(
+        &[
+            https[0],
+            https[1],
+            "--peer-cert-file",
+            "/p.pem",
+            "--peer-key-file",
+            "/k.pem",
+            "--peer-trusted-ca-file",
+            "/ca.pem",
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn feature_gates_take_etcds_syntax() {
+    let config = load_ok(
+        &["--feature-gates=InitialCorruptCheck=true, LeaseCheckpoint=false"],
+        &[],
+    );
+    assert_eq!(
+        config.feature_gates.gates,
+        vec![
+            ("InitialCorruptCheck".to_owned(), true),
+            ("LeaseCheckpoint".to_owned(), false)
+        ]
+    );
+    let config = load_ok(&[], &[("ETCD_FEATURE_GATES", "CompactHashCheck=True")]);
+    assert_eq!(
+        config.feature_gates.gates,
+        vec![("CompactHashCheck".to_owned(), true)]
+    );
+    for bad in [
+        "--feature-gates=NoSuchGate=true",
+        "--feature-gates=InitialCorruptCheck",
+        "--feature-gates=InitialCorruptCheck=yes",
+    ] {
+        let err = load_err(&[bad], &[]);
+        assert_eq!(err.key(), Some("feature-gates"), "{bad}: {err}");
+    }
+    load_ok(&["--experimental-initial-corrupt-check=true"], &[]);
+    let err = load_err(&["--experimental-initial-corrupt-check=sure"], &[]);
+    assert_eq!(
+        err.key(),
+        Some("experimental-initial-corrupt-check"),
+        "{err}"
+    );
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::error::ConfigError;
 use super::{
     ClusterState, Config, ELECTION_TIMEOUT_MS_MAX, QUOTA_BACKEND_BYTES_RECOMMENDED_MAX,
-    TRACING_SAMPLING_PER_MILLION_MAX, TlsVersion, etcd_url_string, join_urls,
+    TRACING_SAMPLING_PER_MILLION_MAX, TlsSettings, TlsVersion, etcd_url_string, join_urls,
 };
 
 impl Config {
@@ -134,72 +134,53 @@ impl Config {
         Ok(())
     }
 
-    /// https:// listeners need a certificate; the TLS keys must agree with each other; peer URLs
-    /// must be http:// (peer TLS is not implemented).
+    /// https:// listeners need a certificate; the TLS keys of each side must agree with each
+    /// other.
     fn validate_tls(&self) -> Result<(), ConfigError> {
-        for (key, urls) in [
-            ("listen-peer-urls", &self.listen_peer_urls),
+        for (key, urls, tls) in [
             (
-                "initial-advertise-peer-urls",
-                &self.initial_advertise_peer_urls,
+                "listen-client-urls",
+                &self.listen_client_urls,
+                &self.client_tls,
             ),
-        ] {
-            if urls.iter().any(|url| url.scheme() == "https") {
-                return Err(ConfigError::PeerTlsUnsupported {
-                    key: key.to_owned(),
-                    origin: None,
-                });
-            }
-        }
-        if self
-            .initial_cluster
-            .iter()
-            .flat_map(|member| &member.peer_urls)
-            .any(|url| url.scheme() == "https")
-        {
-            return Err(ConfigError::PeerTlsUnsupported {
-                key: "initial-cluster".to_owned(),
-                origin: None,
-            });
-        }
-        let tls = &self.client_tls;
-        for (key, urls) in [
-            ("listen-client-urls", &self.listen_client_urls),
-            ("listen-metrics-urls", &self.listen_metrics_urls),
+            (
+                "listen-metrics-urls",
+                &self.listen_metrics_urls,
+                &self.client_tls,
+            ),
+            ("listen-peer-urls", &self.listen_peer_urls, &self.peer_tls),
         ] {
             if let Some(url) = urls.iter().find(|url| url.scheme() == "https")
                 && !tls.has_certificate()
             {
+                let keys = tls.keys();
                 return Err(ConfigError::HttpsWithoutCertificate {
                     key: key.to_owned(),
                     url: etcd_url_string(url),
+                    cert_key: keys.cert_file,
+                    key_key: keys.key_file,
+                    auto_key: keys.auto_tls,
                 });
             }
         }
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => {
-                return Err(ConfigError::invalid_value(
-                    "key-file",
-                    "",
-                    "must be set together with --cert-file",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid_value(
-                    "cert-file",
-                    "",
-                    "must be set together with --key-file",
-                ));
-            }
-            _ => {}
+        for tls in [&self.client_tls, &self.peer_tls] {
+            validate_tls_side(tls)?;
         }
-        if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+        let peer = &self.peer_tls;
+        if self.peer_https()
+            && peer.trusted_ca_file.is_none()
+            && !(peer.auto_tls && peer.cert_file.is_none())
+        {
+            // etcd would fall back to the system's CAs; oxetcd has none to offer, and dialing
+            // peers without verifying them is only right for --peer-auto-tls certificates.
             return Err(ConfigError::invalid_value(
-                "trusted-ca-file",
+                "peer-trusted-ca-file",
                 "",
-                "must be set when --client-cert-auth is on",
+                "must be set to verify the peers dialed over https:// (unless --peer-auto-tls \
+                 makes this member's certificate)",
             ));
         }
+        let tls = &self.client_tls;
         if let Some(max) = tls.max_version
             && max < tls.min_version
         {
@@ -228,6 +209,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether this member dials or serves any https:// peer URL.
+    pub fn peer_https(&self) -> bool {
+        self.listen_peer_urls
+            .iter()
+            .chain(&self.initial_advertise_peer_urls)
+            .chain(self.initial_cluster.iter().flat_map(|m| &m.peer_urls))
+            .any(|url| url.scheme() == "https")
     }
 
     fn validate_initial_cluster(&self) -> Result<(), ConfigError> {
@@ -309,6 +299,12 @@ impl Config {
             .iter()
             .chain(&self.listen_metrics_urls)
             .any(|url| url.scheme() == "https");
+        if !self.peer_https() && (self.peer_tls.cert_file.is_some() || self.peer_tls.auto_tls) {
+            warnings.push(
+                "peer TLS is configured but no peer URL is https://: members talk in the clear"
+                    .to_owned(),
+            );
+        }
         if !has_https && (self.client_tls.cert_file.is_some() || self.client_tls.auto_tls) {
             warnings.push(
                 "TLS is configured but no --listen-client-urls or --listen-metrics-urls URL is \
@@ -321,4 +317,55 @@ impl Config {
         }
         warnings
     }
+}
+
+/// The pairs come whole, and client certificate checks need a CA.
+fn validate_tls_side(tls: &TlsSettings) -> Result<(), ConfigError> {
+    let keys = tls.keys();
+    for (cert, key, cert_key, key_key) in [
+        (&tls.cert_file, &tls.key_file, keys.cert_file, keys.key_file),
+        (
+            &tls.client_cert_file,
+            &tls.client_key_file,
+            keys.client_cert_file,
+            keys.client_key_file,
+        ),
+    ] {
+        match (cert, key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid_value(
+                    key_key,
+                    "",
+                    format!("must be set together with --{cert_key}"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid_value(
+                    cert_key,
+                    "",
+                    format!("must be set together with --{key_key}"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+        return Err(ConfigError::invalid_value(
+            keys.trusted_ca_file,
+            "",
+            format!("must be set when --{} is on", keys.client_cert_auth),
+        ));
+    }
+    if let (Some(cn), Some(hostname)) = (&tls.allowed_cn, &tls.allowed_hostname) {
+        // etcd refuses the combination too.
+        return Err(ConfigError::invalid_value(
+            keys.allowed_cn,
+            cn,
+            format!(
+                "cannot be set together with --{} {hostname}",
+                keys.allowed_hostname
+            ),
+        ));
+    }
+    Ok(())
 }

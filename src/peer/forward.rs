@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::{PeerHandlers, hex};
+use super::{PeerDialer, PeerHandlers, hex};
 use crate::node::NodeHandle;
 use crate::proto::oxetcdpb::peer_client::PeerClient;
 use crate::proto::oxetcdpb::{
@@ -64,6 +64,7 @@ enum Retry {
 pub struct LeaderForwarder {
     node: NodeHandle,
     handlers: Arc<dyn PeerHandlers>,
+    dialer: PeerDialer,
     channel: Arc<Mutex<Option<LeaderChannel>>>,
     /// When the last warning about an unresponsive leader was logged.
     warned_at: Arc<Mutex<Option<Instant>>>,
@@ -79,10 +80,15 @@ struct LeaderChannel {
 impl LeaderForwarder {
     /// A forwarder finding the leader through `node` and its peer URLs through `handlers`; the
     /// cluster ID and the request timeout come from the node's configuration.
-    pub fn new(node: NodeHandle, handlers: Arc<dyn PeerHandlers>) -> LeaderForwarder {
+    pub fn new(
+        node: NodeHandle,
+        handlers: Arc<dyn PeerHandlers>,
+        dialer: PeerDialer,
+    ) -> LeaderForwarder {
         LeaderForwarder {
             node,
             handlers,
+            dialer,
             channel: Arc::new(Mutex::new(None)),
             warned_at: Arc::new(Mutex::new(None)),
         }
@@ -266,9 +272,10 @@ impl LeaderForwarder {
         {
             return Ok(cached.channel.clone());
         }
-        let channel = super::transport::endpoint(&url)
-            .map_err(|e| format!("bad peer URL {url:?} of leader {}: {e}", hex(leader_id)))?
-            .connect_lazy();
+        let channel = self
+            .dialer
+            .connect_lazy(&url)
+            .map_err(|e| format!("leader {}: {e}", hex(leader_id)))?;
         *cached = Some(LeaderChannel {
             leader_id,
             url,

@@ -16,8 +16,13 @@
 //! ([`forward`]);
 //! a member joining an existing cluster asks a peer for the member list (`Peer/Members`).
 //!
+//! Every channel to a peer is opened by [`dial::PeerDialer`]: plain for http:// peer URLs, over
+//! rustls for https:// ones (the client configuration comes from the `tls` module through
+//! `server`).
+//!
 //! [`RaftBatch`]: crate::proto::oxetcdpb::RaftBatch
 
+pub mod dial;
 pub mod forward;
 pub mod service;
 pub mod transport;
@@ -58,6 +63,7 @@ pub trait PeerHandlers: Send + Sync + 'static {
         change: member_change_request::Change,
     ) -> Result<MemberChangeResponse, tonic::Status>;
 }
+pub use dial::PeerDialer;
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};
 
 /// Soft bound on the encoded raft messages in one batch: a batch stops growing once it reaches

@@ -16,9 +16,10 @@ use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
+use super::dial::{DialError, PeerDialer};
 use super::{BATCH_BYTES_MAX, hex};
 use crate::metrics::{Metrics, PeerLabel};
 use crate::node::{NodeHandle, Transport};
@@ -36,11 +37,8 @@ const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A stream that lived this long resets the backoff.
 const STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(2);
-/// Bound on opening a TCP connection to a peer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// HTTP/2 pings on an open connection, so a peer that vanished without closing is noticed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on a `Peer/Members` call made while joining.
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the round trip to each peer is measured, and how long a probe may take.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -57,6 +55,8 @@ pub struct TransportConfig {
     pub member_id: u64,
     /// Where the snapshot files raft sends live.
     pub snap_dir: std::path::PathBuf,
+    /// Opens the channels to peers (with the peer TLS client configuration for https://).
+    pub dialer: PeerDialer,
 }
 
 /// The node's [`Transport`]: routes each raft message to its peer's queue. Cheap to clone; the
@@ -192,7 +192,12 @@ impl TransportShared {
     ) {
         let span = tracing::info_span!("peer_sender", peer = %hex(link.peer_id));
         let label: PeerLabel = [("To", hex(link.peer_id))];
-        let probe = probe_round_trips(link.urls.clone(), label.clone(), self.metrics.clone());
+        let probe = probe_round_trips(
+            self.cfg.dialer.clone(),
+            link.urls.clone(),
+            label.clone(),
+            self.metrics.clone(),
+        );
         let sender = PeerSender {
             cfg: self.cfg.clone(),
             link,
@@ -269,6 +274,7 @@ impl PeerTransport {
         let dir = self.shared.cfg.snap_dir.clone();
         let node = node.clone();
         let cluster_id = self.shared.cfg.cluster_id;
+        let dialer = self.shared.cfg.dialer.clone();
         let metrics = self.shared.metrics.clone();
         let send = async move {
             let meta = message.get_snapshot().get_metadata();
@@ -276,7 +282,7 @@ impl PeerTransport {
             let started = Instant::now();
             let mut last_error = String::new();
             for url in &urls {
-                match stream_snapshot(url, cluster_id, &dir, &message).await {
+                match stream_snapshot(&dialer, url, cluster_id, &dir, &message).await {
                     Ok(bytes) => {
                         metrics.snapshots_sent.inc();
                         tracing::info!(
@@ -305,6 +311,7 @@ impl PeerTransport {
 
 /// Sends one snapshot over a `Peer/Snapshot` stream; returns the file's size.
 async fn stream_snapshot(
+    dialer: &PeerDialer,
     url: &str,
     cluster_id: u64,
     dir: &std::path::Path,
@@ -316,7 +323,7 @@ async fn stream_snapshot(
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let channel = connect(url).await.map_err(|e| error_chain(&e))?;
+    let channel = dialer.connect(url).await.map_err(|e| error_chain(&e))?;
     let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_QUEUED);
     let first_message = encode(message);
@@ -400,7 +407,7 @@ struct PeerSender {
 /// How a stream to the peer ended.
 enum StreamEnd {
     /// Could not connect.
-    Connect(tonic::transport::Error),
+    Connect(DialError),
     /// The stream was open and broke (or the peer ended it, or refused our batches).
     Broken(Option<tonic::Status>),
     /// The transport was dropped: the raft thread stopped.
@@ -472,7 +479,7 @@ impl PeerSender {
 
     /// Connects to `url` and streams batches until something breaks.
     async fn stream(&mut self, url: &str, failing: &mut bool) -> StreamEnd {
-        let channel = match connect(url).await {
+        let channel = match self.cfg.dialer.connect(url).await {
             Ok(channel) => channel,
             Err(e) => return StreamEnd::Connect(e),
         };
@@ -556,21 +563,6 @@ impl PeerSender {
     }
 }
 
-/// How every channel to a peer is set up: bounded connect, no Nagle delay, HTTP/2 pings so a
-/// peer that vanished without closing is noticed.
-pub(super) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
-}
-
-async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
-    endpoint(url)?.connect().await
-}
-
 /// An error and its sources, `outer: inner: ...` (tonic's own text is often just "transport
 /// error").
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -589,7 +581,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Measures the round trip to a peer every [`PROBE_INTERVAL`] with a small `Peer/Members` call
 /// on its own connection (etcd's prober), into `etcd_network_peer_round_trip_time_seconds`.
-async fn probe_round_trips(urls: Vec<String>, label: PeerLabel, metrics: Arc<Metrics>) {
+async fn probe_round_trips(
+    dialer: PeerDialer,
+    urls: Vec<String>,
+    label: PeerLabel,
+    metrics: Arc<Metrics>,
+) {
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<PeerClient<Channel>> = None;
@@ -597,7 +594,7 @@ async fn probe_round_trips(urls: Vec<String>, label: PeerLabel, metrics: Arc<Met
         interval.tick().await;
         if client.is_none() {
             for url in &urls {
-                if let Ok(channel) = connect(url).await {
+                if let Ok(channel) = dialer.connect(url).await {
                     client = Some(PeerClient::new(channel));
                     break;
                 }
@@ -619,11 +616,14 @@ async fn probe_round_trips(urls: Vec<String>, label: PeerLabel, metrics: Arc<Met
 }
 
 /// Asks the member at peer URL `url` for the cluster's member list (`Peer/Members`).
-pub async fn fetch_members(url: &str) -> Result<crate::proto::oxetcdpb::MembersResponse, String> {
-    let channel = connect(url).await.map_err(|e| error_chain(&e))?;
+pub async fn fetch_members(
+    dialer: &PeerDialer,
+    url: &str,
+) -> Result<crate::proto::oxetcdpb::MembersResponse, String> {
+    let channel = dialer.connect(url).await.map_err(|e| error_chain(&e))?;
     let mut client = PeerClient::new(channel);
     let request = tonic::Request::new(crate::proto::oxetcdpb::MembersRequest {});
-    tokio::time::timeout(CONNECT_TIMEOUT * 5, client.members(request))
+    tokio::time::timeout(MEMBERS_TIMEOUT, client.members(request))
         .await
         .map_err(|_| "timed out".to_owned())?
         .map(|r| r.into_inner())

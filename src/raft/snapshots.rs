@@ -125,12 +125,18 @@ impl SnapshotFiles {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest generated snapshot if it is at `min_index` or later; otherwise starts
-    /// generating one (unless that is under way) and returns `None`: raft asks again later.
-    pub fn ready_or_start(&self, min_index: u64) -> Option<Snapshot> {
+    /// The newest generated snapshot if it is at `min_index` or later and its configuration
+    /// holds member `to` (a snapshot taken before `to` was added would be ignored by it, and
+    /// sent again forever); otherwise starts generating one (unless that is under way) and
+    /// returns `None`: raft asks again later.
+    pub fn ready_or_start(&self, min_index: u64, to: u64) -> Option<Snapshot> {
         let mut state = self.lock();
         match &*state {
-            GenState::Ready(g) if g.index >= min_index => {
+            GenState::Ready(g)
+                if g.index >= min_index
+                    && (g.conf_state.voters.contains(&to)
+                        || g.conf_state.learners.contains(&to)) =>
+            {
                 let mut meta = SnapshotMetadata {
                     index: g.index,
                     term: g.term,
@@ -279,7 +285,7 @@ mod tests {
         assert!(!files.dir().join("stale.snap.part").exists());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let snapshot = loop {
-            if let Some(snapshot) = files.ready_or_start(5) {
+            if let Some(snapshot) = files.ready_or_start(5, 3) {
                 break snapshot;
             }
             assert!(
@@ -295,5 +301,7 @@ mod tests {
         let file = snapshot_path(files.dir(), 2, 10);
         assert_eq!(std::fs::read(&file).unwrap(), b"applied state");
         assert!(!part_path(&file).exists());
+        // A member the snapshot's configuration does not hold gets a new one, not this one.
+        assert!(files.ready_or_start(5, 4).is_none());
     }
 }

@@ -368,7 +368,7 @@ impl raft::Storage for RaftLogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // A snapshot older than the start of the log would leave a gap after it; it is written
         // on a background thread, and raft asks again on the peer's next response.
         let unavailable = raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
@@ -376,7 +376,7 @@ impl raft::Storage for RaftLogStore {
             return Err(unavailable);
         };
         files
-            .ready_or_start(request_index.max(self.truncated.0).max(1))
+            .ready_or_start(request_index.max(self.truncated.0).max(1), to)
             .ok_or(unavailable)
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::config::{ClusterState, Config, etcd_url_string};
 use crate::membership::Membership;
+use crate::peer::PeerDialer;
 use crate::raft::RaftLogStore;
 use crate::storage::{Batch, Engine, StorageError};
 
@@ -81,6 +82,7 @@ pub(super) fn reconcile_raft_with_state(
 pub(super) async fn load_or_bootstrap_membership(
     config: &Config,
     engine: &Engine,
+    dialer: &PeerDialer,
 ) -> Result<(Membership, bool), ServerError> {
     if let Some(membership) = Membership::load(engine)? {
         return Ok((membership, false));
@@ -96,7 +98,7 @@ pub(super) async fn load_or_bootstrap_membership(
         })
         .collect();
     if config.initial_cluster_state == ClusterState::Existing {
-        let membership = join_existing(config, &initial).await?;
+        let membership = join_existing(config, &initial, dialer).await?;
         let mut batch = Batch::new();
         membership.save(engine, &mut batch);
         engine.write(batch, true)?;
@@ -123,6 +125,7 @@ pub(super) async fn load_or_bootstrap_membership(
 pub(super) async fn join_existing(
     config: &Config,
     initial: &[(String, Vec<String>)],
+    dialer: &PeerDialer,
 ) -> Result<Membership, ServerError> {
     let my_urls: Vec<String> = config
         .initial_advertise_peer_urls
@@ -135,7 +138,7 @@ pub(super) async fn join_existing(
             continue;
         }
         for url in urls {
-            match crate::peer::transport::fetch_members(url).await {
+            match crate::peer::transport::fetch_members(dialer, url).await {
                 Ok(answer) => {
                     let me = answer
                         .members

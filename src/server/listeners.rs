@@ -185,8 +185,9 @@ pub(super) async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     tasks: &crate::tasks::TaskSet,
     router: axum::Router,
+    kind: &'static str,
 ) {
-    match super::tls_listener::TlsListener::start(listener, tls, tasks) {
+    match super::tls_listener::TlsListener::start(listener, tls, tasks, kind) {
         Ok(listener) => serve_on(listener, router, tasks.stop_signal()).await,
         Err(e) => tracing::error!(error = %e, "https listener not started"),
     }

@@ -16,13 +16,13 @@ use crate::alarm::Alarms;
 use crate::api::{self, ApiConfig, Quota, ServerCtx};
 use crate::apply::{Applier, MembershipSink};
 use crate::auth::AuthStore;
-use crate::config::{AutoCompaction, Config, url_host_port};
+use crate::config::{AutoCompaction, Config, TlsSide, url_host_port};
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
 use crate::node::{self, NodeConfig};
-use crate::peer::{PeerTransport, TransportConfig};
+use crate::peer::{PeerDialer, PeerTransport, TransportConfig};
 use crate::raft::RaftLogStore;
 use crate::raft::snapshots::SnapshotFiles;
 use crate::storage::{Engine, StorageError};
@@ -80,16 +80,24 @@ fn https_config(
     (url.scheme() == "https").then(|| tls.clone()).flatten()
 }
 
-/// The hosts an `--auto-tls` certificate names: those of the client and metrics URLs, listened
-/// on and advertised.
-fn tls_hosts(config: &Config) -> Vec<String> {
+/// The hosts an auto TLS certificate names: for the client side those of the client and
+/// metrics URLs, for the peer side those of the peer URLs, listened on and advertised.
+fn tls_hosts(config: &Config, side: TlsSide) -> Vec<String> {
     let mut hosts: Vec<String> = Vec::new();
-    for url in config
-        .listen_client_urls
-        .iter()
-        .chain(&config.advertise_client_urls)
-        .chain(&config.listen_metrics_urls)
-    {
+    let urls: Vec<&url::Url> = match side {
+        TlsSide::Client => config
+            .listen_client_urls
+            .iter()
+            .chain(&config.advertise_client_urls)
+            .chain(&config.listen_metrics_urls)
+            .collect(),
+        TlsSide::Peer => config
+            .listen_peer_urls
+            .iter()
+            .chain(&config.initial_advertise_peer_urls)
+            .collect(),
+    };
+    for url in urls {
         if let Some(host) = url.host_str() {
             let host = host
                 .trim_start_matches('[')
@@ -133,12 +141,32 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "starting an etcd server"
     );
     create_private_dir(&config.data_dir)?;
+    // Peer TLS: served on https:// peer URLs and used to dial the peers' https:// URLs. Built
+    // (and any --peer-auto-tls pair made) before the member may need to dial a peer to join.
+    let (peer_server_tls, peer_dialer) = if config.peer_https() {
+        let hosts = tls_hosts(&config, TlsSide::Peer);
+        (
+            Some(crate::tls::server_config(
+                &config.peer_tls,
+                &config.data_dir,
+                &hosts,
+            )?),
+            PeerDialer::new(Some(crate::tls::client_config(
+                &config.peer_tls,
+                &config.data_dir,
+                &hosts,
+            )?)),
+        )
+    } else {
+        (None, PeerDialer::default())
+    };
     let engine = Engine::open(&config.data_dir, !config.unsafe_no_fsync)?;
     tracing::info!(path = %config.data_dir.display(), "opened backend db");
     crate::apply::install::finish_interrupted_install(&engine)
         .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
 
-    let (membership, joining) = load_or_bootstrap_membership(&config, &engine).await?;
+    let (membership, joining) =
+        load_or_bootstrap_membership(&config, &engine, &peer_dialer).await?;
     tracing::info!(
         member_id = %format!("{:x}", membership.member_id),
         cluster_id = %format!("{:x}", membership.cluster_id),
@@ -193,6 +221,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             cluster_id: membership.cluster_id,
             member_id: membership.member_id,
             snap_dir: snap_dir.clone(),
+            dialer: peer_dialer.clone(),
         },
         &peer_list(&membership),
         metrics.clone(),
@@ -238,7 +267,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
     quota.record_db_size(engine.sizes().on_disk_bytes);
     let ctx = ServerCtx {
-        config: Arc::new(api_config(&config)),
+        config: Arc::new(api_config(&config, peer_dialer)),
         node,
         engine: engine.clone(),
         mvcc,
@@ -260,7 +289,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Some(crate::tls::server_config(
                 &config.client_tls,
                 &config.data_dir,
-                &tls_hosts(&config),
+                &tls_hosts(&config, TlsSide::Client),
             )?)
         } else {
             None
@@ -268,17 +297,34 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let certificates = client_tls
         .iter()
         .map(|tls| ("client", tls.certificate.clone()))
+        .chain(
+            peer_server_tls
+                .iter()
+                .map(|tls| ("peer", tls.certificate.clone())),
+        )
         .collect();
     let metrics_text = metrics_text(&config, ctx.clone(), metrics.clone(), certificates);
     let tls = client_tls.map(|tls| tls.config);
+    let peer_server_tls = peer_server_tls.map(|tls| tls.config);
     for url in &config.listen_peer_urls {
         let listener = bind(url).await?;
         let router = peer_router(&ctx, peers.stop_signal(), snap_dir.clone(), metrics.clone());
-        peers.spawn(
-            "peer-listener",
-            serve(listener, router, peers.stop_signal()),
-        )?;
-        tracing::info!(address = %url_host_port(url), "serving peer traffic");
+        match https_config(url, &peer_server_tls) {
+            Some(tls) => {
+                let tasks = peers.clone();
+                peers.spawn("peer-listener", async move {
+                    serve_tls(listener, tls, &tasks, router, "peer").await;
+                })?;
+                tracing::info!(address = %url_host_port(url), "serving peer traffic securely");
+            }
+            None => {
+                peers.spawn(
+                    "peer-listener",
+                    serve(listener, router, peers.stop_signal()),
+                )?;
+                tracing::info!(address = %url_host_port(url), "serving peer traffic");
+            }
+        }
     }
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
@@ -300,7 +346,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             match tls {
                 Some(tls) => {
                     tracing::info!(address = %address, "serving client traffic securely");
-                    serve_tls(listener, tls, &tasks, router).await;
+                    serve_tls(listener, tls, &tasks, router, "client").await;
                 }
                 None => {
                     tracing::info!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
@@ -316,7 +362,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Some(tls) => {
                 let tasks = client_listeners.clone();
                 client_listeners.spawn("metrics-listener", async move {
-                    serve_tls(listener, tls, &tasks, router).await;
+                    serve_tls(listener, tls, &tasks, router, "metrics").await;
                 })?;
             }
             None => client_listeners.spawn(
@@ -378,8 +424,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 }
 
 /// The API layer's settings.
-fn api_config(config: &Config) -> ApiConfig {
+fn api_config(config: &Config, peer_dialer: PeerDialer) -> ApiConfig {
     ApiConfig {
+        peer_dialer,
         request_timeout: config.request_timeout(),
         request_bytes_max: config.request_bytes_max,
         txn_ops_max: config.txn_ops_max,

@@ -36,10 +36,12 @@ pub(super) struct TlsListener {
 impl TlsListener {
     /// Starts the accept task (and later each handshake) in `tasks`; they end on its stop
     /// signal.
+    /// `kind` ("client", "metrics", "peer") names the listener in the refusal warnings.
     pub(super) fn start(
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
         tasks: &TaskSet,
+        kind: &'static str,
     ) -> Result<TlsListener, super::ServerError> {
         let local_addr = listener
             .local_addr()
@@ -48,7 +50,13 @@ impl TlsListener {
                 source,
             })?;
         let (ready_tx, ready) = mpsc::channel(READY_QUEUE_LEN);
-        let accept = accept_loop(listener, TlsAcceptor::from(config), tasks.clone(), ready_tx);
+        let accept = accept_loop(
+            listener,
+            TlsAcceptor::from(config),
+            tasks.clone(),
+            ready_tx,
+            kind,
+        );
         tasks.spawn("tls-accept", accept)?;
         Ok(TlsListener { ready, local_addr })
     }
@@ -76,9 +84,13 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     tasks: TaskSet,
     ready: mpsc::Sender<Connection>,
+    kind: &'static str,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
-    let refused = Arc::new(RefusedIps::default());
+    let refused = Arc::new(RefusedIps {
+        kind,
+        seen: Mutex::default(),
+    });
     let mut stop = tasks.stop_signal();
     loop {
         let accepted = tokio::select! {
@@ -119,8 +131,9 @@ async fn accept_loop(
 }
 
 /// The client IPs already warned about, bounded.
-#[derive(Default)]
 struct RefusedIps {
+    /// Which listener: "client", "metrics" or "peer".
+    kind: &'static str,
     seen: Mutex<HashSet<IpAddr>>,
 }
 
@@ -135,12 +148,13 @@ impl RefusedIps {
         };
         if first {
             tracing::warn!(
+                listener = self.kind,
                 client_ip = %ip,
                 error,
                 "refused a TLS handshake (further refusals from this IP are logged at debug)"
             );
         } else {
-            tracing::debug!(client_ip = %ip, error, "refused a TLS handshake");
+            tracing::debug!(listener = self.kind, client_ip = %ip, error, "refused a TLS handshake");
         }
     }
 }

@@ -1,29 +1,39 @@
-//! `--auto-tls`: a self-signed certificate for the member's client hosts, made once under
-//! `<data-dir>/fixtures/client` (etcd's place) and reused while both files exist.
+//! `--auto-tls` and `--peer-auto-tls`: a self-signed certificate for the member's client (or
+//! peer) hosts, made once under `<data-dir>/fixtures/client` (`fixtures/peer`), etcd's places,
+//! and reused while both files exist.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::TlsError;
+use crate::config::{TlsSettings, TlsSide};
 
-/// Where `--auto-tls` keeps its pair, under the data directory.
-pub const AUTO_TLS_DIR: &str = "fixtures/client";
+/// Where a side's auto TLS pair lives, under the data directory.
+pub fn auto_tls_dir(side: TlsSide) -> &'static str {
+    match side {
+        TlsSide::Client => "fixtures/client",
+        TlsSide::Peer => "fixtures/peer",
+    }
+}
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
 const DAYS_PER_YEAR: u64 = 365;
 
-/// The `--auto-tls` pair's paths, generating it for `hosts` when either file is missing.
+/// The side's auto TLS pair's paths, generating it for `hosts` when either file is missing.
 pub(super) fn ensure_self_signed(
     data_dir: &Path,
+    tls: &TlsSettings,
     hosts: &[String],
-    validity_years: u32,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
-    let dir = data_dir.join(AUTO_TLS_DIR);
+    let validity_years = tls.self_signed_cert_validity_years;
+    let key_name = tls.keys().auto_tls;
+    let dir = data_dir.join(auto_tls_dir(tls.side));
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
     let failed = |path: &Path, reason: String| TlsError::AutoTls {
+        key: key_name,
         path: path.to_path_buf(),
         reason,
     };
@@ -51,7 +61,8 @@ pub(super) fn ensure_self_signed(
         cert_file = %cert_path.display(),
         hosts = ?hosts,
         validity_years,
-        "generated a self-signed client TLS certificate (--auto-tls)"
+        key = key_name,
+        "generated a self-signed TLS certificate"
     );
     Ok((cert_path, key_path))
 }

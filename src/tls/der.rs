@@ -1,5 +1,6 @@
 //! Just enough DER to read a certificate's validity period (RFC 5280 §4.1.2.5), so an expired
-//! certificate is refused at start with its date.
+//! certificate is refused at start with its date, and its subject's common names (§4.1.2.6), for
+//! `--peer-cert-allowed-cn`.
 
 use std::fmt;
 
@@ -84,6 +85,52 @@ pub(super) fn validity(cert: &[u8]) -> Result<Validity, String> {
         not_before,
         not_after,
     })
+}
+
+/// The `tbsCertificate` fields from the issuer on: issuer, validity, subject, ...
+fn after_serial(cert: &[u8]) -> Result<&[u8], String> {
+    let (tag, certificate, _) = tlv(cert)?;
+    if tag != SEQUENCE {
+        return Err("the certificate is not valid DER".to_owned());
+    }
+    let (tag, tbs, _) = tlv(certificate)?;
+    if tag != SEQUENCE {
+        return Err("the certificate is not valid DER".to_owned());
+    }
+    let (tag, _, mut rest) = tlv(tbs)?;
+    if tag == CONTEXT_0 {
+        rest = tlv(rest)?.2;
+    }
+    Ok(tlv(rest)?.2)
+}
+
+/// The common names (OID 2.5.4.3) of a DER certificate's subject, in order.
+pub(super) fn common_names(cert: &[u8]) -> Result<Vec<String>, String> {
+    const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
+    const OID: u8 = 0x06;
+    let rest = after_serial(cert)?;
+    let (_issuer, _, rest) = tlv(rest)?;
+    let (_validity, _, rest) = tlv(rest)?;
+    let (tag, mut subject, _) = tlv(rest)?;
+    if tag != SEQUENCE {
+        return Err("the certificate has a malformed subject".to_owned());
+    }
+    let mut names = Vec::new();
+    // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY }
+    while !subject.is_empty() {
+        let (_set, mut attributes, next) = tlv(subject)?;
+        subject = next;
+        while !attributes.is_empty() {
+            let (_sequence, attribute, next) = tlv(attributes)?;
+            attributes = next;
+            let (tag, oid, value) = tlv(attribute)?;
+            if tag == OID && oid == COMMON_NAME_OID {
+                let (_string_type, text, _) = tlv(value)?;
+                names.push(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
@@ -183,5 +230,24 @@ mod tests {
         assert_eq!(period.not_before.to_string(), "2020-01-02 00:00:00 UTC");
         assert_eq!(period.not_after.to_string(), "2060-03-04 00:00:00 UTC");
         assert!(validity("garbage".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn common_names_of_a_generated_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-etcd-peer");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_names(cert.der()).unwrap(), vec!["kube-etcd-peer"]);
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert!(common_names(cert.der()).unwrap().is_empty());
+        assert!(common_names(b"garbage").is_err());
     }
 }

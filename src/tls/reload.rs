@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::{Pair, TlsError, load_pair};
+use super::{Pair, PairKeys, TlsError, load_pair};
 
 /// What the files looked like when last read: modification time and size of each.
 type Stamp = [Option<(SystemTime, u64)>; 2];
@@ -23,11 +24,14 @@ struct State {
     stamp: Stamp,
 }
 
-/// A [`ResolvesServerCert`] serving the pair in `cert` and `key`, re-read when they change.
+/// A [`ResolvesServerCert`] (and, for dialing peers, [`ResolvesClientCert`]) presenting the
+/// pair in `cert` and `key`, re-read when they change.
 #[derive(Debug)]
 pub(super) struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
+    /// The keys naming the files, and what the pair is for (in logs).
+    keys: PairKeys,
     provider: Arc<CryptoProvider>,
     state: Mutex<State>,
 }
@@ -36,13 +40,15 @@ impl ReloadingCert {
     pub(super) fn new(
         cert: PathBuf,
         key: PathBuf,
+        keys: PairKeys,
         provider: Arc<CryptoProvider>,
     ) -> Result<ReloadingCert, TlsError> {
         let stamp = stamp(&cert, &key);
-        let current = load_pair(&cert, &key, &provider)?;
+        let current = load_pair(&cert, &key, keys, &provider)?;
         Ok(ReloadingCert {
             cert,
             key,
+            keys,
             provider,
             state: Mutex::new(State { current, stamp }),
         })
@@ -70,18 +76,20 @@ impl ReloadingCert {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if stamp != state.stamp {
             state.stamp = stamp;
-            match load_pair(&self.cert, &self.key, &self.provider) {
+            match load_pair(&self.cert, &self.key, self.keys, &self.provider) {
                 Ok(pair) => {
                     state.current = pair;
                     tracing::info!(
                         cert_file = %self.cert.display(),
                         key_file = %self.key.display(),
-                        "reloaded the client TLS certificate"
+                        certificate = self.keys.what,
+                        "reloaded a TLS certificate"
                     );
                 }
                 Err(e) => tracing::error!(
                     error = %e,
-                    "the changed client TLS certificate cannot be used; still serving the previous one"
+                    certificate = self.keys.what,
+                    "the changed TLS certificate cannot be used; still presenting the previous one"
                 ),
             }
         }
@@ -92,6 +100,20 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -128,7 +150,8 @@ mod tests {
         std::fs::write(&key, &first_key).unwrap();
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let resolver = ReloadingCert::new(cert.clone(), key.clone(), provider).unwrap();
+        let keys = super::super::PairKeys::of(crate::config::TlsSide::Client, false);
+        let resolver = ReloadingCert::new(cert.clone(), key.clone(), keys, provider).unwrap();
         let first = resolver.current();
         assert!(
             Arc::ptr_eq(&first, &resolver.current()),

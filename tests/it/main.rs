@@ -27,6 +27,7 @@ mod lease;
 mod logging;
 mod maintenance;
 mod observability_live;
+mod peer_tls;
 mod tls;
 mod tracing;
 mod watch;
