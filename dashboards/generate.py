@@ -450,6 +450,19 @@ def overview():
             thresholds((None, "red"), (0.1, "orange"), (0.2, "green")),
             0, 1, kind="bargauge",
         ), 6, 8),
+        row("Certificates"),
+        sized(gauge(
+            "Certificates expire in",
+            "Time left until each TLS certificate a member serves expires "
+            "(oxetcd_tls_certificate_expiry_timestamp_seconds), by listener (client, peer) and "
+            "file. Orange under 14 days, when oxetcdCertificateExpiringSoon fires; red under 2. "
+            "Empty when no URL is https://.",
+            "s",
+            [target(f"oxetcd_tls_certificate_expiry_timestamp_seconds{sel()} - time()",
+                    "{{instance}} {{listener}} {{path}}", instant=True)],
+            thresholds((None, "red"), (2 * 86400, "orange"), (14 * 86400, "green")),
+            0, 90 * 86400, kind="bargauge",
+        ), 24, 6),
     ]
     return dashboard(
         "oxetcd-overview",

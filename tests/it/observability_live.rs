@@ -114,10 +114,15 @@ async fn dashboards_and_alerts_against_a_live_cluster() {
     let mut problems: Vec<String> = Vec::new();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
 
+    // An https:// metrics URL with an --auto-tls certificate, so the certificate expiry metric
+    // (and its alert and panel) have a served certificate to show.
     let mut cluster = Cluster::start_with(
         ClusterOptions::new(MEMBERS)
             .arg("--quota-backend-bytes")
-            .arg(&QUOTA_BACKEND_BYTES.to_string()),
+            .arg(&QUOTA_BACKEND_BYTES.to_string())
+            .arg("--auto-tls")
+            .arg("--listen-metrics-urls")
+            .arg("https://127.0.0.1:0"),
     );
     cluster.wait_for_leader(FAILOVER_DEADLINE).await;
     let targets: Vec<String> = (0..MEMBERS)

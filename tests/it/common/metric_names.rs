@@ -57,6 +57,7 @@ pub const EXPORTED_METRICS: &[&str] = &[
     "oxetcd_rocksdb_pending_compaction_bytes",
     "oxetcd_rocksdb_live_data_size_bytes",
     "oxetcd_raft_log_entries",
+    "oxetcd_tls_certificate_expiry_timestamp_seconds",
     // Added by Prometheus for every scrape target.
     "up",
 ];
