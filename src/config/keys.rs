@@ -56,6 +56,7 @@ const MONITORING: &str = "Monitoring";
 const LOGGING: &str = "Logging";
 const TRACING: &str = "Distributed tracing";
 const SECURITY: &str = "Security";
+const AUTH: &str = "Auth";
 const FEATURES: &str = "Features";
 const UNSAFE: &str = "Unsafe";
 
@@ -400,6 +401,31 @@ pub(super) const KEYS: &[Key] = &[
         Kind::Bool,
         SECURITY,
         "Peer TLS is not supported yet: oxetcd refuses to start when this is set",
+    ),
+    key(
+        "auth-token",
+        "simple",
+        Kind::Text,
+        AUTH,
+        "How Authenticate makes tokens: simple, or \
+         jwt,pub-key=PATH,priv-key=PATH,sign-method=METHOD[,ttl=DURATION] (RS256, RS384, RS512, \
+         PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512; ttl 5m by default; \
+         pub-key is required except for HS*, whose secret is priv-key; with only pub-key the \
+         member verifies tokens but issues none)",
+    ),
+    key(
+        "auth-token-ttl",
+        "300",
+        Kind::Integer,
+        AUTH,
+        "Seconds a simple token lives after its last use",
+    ),
+    key(
+        "bcrypt-cost",
+        "10",
+        Kind::Integer,
+        AUTH,
+        "bcrypt cost of the password hashes this member makes (4 to 31)",
     ),
     key(
         "watch-progress-notify-interval",
