@@ -1,0 +1,323 @@
+//! etcd's `jwt` tokens (`--auth-token jwt,...`): a signed JWT carrying the claims etcd puts in
+//! (`username`, `revision`, `exp`). Any member holding the public key verifies one, so a member
+//! signs its tokens itself, without raft; a member given only `pub-key` verifies and issues none
+//! (etcd's verify-only mode). Unlike a simple token, a JWT carries the auth revision it was
+//! issued at, so any later auth change makes it `revision of auth store is old`.
+//!
+//! The keys are read and checked once, at start; a key's contents never reach an error or a log.
+//! Time is passed in: expiry is checked here, not by the JWT crate's clock.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+
+/// Why the JWT keys could not be loaded; none carries a key's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtKeyError {
+    #[error("sign-method {0:?} is not supported")]
+    Method(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a PEM {kind} key for {method}", path.display())]
+    Parse {
+        path: PathBuf,
+        kind: &'static str,
+        method: String,
+    },
+    #[error("{method} needs {what}")]
+    Missing { method: String, what: &'static str },
+    #[error("priv-key and pub-key are not a pair: a token signed with one fails with the other")]
+    Mismatch,
+}
+
+/// Why a JWT was refused; all read as etcd's `invalid auth token`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("the token is not a valid JWT for this member's key")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+    /// This member has only the public key (etcd: `auth: token signing attempted with
+    /// verify-only key`).
+    #[error("token signing attempted with verify-only key")]
+    VerifyOnly,
+    #[error("signing the token failed")]
+    Sign,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    pub username: String,
+    pub revision: u64,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// The keys of one member's JWTs.
+pub struct JwtTokens {
+    algorithm: Algorithm,
+    /// `None`: verify-only.
+    signing: Option<EncodingKey>,
+    verifying: DecodingKey,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for JwtTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtTokens")
+            .field("algorithm", &self.algorithm)
+            .field("verify_only", &self.signing.is_none())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Family {
+    Rsa,
+    Ec,
+    Ed,
+    Hmac,
+}
+
+fn family(algorithm: Algorithm) -> Option<Family> {
+    Some(match algorithm {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Family::Rsa,
+        Algorithm::ES256 | Algorithm::ES384 => Family::Ec,
+        Algorithm::EdDSA => Family::Ed,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Family::Hmac,
+        _ => return None,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, JwtKeyError> {
+    std::fs::read(path).map_err(|source| JwtKeyError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn seconds_since_epoch(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl JwtTokens {
+    /// Reads and checks the keys: `sign_method` one of etcd's names, `priv_key` to sign (the
+    /// HMAC secret for HS*), `pub_key` to verify (oxetcd does not derive it from `priv_key`);
+    /// with both, a probe token signed by one must verify with the other.
+    pub fn load(
+        sign_method: &str,
+        pub_key: Option<&Path>,
+        priv_key: Option<&Path>,
+        ttl: Duration,
+    ) -> Result<JwtTokens, JwtKeyError> {
+        let algorithm: Algorithm = sign_method
+            .parse()
+            .map_err(|_| JwtKeyError::Method(sign_method.to_owned()))?;
+        let method = sign_method.to_owned();
+        let parse_error = |path: &Path, kind: &'static str| JwtKeyError::Parse {
+            path: path.to_owned(),
+            kind,
+            method: method.clone(),
+        };
+        let family =
+            family(algorithm).ok_or_else(|| JwtKeyError::Method(sign_method.to_owned()))?;
+        if let Family::Hmac = family {
+            let path = priv_key.ok_or_else(|| JwtKeyError::Missing {
+                method: method.clone(),
+                what: "priv-key (the HMAC secret)",
+            })?;
+            let secret = read(path)?;
+            let signing =
+                EncodingKey::from_secret(&secret).map_err(|_| parse_error(path, "secret"))?;
+            let verifying =
+                DecodingKey::from_secret(&secret).map_err(|_| parse_error(path, "secret"))?;
+            return Ok(JwtTokens {
+                algorithm,
+                signing: Some(signing),
+                verifying,
+                ttl,
+            });
+        }
+        let path = pub_key.ok_or_else(|| JwtKeyError::Missing {
+            method: method.clone(),
+            what: "pub-key (oxetcd does not derive it from priv-key)",
+        })?;
+        let pem = read(path)?;
+        let verifying = match family {
+            Family::Rsa => DecodingKey::from_rsa_pem(&pem),
+            Family::Ec => DecodingKey::from_ec_pem(&pem),
+            Family::Ed => DecodingKey::from_ed_pem(&pem),
+            Family::Hmac => unreachable!("handled above"),
+        }
+        .map_err(|_| parse_error(path, "public"))?;
+        let signing = match priv_key {
+            None => None,
+            Some(path) => {
+                let pem = read(path)?;
+                Some(
+                    match family {
+                        Family::Rsa => EncodingKey::from_rsa_pem(&pem),
+                        Family::Ec => EncodingKey::from_ec_pem(&pem),
+                        Family::Ed => EncodingKey::from_ed_pem(&pem),
+                        Family::Hmac => unreachable!("handled above"),
+                    }
+                    .map_err(|_| parse_error(path, "private"))?,
+                )
+            }
+        };
+        let tokens = JwtTokens {
+            algorithm,
+            signing,
+            verifying,
+            ttl,
+        };
+        if tokens.signing.is_some() {
+            let now = SystemTime::now();
+            let probe = tokens.sign("", 0, now).map_err(|_| JwtKeyError::Mismatch)?;
+            tokens
+                .verify(&probe, now)
+                .map_err(|_| JwtKeyError::Mismatch)?;
+        }
+        Ok(tokens)
+    }
+
+    /// Whether this member only verifies.
+    pub fn verify_only(&self) -> bool {
+        self.signing.is_none()
+    }
+
+    /// A token for `username` at auth `revision`, expiring `ttl` after `now`.
+    pub fn sign(&self, username: &str, revision: u64, now: SystemTime) -> Result<String, JwtError> {
+        let key = self.signing.as_ref().ok_or(JwtError::VerifyOnly)?;
+        let claims = Claims {
+            username: username.to_owned(),
+            revision,
+            exp: seconds_since_epoch(now + self.ttl),
+        };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key).map_err(|_| JwtError::Sign)
+    }
+
+    /// The claims of `token` if this member's key signed it with its method and it has not
+    /// expired at `now` (as golang-jwt: valid through its `exp` second, no leeway).
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, JwtError> {
+        let mut validation = Validation::new(self.algorithm);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.verifying, &validation)
+            .map_err(|_| JwtError::Invalid)?;
+        if seconds_since_epoch(now) > data.claims.exp {
+            return Err(JwtError::Expired);
+        }
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(300);
+
+    /// A key pair of `alg` written as PEM files in `dir`: (public, private).
+    fn pair(dir: &Path, name: &str, alg: &'static rcgen::SignatureAlgorithm) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let (public, private) = (dir.join(format!("{name}.pub")), dir.join(name));
+        std::fs::write(&public, key.public_key_pem()).unwrap();
+        std::fs::write(&private, key.serialize_pem()).unwrap();
+        (public, private)
+    }
+
+    fn load(method: &str, public: &Path, private: Option<&Path>) -> JwtTokens {
+        JwtTokens::load(method, Some(public), private, TTL).unwrap()
+    }
+
+    #[test]
+    fn a_token_carries_etcds_claims_and_expires_after_its_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        for (method, alg) in [
+            ("ES256", &rcgen::PKCS_ECDSA_P256_SHA256),
+            ("ES384", &rcgen::PKCS_ECDSA_P384_SHA384),
+            ("EdDSA", &rcgen::PKCS_ED25519),
+        ] {
+            let (public, private) = pair(dir.path(), method, alg);
+            let tokens = load(method, &public, Some(&private));
+            let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+            let token = tokens.sign("alice", 7, t0).unwrap();
+            let claims = tokens.verify(&token, t0 + TTL).unwrap();
+            assert_eq!(
+                claims,
+                Claims {
+                    username: "alice".into(),
+                    revision: 7,
+                    exp: 1_000_300
+                },
+                "{method}"
+            );
+            assert_eq!(
+                tokens.verify(&token, t0 + TTL + Duration::from_secs(1)),
+                Err(JwtError::Expired),
+                "{method}"
+            );
+            // A verify-only member accepts it and issues none.
+            let verifier = load(method, &public, None);
+            assert!(verifier.verify_only());
+            assert!(verifier.verify(&token, t0).is_ok(), "{method}");
+            assert_eq!(verifier.sign("alice", 7, t0), Err(JwtError::VerifyOnly));
+        }
+    }
+
+    #[test]
+    fn a_token_from_another_key_or_method_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, private) = pair(dir.path(), "a", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let (other_public, other_private) = pair(dir.path(), "b", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let ours = load("ES256", &public, Some(&private));
+        let theirs = load("ES256", &other_public, Some(&other_private));
+        let now = SystemTime::now();
+        let token = theirs.sign("root", 1, now).unwrap();
+        assert_eq!(ours.verify(&token, now), Err(JwtError::Invalid));
+        assert_eq!(ours.verify("not.a.jwt", now), Err(JwtError::Invalid));
+        let mut tampered = ours.sign("alice", 1, now).unwrap();
+        tampered.replace_range(10..11, "x");
+        assert_eq!(ours.verify(&tampered, now), Err(JwtError::Invalid));
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_at_load_without_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, private) = pair(dir.path(), "a", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let (other_public, _) = pair(dir.path(), "b", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let (ed_public, _) = pair(dir.path(), "ed", &rcgen::PKCS_ED25519);
+        let missing = dir.path().join("missing");
+        let err = |method: &str, public: Option<&Path>, private: Option<&Path>| {
+            JwtTokens::load(method, public, private, TTL)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("ES256", Some(&other_public), Some(&private)).contains("not a pair"),
+            "mismatch"
+        );
+        assert!(err("ES256", Some(&missing), None).contains("cannot read"));
+        assert!(err("ES256", Some(&ed_public), None).contains("is not a PEM public key"));
+        assert!(err("ES256", None, Some(&private)).contains("needs pub-key"));
+        assert!(err("ES512", Some(&public), None).contains("not supported"));
+        // The private key used as a public one: the message names the file, not its contents.
+        let message = err("ES256", Some(&private), None);
+        assert!(!message.contains("BEGIN"), "{message}");
+    }
+}
