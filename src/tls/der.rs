@@ -1,5 +1,6 @@
 //! Just enough DER to read a certificate's validity period (RFC 5280 §4.1.2.5), so an expired
-//! certificate is refused at start with its date.
+//! certificate is refused at start with its date, and its subject's Common Name (§4.1.2.6), which
+//! names the user of a client that authenticated with a verified certificate.
 
 use std::fmt;
 
@@ -30,6 +31,13 @@ const SEQUENCE: u8 = 0x30;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 const CONTEXT_0: u8 = 0xa0;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+/// id-at-commonName, 2.5.4.3, as encoded.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const UTF8_STRING: u8 = 0x0c;
+const PRINTABLE_STRING: u8 = 0x13;
+const IA5_STRING: u8 = 0x16;
 
 /// One TLV: its tag, its content, and what follows it.
 fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
@@ -63,18 +71,8 @@ pub(super) fn validity(cert: &[u8]) -> Result<Validity, String> {
             Err("the certificate is not valid DER".to_owned())
         }
     };
-    let (tag, certificate, _) = tlv(cert)?;
-    expect(tag, SEQUENCE)?;
-    let (tag, tbs, _) = tlv(certificate)?;
-    expect(tag, SEQUENCE)?;
-    let (tag, _, mut rest) = tlv(tbs)?;
-    if tag == CONTEXT_0 {
-        // [0] version, then the serial number.
-        rest = tlv(rest)?.2;
-    }
-    let (_signature, _, rest) = tlv(rest)?;
-    let (_issuer, _, rest) = tlv(rest)?;
-    let (tag, validity, _) = tlv(rest)?;
+    let (validity, _subject) = validity_and_subject(cert)?;
+    let (tag, validity, _) = tlv(validity)?;
     expect(tag, SEQUENCE)?;
     let (tag, not_before, rest) = tlv(validity)?;
     let not_before = time(tag, not_before)?;
@@ -84,6 +82,66 @@ pub(super) fn validity(cert: &[u8]) -> Result<Validity, String> {
         not_before,
         not_after,
     })
+}
+
+/// The TBS certificate from its validity on: (validity and what follows, the subject and what
+/// follows).
+fn validity_and_subject(cert: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let malformed = || "the certificate is not valid DER".to_owned();
+    let (tag, certificate, _) = tlv(cert)?;
+    if tag != SEQUENCE {
+        return Err(malformed());
+    }
+    let (tag, tbs, _) = tlv(certificate)?;
+    if tag != SEQUENCE {
+        return Err(malformed());
+    }
+    let (tag, _, mut rest) = tlv(tbs)?;
+    if tag == CONTEXT_0 {
+        // [0] version, then the serial number.
+        rest = tlv(rest)?.2;
+    }
+    let (_signature, _, rest) = tlv(rest)?;
+    let (_issuer, _, validity) = tlv(rest)?;
+    let (_validity, _, subject) = tlv(validity)?;
+    Ok((validity, subject))
+}
+
+/// The Common Name of a DER certificate's subject (the last one when there are several, as Go's
+/// `pkix.Name` keeps); `None` when it has none or it is not a UTF-8, printable or IA5 string.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    let (_, subject) = validity_and_subject(cert).ok()?;
+    let (tag, mut rdns, _) = tlv(subject).ok()?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut found = None;
+    while !rdns.is_empty() {
+        let (tag, mut set, rest) = tlv(rdns).ok()?;
+        rdns = rest;
+        if tag != SET {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, pair, rest) = tlv(set).ok()?;
+            set = rest;
+            if tag != SEQUENCE {
+                return None;
+            }
+            let (tag, oid, value) = tlv(pair).ok()?;
+            if tag != OID || oid != OID_COMMON_NAME {
+                continue;
+            }
+            let (tag, text, _) = tlv(value).ok()?;
+            found = match tag {
+                UTF8_STRING | PRINTABLE_STRING | IA5_STRING => {
+                    Some(std::str::from_utf8(text).ok()?.to_owned())
+                }
+                _ => None,
+            };
+        }
+    }
+    found
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
@@ -183,5 +241,26 @@ mod tests {
         assert_eq!(period.not_before.to_string(), "2020-01-02 00:00:00 UTC");
         assert_eq!(period.not_after.to_string(), "2060-03-04 00:00:00 UTC");
         assert!(validity("garbage".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn common_name_of_a_generated_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "example");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
+        // No CN at all.
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        assert_eq!(common_name(b"garbage"), None);
     }
 }

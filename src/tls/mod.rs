@@ -24,6 +24,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::config::{ClientTls, TlsVersion};
 
 pub use auto::AUTO_TLS_DIR;
+pub use der::common_name;
 
 /// Why the TLS settings cannot be used. `main` prints it and exits with status 2.
 #[derive(Debug, thiserror::Error)]
