@@ -18,12 +18,12 @@ const ROTATION_TIMEOUT: Duration = Duration::from_secs(20);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A certificate authority that signs server and client certificates.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -36,12 +36,12 @@ impl Ca {
         Ca { issuer }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A leaf for 127.0.0.1 and localhost: (certificate PEM, key PEM).
-    fn leaf(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+    pub(crate) fn leaf(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> (String, String) {
         self.leaf_valid(name, purpose, None)
     }
 
@@ -101,12 +101,12 @@ impl Ca {
 }
 
 /// PEM files of one test, in their own temp dir.
-struct Files {
+pub(crate) struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new() -> Files {
+    pub(crate) fn new() -> Files {
         Files {
             dir: tempfile::Builder::new()
                 .prefix("oxetcd-tls-")
@@ -115,13 +115,13 @@ impl Files {
         }
     }
 
-    fn write(&self, name: &str, text: &str) -> String {
+    pub(crate) fn write(&self, name: &str, text: &str) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
@@ -134,7 +134,7 @@ impl Files {
 }
 
 /// A CA, a server pair and a client pair signed by it, written to `files`.
-fn server_and_client(files: &Files) -> Ca {
+pub(crate) fn server_and_client(files: &Files) -> Ca {
     let ca = Ca::new("oxetcd test CA");
     files.write("ca.pem", &ca.pem());
     let (cert, key) = ca.leaf("server", ExtendedKeyUsagePurpose::ServerAuth);
@@ -146,14 +146,14 @@ fn server_and_client(files: &Files) -> Ca {
     ca
 }
 
-fn etcdctl(endpoint: &str, tls_args: &[String], args: &[&str]) -> Output {
+pub(crate) fn etcdctl(endpoint: &str, tls_args: &[String], args: &[&str]) -> Output {
     let mut all: Vec<&str> = tls_args.iter().map(String::as_str).collect();
     all.extend(["--dial-timeout=2s", "--command-timeout=4s"]);
     all.extend(args);
     common::run_etcdctl(endpoint, &all, None, ETCDCTL_TIMEOUT)
 }
 
-fn etcdctl_ok(endpoint: &str, tls_args: &[String], args: &[&str]) -> String {
+pub(crate) fn etcdctl_ok(endpoint: &str, tls_args: &[String], args: &[&str]) -> String {
     let output = etcdctl(endpoint, tls_args, args);
     assert!(
         output.status.success(),
@@ -164,7 +164,7 @@ fn etcdctl_ok(endpoint: &str, tls_args: &[String], args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub(crate) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|arg| arg.to_string()).collect()
 }
 
