@@ -281,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn hmac_tokens_use_priv_key_as_the_shared_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"a shared secret of some length").unwrap();
+        let tokens = JwtTokens::load("HS256", None, Some(&secret), TTL).unwrap();
+        let now = SystemTime::now();
+        let token = tokens.sign("alice", 3, now).unwrap();
+        assert_eq!(tokens.verify(&token, now).unwrap().username, "alice");
+        std::fs::write(&secret, b"another secret").unwrap();
+        let other = JwtTokens::load("HS256", None, Some(&secret), TTL).unwrap();
+        assert_eq!(other.verify(&token, now), Err(JwtError::Invalid));
+        assert!(JwtTokens::load("HS256", Some(&secret), None, TTL).is_err());
+    }
+
+    #[test]
     fn a_token_from_another_key_or_method_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (public, private) = pair(dir.path(), "a", &rcgen::PKCS_ECDSA_P256_SHA256);

@@ -401,6 +401,43 @@ async fn a_verify_only_member_accepts_tokens_and_issues_none() {
     );
 }
 
+/// JWTs need no raft entry: a token one member of a cluster signed is accepted by every member
+/// (each holds the same key pair), and each member signs its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_one_member_signed_works_on_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (public, private) = key_pair(dir.path(), "jwt", "EC");
+    let option = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256",
+        public.display(),
+        private.display()
+    );
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::start_with(ClusterOptions::new(3).arg(&option));
+    cluster.wait_for_leader(FAILOVER_DEADLINE).await;
+    for command in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "put k v",
+        "auth enable",
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        cluster.etcdctl_ok(0, &args);
+    }
+    for signer in cluster.members() {
+        let token = authenticate(&cluster.endpoint(signer), "root", "rootpw")
+            .await
+            .unwrap_or_else(|e| panic!("member {signer} signs: {e}"));
+        assert_eq!(claims(&token)["username"], "root");
+        for member in cluster.members() {
+            let got = get_with(&cluster.endpoint(member), &token, "k")
+                .await
+                .unwrap_or_else(|e| panic!("member {member} verifies {signer}'s token: {e}"));
+            assert_eq!(got.kvs[0].value, b"v");
+        }
+    }
+}
+
 /// `--bcrypt-cost` is the cost of the hashes stored: a snapshot of the member holds alice's
 /// hash with that cost in its `$2?$NN$` prefix.
 #[test]
