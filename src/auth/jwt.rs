@@ -113,10 +113,39 @@ fn seconds_since_epoch(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The public key of a private one, for a member given only `priv-key` (etcd derives it too).
+/// `signing` holds what jsonwebtoken keeps of a PEM key: PKCS#1 DER for RSA, PKCS#8 DER for EC
+/// and Ed25519.
+fn public_of(algorithm: Algorithm, signing: &EncodingKey) -> Option<DecodingKey> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    let der = signing.as_bytes();
+    Some(match algorithm {
+        Algorithm::ES256 => {
+            let key = p256::ecdsa::SigningKey::from_pkcs8_der(der).ok()?;
+            DecodingKey::from_ec_der(&key.verifying_key().to_sec1_bytes())
+        }
+        Algorithm::ES384 => {
+            let key = p384::ecdsa::SigningKey::from_pkcs8_der(der).ok()?;
+            DecodingKey::from_ec_der(&key.verifying_key().to_sec1_bytes())
+        }
+        Algorithm::EdDSA => {
+            let key = ed25519_dalek::SigningKey::from_pkcs8_der(der).ok()?;
+            DecodingKey::from_ed_der(key.verifying_key().as_bytes())
+        }
+        _ if matches!(family(algorithm), Some(Family::Rsa)) => {
+            let public = rsa::PrivateKey::from_pkcs1_der(der).ok()?.to_public_key();
+            DecodingKey::from_rsa_raw_components(&public.n_bytes(), &public.e_bytes())
+        }
+        _ => return None,
+    })
+}
+
 impl JwtTokens {
     /// Reads and checks the keys: `sign_method` one of etcd's names, `priv_key` to sign (the
-    /// HMAC secret for HS*), `pub_key` to verify (oxetcd does not derive it from `priv_key`);
-    /// with both, a probe token signed by one must verify with the other.
+    /// HMAC secret for HS*), `pub_key` to verify (derived from `priv_key` when not given); with
+    /// both, a probe token signed by one must verify with the other.
     pub fn load(
         sign_method: &str,
         pub_key: Option<&Path>,
@@ -151,18 +180,6 @@ impl JwtTokens {
                 ttl,
             });
         }
-        let path = pub_key.ok_or_else(|| JwtKeyError::Missing {
-            method: method.clone(),
-            what: "pub-key (oxetcd does not derive it from priv-key)",
-        })?;
-        let pem = read(path)?;
-        let verifying = match family {
-            Family::Rsa => DecodingKey::from_rsa_pem(&pem),
-            Family::Ec => DecodingKey::from_ec_pem(&pem),
-            Family::Ed => DecodingKey::from_ed_pem(&pem),
-            Family::Hmac => unreachable!("handled above"),
-        }
-        .map_err(|_| parse_error(path, "public"))?;
         let signing = match priv_key {
             None => None,
             Some(path) => {
@@ -176,6 +193,30 @@ impl JwtTokens {
                     }
                     .map_err(|_| parse_error(path, "private"))?,
                 )
+            }
+        };
+        let verifying = match (pub_key, &signing) {
+            (Some(path), _) => {
+                let pem = read(path)?;
+                match family {
+                    Family::Rsa => DecodingKey::from_rsa_pem(&pem),
+                    Family::Ec => DecodingKey::from_ec_pem(&pem),
+                    Family::Ed => DecodingKey::from_ed_pem(&pem),
+                    Family::Hmac => unreachable!("handled above"),
+                }
+                .map_err(|_| parse_error(path, "public"))?
+            }
+            (None, Some(signing)) => public_of(algorithm, signing).ok_or_else(|| {
+                parse_error(
+                    priv_key.expect("a signing key came from priv-key"),
+                    "private",
+                )
+            })?,
+            (None, None) => {
+                return Err(JwtKeyError::Missing {
+                    method,
+                    what: "priv-key, pub-key or both",
+                });
             }
         };
         let tokens = JwtTokens {
@@ -296,6 +337,24 @@ mod tests {
     }
 
     #[test]
+    fn without_pub_key_the_public_key_is_derived_from_priv_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (method, alg) in [
+            ("ES256", &rcgen::PKCS_ECDSA_P256_SHA256),
+            ("ES384", &rcgen::PKCS_ECDSA_P384_SHA384),
+            ("EdDSA", &rcgen::PKCS_ED25519),
+        ] {
+            let (public, private) = pair(dir.path(), method, alg);
+            let signer = JwtTokens::load(method, None, Some(&private), TTL).unwrap();
+            let verifier = load(method, &public, None);
+            let now = SystemTime::now();
+            let token = signer.sign("alice", 1, now).unwrap();
+            assert!(verifier.verify(&token, now).is_ok(), "{method}");
+            assert!(signer.verify(&token, now).is_ok(), "{method}");
+        }
+    }
+
+    #[test]
     fn a_token_from_another_key_or_method_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (public, private) = pair(dir.path(), "a", &rcgen::PKCS_ECDSA_P256_SHA256);
@@ -329,7 +388,7 @@ mod tests {
         );
         assert!(err("ES256", Some(&missing), None).contains("cannot read"));
         assert!(err("ES256", Some(&ed_public), None).contains("is not a PEM public key"));
-        assert!(err("ES256", None, Some(&private)).contains("needs pub-key"));
+        assert!(err("ES256", None, None).contains("needs priv-key"));
         assert!(err("ES512", Some(&public), None).contains("not supported"));
         // The private key used as a public one: the message names the file, not its contents.
         let message = err("ES256", Some(&private), None);

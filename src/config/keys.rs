@@ -410,8 +410,8 @@ pub(super) const KEYS: &[Key] = &[
         "How Authenticate makes tokens: simple, or \
          jwt,pub-key=PATH,priv-key=PATH,sign-method=METHOD[,ttl=DURATION] (RS256, RS384, RS512, \
          PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512; ttl 5m by default; \
-         pub-key is required except for HS*, whose secret is priv-key; with only pub-key the \
-         member verifies tokens but issues none)",
+         without pub-key it is derived from priv-key (for HS*, priv-key is the secret); with only \
+         pub-key the member verifies tokens but issues none)",
     ),
     key(
         "auth-token-ttl",

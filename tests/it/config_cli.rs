@@ -390,6 +390,14 @@ fn bad_auth_token_keys_exit_2_without_printing_them() {
             ]),
             "is not a PEM public key",
         ),
+        // An Ed25519 private key for ES256, with no pub-key given to use instead.
+        (
+            strings(&[
+                "--auth-token",
+                &format!("jwt,priv-key={private},sign-method=ES256"),
+            ]),
+            "is not a PEM private key",
+        ),
         (strings(&["--bcrypt-cost", "40"]), "--bcrypt-cost"),
     ];
     for (mut args, mentioned) in cases {
