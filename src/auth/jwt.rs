@@ -1,7 +1,7 @@
 //! etcd's `jwt` tokens (`--auth-token jwt,...`): a signed JWT carrying the claims etcd puts in
 //! (`username`, `revision`, `exp`). Any member holding the public key verifies one, so a member
 //! signs its tokens itself, without raft; a member given only `pub-key` verifies and issues none
-//! (etcd's verify-only mode). Unlike a simple token, a JWT carries the auth revision it was
+//! (etcd's verify-only mode), and one given only `priv-key` derives the public key, as etcd does. Unlike a simple token, a JWT carries the auth revision it was
 //! issued at, so any later auth change makes it `revision of auth store is old`.
 //!
 //! The keys are read and checked once, at start; a key's contents never reach an error or a log.
