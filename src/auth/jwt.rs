@@ -1,11 +1,16 @@
 //! etcd's `jwt` tokens (`--auth-token jwt,...`): a signed JWT carrying the claims etcd puts in
 //! (`username`, `revision`, `exp`). Any member holding the public key verifies one, so a member
 //! signs its tokens itself, without raft; a member given only `pub-key` verifies and issues none
-//! (etcd's verify-only mode), and one given only `priv-key` derives the public key, as etcd does. Unlike a simple token, a JWT carries the auth revision it was
-//! issued at, so any later auth change makes it `revision of auth store is old`.
+//! (etcd's verify-only mode), and one given only `priv-key` derives the public key, as etcd
+//! does. Unlike a simple token, a JWT carries the auth revision it was issued at, so any later
+//! auth change makes it `revision of auth store is old`.
 //!
 //! The keys are read and checked once, at start; a key's contents never reach an error or a log.
 //! Time is passed in: expiry is checked here, not by the JWT crate's clock.
+//!
+//! Tokens are signed and verified by jsonwebtoken 9 with ring, the crypto rustls already uses
+//! here; ES512 is not offered, as neither has it. The public key is derived from `priv-key` with
+//! ring too, from a PKCS#1 or PKCS#8 RSA, PKCS#8 EC (P-256, P-384) or Ed25519 key.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,8 +90,8 @@ enum Family {
     Hmac,
 }
 
-fn family(algorithm: Algorithm) -> Option<Family> {
-    Some(match algorithm {
+fn family(algorithm: Algorithm) -> Family {
+    match algorithm {
         Algorithm::RS256
         | Algorithm::RS384
         | Algorithm::RS512
@@ -96,8 +101,7 @@ fn family(algorithm: Algorithm) -> Option<Family> {
         Algorithm::ES256 | Algorithm::ES384 => Family::Ec,
         Algorithm::EdDSA => Family::Ed,
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Family::Hmac,
-        _ => return None,
-    })
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, JwtKeyError> {
@@ -113,30 +117,37 @@ fn seconds_since_epoch(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The public key of a private one, for a member given only `priv-key` (etcd derives it too).
-/// `signing` holds what jsonwebtoken keeps of a PEM key: PKCS#1 DER for RSA, PKCS#8 DER for EC
-/// and Ed25519.
-fn public_of(algorithm: Algorithm, signing: &EncodingKey) -> Option<DecodingKey> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-    use rsa::pkcs1::DecodeRsaPrivateKey as _;
-    use rsa::traits::PublicKeyParts as _;
-    let der = signing.as_bytes();
-    Some(match algorithm {
-        Algorithm::ES256 => {
-            let key = p256::ecdsa::SigningKey::from_pkcs8_der(der).ok()?;
-            DecodingKey::from_ec_der(&key.verifying_key().to_sec1_bytes())
+/// The public key of the private key `pem`, for a member given only `priv-key` (etcd derives
+/// it too), in the form jsonwebtoken's ring verification takes: PKCS#1 `RSAPublicKey` DER for
+/// RSA, the uncompressed point for EC, the raw 32 bytes for Ed25519.
+fn public_of(algorithm: Algorithm, pem: &[u8]) -> Option<DecodingKey> {
+    use ring::signature::{self, KeyPair as _};
+    use rustls_pki_types::{PrivateKeyDer, pem::PemObject as _};
+    let der = PrivateKeyDer::from_pem_slice(pem).ok()?;
+    Some(match (family(algorithm), &der) {
+        (Family::Rsa, PrivateKeyDer::Pkcs1(key)) => {
+            let key = signature::RsaKeyPair::from_der(key.secret_pkcs1_der()).ok()?;
+            DecodingKey::from_rsa_der(key.public_key().as_ref())
         }
-        Algorithm::ES384 => {
-            let key = p384::ecdsa::SigningKey::from_pkcs8_der(der).ok()?;
-            DecodingKey::from_ec_der(&key.verifying_key().to_sec1_bytes())
+        (Family::Rsa, PrivateKeyDer::Pkcs8(key)) => {
+            let key = signature::RsaKeyPair::from_pkcs8(key.secret_pkcs8_der()).ok()?;
+            DecodingKey::from_rsa_der(key.public_key().as_ref())
         }
-        Algorithm::EdDSA => {
-            let key = ed25519_dalek::SigningKey::from_pkcs8_der(der).ok()?;
-            DecodingKey::from_ed_der(key.verifying_key().as_bytes())
+        (Family::Ec, PrivateKeyDer::Pkcs8(key)) => {
+            let curve = match algorithm {
+                Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                _ => return None,
+            };
+            let rng = ring::rand::SystemRandom::new();
+            let key =
+                signature::EcdsaKeyPair::from_pkcs8(curve, key.secret_pkcs8_der(), &rng).ok()?;
+            DecodingKey::from_ec_der(key.public_key().as_ref())
         }
-        _ if matches!(family(algorithm), Some(Family::Rsa)) => {
-            let public = rsa::PrivateKey::from_pkcs1_der(der).ok()?.to_public_key();
-            DecodingKey::from_rsa_raw_components(&public.n_bytes(), &public.e_bytes())
+        (Family::Ed, PrivateKeyDer::Pkcs8(key)) => {
+            let key = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(key.secret_pkcs8_der())
+                .ok()?;
+            DecodingKey::from_ed_der(key.public_key().as_ref())
         }
         _ => return None,
     })
@@ -161,22 +172,17 @@ impl JwtTokens {
             kind,
             method: method.clone(),
         };
-        let family =
-            family(algorithm).ok_or_else(|| JwtKeyError::Method(sign_method.to_owned()))?;
+        let family = family(algorithm);
         if let Family::Hmac = family {
             let path = priv_key.ok_or_else(|| JwtKeyError::Missing {
                 method: method.clone(),
                 what: "priv-key (the HMAC secret)",
             })?;
             let secret = read(path)?;
-            let signing =
-                EncodingKey::from_secret(&secret).map_err(|_| parse_error(path, "secret"))?;
-            let verifying =
-                DecodingKey::from_secret(&secret).map_err(|_| parse_error(path, "secret"))?;
             return Ok(JwtTokens {
                 algorithm,
-                signing: Some(signing),
-                verifying,
+                signing: Some(EncodingKey::from_secret(&secret)),
+                verifying: DecodingKey::from_secret(&secret),
                 ttl,
             });
         }
@@ -184,15 +190,14 @@ impl JwtTokens {
             None => None,
             Some(path) => {
                 let pem = read(path)?;
-                Some(
-                    match family {
-                        Family::Rsa => EncodingKey::from_rsa_pem(&pem),
-                        Family::Ec => EncodingKey::from_ec_pem(&pem),
-                        Family::Ed => EncodingKey::from_ed_pem(&pem),
-                        Family::Hmac => unreachable!("handled above"),
-                    }
-                    .map_err(|_| parse_error(path, "private"))?,
-                )
+                let key = match family {
+                    Family::Rsa => EncodingKey::from_rsa_pem(&pem),
+                    Family::Ec => EncodingKey::from_ec_pem(&pem),
+                    Family::Ed => EncodingKey::from_ed_pem(&pem),
+                    Family::Hmac => unreachable!("handled above"),
+                }
+                .map_err(|_| parse_error(path, "private"))?;
+                Some((key, pem))
             }
         };
         let verifying = match (pub_key, &signing) {
@@ -206,7 +211,7 @@ impl JwtTokens {
                 }
                 .map_err(|_| parse_error(path, "public"))?
             }
-            (None, Some(signing)) => public_of(algorithm, signing).ok_or_else(|| {
+            (None, Some((_, pem))) => public_of(algorithm, pem).ok_or_else(|| {
                 parse_error(
                     priv_key.expect("a signing key came from priv-key"),
                     "private",
@@ -221,7 +226,7 @@ impl JwtTokens {
         };
         let tokens = JwtTokens {
             algorithm,
-            signing,
+            signing: signing.map(|(key, _)| key),
             verifying,
             ttl,
         };
@@ -351,6 +356,63 @@ mod tests {
             let token = signer.sign("alice", 1, now).unwrap();
             assert!(verifier.verify(&token, now).is_ok(), "{method}");
             assert!(signer.verify(&token, now).is_ok(), "{method}");
+        }
+    }
+
+    /// rcgen makes no RSA keys with ring, so openssl does (as in the integration tests).
+    #[test]
+    fn an_rsa_priv_key_in_pkcs1_or_pkcs8_gives_its_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let pkcs8 = dir.path().join("pkcs8.key");
+        let pkcs1 = dir.path().join("pkcs1.key");
+        let public = dir.path().join("rsa.pub");
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let bits = "rsa_keygen_bits:2048";
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            bits,
+            "-out",
+            &path(&pkcs8),
+        ]);
+        openssl(&[
+            "rsa",
+            "-in",
+            &path(&pkcs8),
+            "-traditional",
+            "-out",
+            &path(&pkcs1),
+        ]);
+        openssl(&[
+            "pkey",
+            "-in",
+            &path(&pkcs8),
+            "-pubout",
+            "-out",
+            &path(&public),
+        ]);
+        let pem = std::fs::read_to_string(&pkcs1).unwrap();
+        assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "PKCS#1");
+        let now = SystemTime::now();
+        for private in [&pkcs8, &pkcs1] {
+            for method in ["RS256", "PS384"] {
+                let signer = JwtTokens::load(method, None, Some(private), TTL).unwrap();
+                let token = signer.sign("alice", 1, now).unwrap();
+                assert!(signer.verify(&token, now).is_ok(), "{method}");
+                assert!(
+                    load(method, &public, None).verify(&token, now).is_ok(),
+                    "{method}"
+                );
+            }
         }
     }
 
