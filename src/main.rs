@@ -35,6 +35,14 @@ fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // So are the JWT keys (never printed: errors name the file only).
+    let jwt = match oxetcd::server::jwt_tokens(&config) {
+        Ok(jwt) => jwt,
+        Err(e) => {
+            eprintln!("oxetcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("oxetcd-worker")
@@ -60,7 +68,7 @@ fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let outcome = match runtime.block_on(oxetcd::server::run(config)) {
+    let outcome = match runtime.block_on(oxetcd::server::run(config, jwt)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server stopped with an error");

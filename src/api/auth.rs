@@ -4,7 +4,8 @@
 //! rules in `auth::store` and checks the caller is root), so every member holds the same store;
 //! reads wait for a read barrier first, so they see every change acknowledged before them.
 //! Passwords are hashed here with bcrypt before proposing and never logged. Authenticate checks
-//! the password here and proposes the token, so every member knows it.
+//! the password here and proposes a simple token, so every member knows it, or signs a JWT,
+//! which every member can verify.
 
 use tonic::{Request, Response, Status};
 
@@ -16,9 +17,6 @@ use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::*;
 use crate::proto::oxetcdpb::auth_change::Change;
 use crate::proto::oxetcdpb::{self, AuthChange, Caller};
-
-/// bcrypt's cost for the passwords this member hashes (etcd's `--bcrypt-cost` default).
-pub const BCRYPT_COST: u32 = 10;
 
 pub struct AuthService {
     ctx: ServerCtx,
@@ -59,14 +57,15 @@ fn refused(e: AuthError) -> Status {
     EtcdError::from(e).into()
 }
 
-/// The bcrypt hash of `password` (off the async workers: a hash takes tens of milliseconds), or
-/// the client's own `hashed` one when it sent that instead (etcd 3.5+ clients may).
-async fn password_hash(password: String, hashed: String) -> Result<String, Status> {
+/// The bcrypt hash of `password` at `cost` (`--bcrypt-cost`; off the async workers: a hash
+/// takes tens of milliseconds at the default 10), or the client's own `hashed` one when it sent
+/// that instead (etcd 3.5+ clients may).
+async fn password_hash(password: String, hashed: String, cost: u32) -> Result<String, Status> {
     if !hashed.is_empty() {
         return Ok(hashed);
     }
     blocking(move || {
-        bcrypt::hash(password, BCRYPT_COST)
+        bcrypt::hash(password, cost)
             .map_err(|e| EtcdError::Other(format!("hashing the password failed: {e}")))
     })
     .await
@@ -79,7 +78,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let header = self
             .change(caller, Change::Enable(AuthEnableRequest {}))
             .await?;
@@ -93,7 +92,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::Disable(AuthDisableRequest {}))
             .await?;
@@ -139,6 +138,21 @@ impl Auth for AuthService {
             tracing::info!(user = %name, "authentication failed: wrong password");
             return Err(EtcdError::AuthFailed.into());
         }
+        if let Some(jwt) = &self.ctx.jwt {
+            // Signed here, with the auth revision as of every change acknowledged before now.
+            self.barrier().await?;
+            let token = jwt
+                .sign(
+                    &name,
+                    self.ctx.auth.revision(),
+                    std::time::SystemTime::now(),
+                )
+                .map_err(|e| EtcdError::Other(format!("auth: {e}")))?;
+            return Ok(Response::new(AuthenticateResponse {
+                header: Some(self.ctx.header_now()),
+                token,
+            }));
+        }
         let token = self
             .ctx
             .node
@@ -161,7 +175,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(refused(AuthError::UserEmpty));
@@ -170,7 +184,7 @@ impl Auth for AuthService {
         let hashed_password = if no_password {
             String::new()
         } else {
-            password_hash(r.password, r.hashed_password).await?
+            password_hash(r.password, r.hashed_password, self.ctx.config.bcrypt_cost).await?
         };
         let header = self
             .change(
@@ -193,7 +207,7 @@ impl Auth for AuthService {
         request: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
         // A user may look itself up; anyone else is root's business.
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let name = request.into_inner().name;
         if caller.user != name || caller.user.is_empty() {
             self.ctx.permit(&caller, &[], true)?;
@@ -210,7 +224,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
+        self.ctx.admin(&request).await?;
         self.barrier().await?;
         Ok(Response::new(AuthUserListResponse {
             header: Some(self.ctx.header_now()),
@@ -222,7 +236,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::UserDelete(request.into_inner()))
             .await?;
@@ -235,11 +249,12 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let r = request.into_inner();
         // An unknown user is refused before paying for a hash; apply checks again.
         self.ctx.auth.user(&r.name).map_err(refused)?;
-        let hashed_password = password_hash(r.password, r.hashed_password).await?;
+        let hashed_password =
+            password_hash(r.password, r.hashed_password, self.ctx.config.bcrypt_cost).await?;
         let header = self
             .change(
                 caller,
@@ -259,7 +274,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::UserGrantRole(request.into_inner()))
             .await?;
@@ -272,7 +287,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::UserRevokeRole(request.into_inner()))
             .await?;
@@ -285,7 +300,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::RoleAdd(request.into_inner()))
             .await?;
@@ -298,13 +313,19 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
-        self.barrier().await?;
-        let role = self
+        // A user may look up a role it holds (as in etcd); anyone else is root's business.
+        let caller = self.ctx.caller(&request).await?;
+        let name = request.into_inner().role;
+        let holds = self
             .ctx
             .auth
-            .role(&request.into_inner().role)
-            .map_err(refused)?;
+            .user(&caller.user)
+            .is_ok_and(|user| user.roles.contains(&name));
+        if !holds {
+            self.ctx.permit(&caller, &[], true)?;
+        }
+        self.barrier().await?;
+        let role = self.ctx.auth.role(&name).map_err(refused)?;
         Ok(Response::new(AuthRoleGetResponse {
             header: Some(self.ctx.header_now()),
             perm: role.key_permission,
@@ -315,7 +336,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
+        self.ctx.admin(&request).await?;
         self.barrier().await?;
         Ok(Response::new(AuthRoleListResponse {
             header: Some(self.ctx.header_now()),
@@ -327,7 +348,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::RoleDelete(request.into_inner()))
             .await?;
@@ -340,7 +361,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let r = request.into_inner();
         if r.perm.is_none() {
             return Err(refused(AuthError::PermissionMissing));
@@ -355,7 +376,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        let caller = self.ctx.admin(request.metadata()).await?;
+        let caller = self.ctx.admin(&request).await?;
         let header = self
             .change(caller, Change::RoleRevokePermission(request.into_inner()))
             .await?;

@@ -386,7 +386,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
+        self.ctx.admin(&request).await?;
         let req = request.into_inner();
         // Malformed URLs are refused here, before the leader is asked.
         parse_peer_urls(&req.peer_ur_ls)?;
@@ -402,7 +402,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
+        self.ctx.admin(&request).await?;
         let changed = self.change(Change::Remove(request.into_inner())).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.ctx.header(0)),
@@ -414,7 +414,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
+        self.ctx.admin(&request).await?;
         let changed = self.change(Change::Update(request.into_inner())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.ctx.header(0)),
@@ -443,7 +443,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.ctx.admin(request.metadata()).await?;
+        self.ctx.admin(&request).await?;
         let changed = self.change(Change::Promote(request.into_inner())).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.ctx.header(0)),

@@ -65,7 +65,7 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         txn::check_range(&req).map_err(EtcdError::from)?;
         self.ctx.permit(&caller, &requests::range(&req), false)?;
@@ -81,7 +81,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         txn::check_put(&req).map_err(EtcdError::from)?;
         self.ctx.check_quota(req.encoded_len() as u64).await?;
@@ -98,7 +98,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         txn::check_delete_range(&req).map_err(EtcdError::from)?;
         let resp = self
@@ -111,7 +111,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         txn::check_txn(&req, self.ctx.config.txn_ops_max as usize).map_err(EtcdError::from)?;
         if !txn::has_writes(&req) {
@@ -141,7 +141,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         let resp = compact(
             &self.ctx,

@@ -70,7 +70,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -92,7 +92,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         let resp = self
             .ctx

@@ -66,7 +66,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        let caller = self.ctx.caller(request.metadata()).await?;
+        let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => {
@@ -151,7 +151,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.ctx.maintenance_admin(request.metadata()).await?;
+        self.ctx.maintenance_admin(&request).await?;
         let engine = self.ctx.engine.clone();
         let sizes = blocking(move || {
             let _one_at_a_time = DEFRAG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -176,7 +176,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.ctx.maintenance_admin(request.metadata()).await?;
+        self.ctx.maintenance_admin(&request).await?;
         let mvcc = self.ctx.mvcc.clone();
         let (hash, revision) = blocking(move || mvcc.hash_all().map_err(EtcdError::from)).await?;
         Ok(Response::new(HashResponse {
@@ -189,7 +189,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.ctx.maintenance_admin(request.metadata()).await?;
+        self.ctx.maintenance_admin(&request).await?;
         let revision = request.into_inner().revision;
         let mvcc = self.ctx.mvcc.clone();
         let h = blocking(move || mvcc.hash_kv(revision).map_err(EtcdError::from)).await?;
@@ -207,7 +207,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.ctx.maintenance_admin(request.metadata()).await?;
+        self.ctx.maintenance_admin(&request).await?;
         let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
         let engine = self.ctx.engine.clone();
         let header = self.ctx.header_now();

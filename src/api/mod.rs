@@ -18,12 +18,14 @@ pub mod oversize;
 pub mod peer;
 pub mod watch;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::alarm::Alarms;
 use crate::auth::AuthStore;
+use crate::auth::jwt::JwtTokens;
 use crate::auth::requests::Need;
 use crate::auth::tokens::TokenError;
 use crate::lease::Lessor;
@@ -62,6 +64,41 @@ pub struct ApiConfig {
     pub watch_progress_notify_interval: Duration,
     /// Opens channels to peers (the leader forwarders use it).
     pub peer_dialer: crate::peer::PeerDialer,
+    /// `--bcrypt-cost`: of the password hashes this member makes.
+    pub bcrypt_cost: u32,
+}
+
+/// The client of an https:// connection, which the TLS listener gives every request on it (as
+/// axum's `ConnectInfo`).
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    pub addr: SocketAddr,
+    /// The Common Name of the client's certificate, verified against `--trusted-ca-file`; set
+    /// only with `--client-cert-auth` (etcd takes it as the user of a request with no token).
+    pub common_name: Option<Arc<str>>,
+}
+
+/// What a request says about who sends it, taken from it before any waiting.
+struct Credentials {
+    /// The `token` metadata; `Some(None)` when it is not ASCII.
+    token: Option<Option<String>>,
+    /// The CN of the connection's verified client certificate.
+    common_name: Option<Arc<str>>,
+}
+
+impl Credentials {
+    fn of<T>(request: &tonic::Request<T>) -> Credentials {
+        Credentials {
+            token: request
+                .metadata()
+                .get("token")
+                .map(|token| token.to_str().ok().map(str::to_owned)),
+            common_name: request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<TlsClient>>()
+                .and_then(|info| info.0.common_name.clone()),
+        }
+    }
 }
 
 /// Everything a service handler may use. Cheap to clone.
@@ -75,6 +112,9 @@ pub struct ServerCtx {
     pub watch: Arc<WatchHub>,
     pub alarms: Arc<Alarms>,
     pub auth: Arc<AuthStore>,
+    /// With `--auth-token jwt,...`: the keys this member signs and verifies tokens with; `None`
+    /// for simple tokens.
+    pub jwt: Option<Arc<JwtTokens>>,
     pub membership: Arc<RwLock<Membership>>,
     pub quota: Arc<Quota>,
     /// Owns the tasks and threads serving long-lived client streams (watch, lease keep-alive,
@@ -140,26 +180,54 @@ impl ServerCtx {
     }
 
     /// Who is calling: while auth is enabled, the user the request's `token` names (etcd's
-    /// `invalid auth token` for one this member does not know or that expired; no token is
-    /// nobody, whom every check refuses with `user name is empty`), with the auth revision as
-    /// it is now: a simple token carries none, so a write is refused as `revision of auth store
-    /// is old` only when the store changes between now and its apply (as in etcd). While auth is
-    /// disabled tokens are ignored, as in etcd.
+    /// `invalid auth token` for one this member does not know, that expired or whose signature
+    /// does not verify). With no token, a request over an https:// connection whose client
+    /// certificate was verified (`--client-cert-auth`) is made as the certificate's Common Name,
+    /// as in etcd; otherwise no token is nobody, whom every check refuses with `user name is
+    /// empty`. While auth is disabled tokens are ignored, as in etcd.
     ///
-    /// A token this member does not know yet may come from an Authenticate another member
-    /// applied first (the client failed over): it is looked up again once this member has
-    /// applied everything committed before the call.
-    pub async fn caller(
+    /// A JWT carries the auth revision it was issued at. A simple token carries none: the
+    /// revision is the store's as it is now, so a write is refused as `revision of auth store
+    /// is old` only when the store changes between now and its apply (as in etcd). A simple
+    /// token this member does not know yet may come from an Authenticate another member applied
+    /// first (the client failed over): it is looked up again once this member has applied
+    /// everything committed before the call.
+    ///
+    /// The request is only looked at before the returned future first waits, so a streaming
+    /// request (not `Sync`) need not be held across it.
+    pub fn caller<T>(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<Caller, EtcdError> {
+        request: &tonic::Request<T>,
+    ) -> impl Future<Output = Result<Caller, EtcdError>> + Send + '_ {
+        self.caller_with(Credentials::of(request))
+    }
+
+    async fn caller_with(&self, credentials: Credentials) -> Result<Caller, EtcdError> {
         if !self.auth.is_enabled() {
             return Ok(Caller::default());
         }
-        let Some(token) = metadata.get("token") else {
-            return Ok(Caller::default());
+        let token = match credentials.token {
+            Some(token) => token.ok_or(EtcdError::InvalidAuthToken)?,
+            None => {
+                return Ok(match credentials.common_name {
+                    Some(name) => Caller {
+                        user: name.to_string(),
+                        auth_revision: self.auth.revision(),
+                    },
+                    None => Caller::default(),
+                });
+            }
         };
-        let token = token.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
+        let token = token.as_str();
+        if let Some(jwt) = &self.jwt {
+            let claims = jwt
+                .verify(token, SystemTime::now())
+                .map_err(|_| EtcdError::InvalidAuthToken)?;
+            return Ok(Caller {
+                user: claims.username,
+                auth_revision: claims.revision,
+            });
+        }
         let tokens = self.auth.tokens();
         let user = match tokens.check(token, std::time::Instant::now()) {
             Err(TokenError::Unknown) => {
@@ -188,27 +256,33 @@ impl ServerCtx {
     }
 
     /// The caller of `metadata`, refused unless it may use root-only calls.
-    pub async fn admin(
+    pub fn admin<T>(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<Caller, EtcdError> {
-        let caller = self.caller(metadata).await?;
-        self.permit(&caller, &[], true)?;
-        Ok(caller)
+        request: &tonic::Request<T>,
+    ) -> impl Future<Output = Result<Caller, EtcdError>> + Send + '_ {
+        let credentials = Credentials::of(request);
+        async move {
+            let caller = self.caller_with(credentials).await?;
+            self.permit(&caller, &[], true)?;
+            Ok(caller)
+        }
     }
 
     /// [`ServerCtx::admin`] for the Maintenance calls etcd keeps to root (Defragment, Hash,
     /// HashKV, Snapshot): etcd refuses those with code Unknown and an `auth: ` message
     /// (`auth: permission denied`, `auth: user name is empty`), so this does too.
-    pub async fn maintenance_admin(
+    pub fn maintenance_admin<T>(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<(), EtcdError> {
-        self.admin(metadata).await.map(|_| ()).map_err(|e| {
-            let message = e.to_string();
-            let reason = message.strip_prefix("etcdserver: ").unwrap_or(&message);
-            EtcdError::Other(format!("auth: {reason}"))
-        })
+        request: &tonic::Request<T>,
+    ) -> impl Future<Output = Result<(), EtcdError>> + Send + '_ {
+        let admin = self.admin(request);
+        async move {
+            admin.await.map(|_| ()).map_err(|e| {
+                let message = e.to_string();
+                let reason = message.strip_prefix("etcdserver: ").unwrap_or(&message);
+                EtcdError::Other(format!("auth: {reason}"))
+            })
+        }
     }
 
     /// A header carrying the current store revision.

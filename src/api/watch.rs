@@ -84,7 +84,7 @@ impl Watch for WatchService {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == "true");
         // Checked against each create request; a bad token refuses every watch on the stream.
-        let caller = self.ctx.caller(request.metadata()).await;
+        let caller = self.ctx.caller(&request).await;
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let (sink, hub_rx) = mpsc::channel(SINK_CAPACITY);

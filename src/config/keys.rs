@@ -56,6 +56,7 @@ const MONITORING: &str = "Monitoring";
 const LOGGING: &str = "Logging";
 const TRACING: &str = "Distributed tracing";
 const SECURITY: &str = "Security";
+const AUTH: &str = "Auth";
 const FEATURES: &str = "Features";
 const UNSAFE: &str = "Unsafe";
 
@@ -437,6 +438,31 @@ pub(super) const KEYS: &[Key] = &[
         FEATURES,
         "Accepted for etcd 3.5 compatibility and ignored: oxetcd has no initial corruption \
          check (etcd 3.6: --feature-gates=InitialCorruptCheck=true)",
+    ),
+    key(
+        "auth-token",
+        "simple",
+        Kind::Text,
+        AUTH,
+        "How Authenticate makes tokens: simple, or \
+         jwt,pub-key=PATH,priv-key=PATH,sign-method=METHOD[,ttl=DURATION] (RS256, RS384, RS512, \
+         PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512; ttl 5m by default; \
+         without pub-key it is derived from priv-key (for HS*, priv-key is the secret); with only \
+         pub-key the member verifies tokens but issues none)",
+    ),
+    key(
+        "auth-token-ttl",
+        "300",
+        Kind::Integer,
+        AUTH,
+        "Seconds a simple token lives after its last use",
+    ),
+    key(
+        "bcrypt-cost",
+        "10",
+        Kind::Integer,
+        AUTH,
+        "bcrypt cost of the password hashes this member makes (4 to 31)",
     ),
     key(
         "watch-progress-notify-interval",

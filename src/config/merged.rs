@@ -10,8 +10,9 @@ use url::Url;
 use super::error::ConfigError;
 use super::parse::{parse_bool, parse_cipher_suite, parse_duration, parse_url};
 use super::{
-    AutoCompaction, ClusterState, CompactionMode, Config, FeatureGates, InitialMember,
-    LEASE_CHECKPOINT_INTERVAL_DEFAULT, LogFormat, LogLevel, TlsSettings, TlsSide, TlsVersion,
+    AuthToken, AutoCompaction, BCRYPT_COST_MAX, BCRYPT_COST_MIN, ClusterState, CompactionMode,
+    Config, FeatureGates, InitialMember, LEASE_CHECKPOINT_INTERVAL_DEFAULT, LogFormat, LogLevel,
+    TlsSettings, TlsSide, TlsVersion,
 };
 
 /// The merged layers: every key of the keys table holds a value, its default at least.
@@ -282,6 +283,23 @@ impl Merged {
             client_tls: self.tls_settings(TlsSide::Client)?,
             peer_tls: self.tls_settings(TlsSide::Peer)?,
             feature_gates: self.feature_gates()?,
+            auth_token: self.parse("auth-token", AuthToken::parse)?,
+            auth_token_ttl: match self
+                .integer::<u64>("auth-token-ttl", "a whole number of seconds")?
+            {
+                0 => return Err(self.invalid("auth-token-ttl", 0, "must be greater than 0")),
+                seconds => Duration::from_secs(seconds),
+            },
+            bcrypt_cost: match self.integer::<u32>("bcrypt-cost", "a whole number")? {
+                cost @ BCRYPT_COST_MIN..=BCRYPT_COST_MAX => cost,
+                cost => {
+                    return Err(self.invalid(
+                        "bcrypt-cost",
+                        cost,
+                        format!("must be between {BCRYPT_COST_MIN} and {BCRYPT_COST_MAX}"),
+                    ));
+                }
+            },
             strict_reconfig_check: self.boolean("strict-reconfig-check")?,
             pre_vote: self.boolean("pre-vote")?,
             unsafe_no_fsync: self.boolean("unsafe-no-fsync")?,

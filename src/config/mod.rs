@@ -414,6 +414,107 @@ impl FeatureGates {
     }
 }
 
+/// bcrypt's cost range (`--bcrypt-cost`).
+pub const BCRYPT_COST_MIN: u32 = 4;
+pub const BCRYPT_COST_MAX: u32 = 31;
+/// A JWT's life when `--auth-token jwt,...` gives no `ttl=` (etcd's).
+pub const JWT_TTL_DEFAULT: Duration = Duration::from_secs(5 * 60);
+
+/// `--auth-token`: how Authenticate's tokens are made. Files are only named here; the `auth`
+/// module reads and checks the keys (at start, before the data directory is touched).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthToken {
+    /// etcd's simple tokens: random letters and the raft index, living `--auth-token-ttl`.
+    Simple,
+    /// Signed JWTs.
+    Jwt(JwtOptions),
+}
+
+/// `--auth-token jwt,pub-key=..,priv-key=..,sign-method=..,ttl=..`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtOptions {
+    /// The `sign-method` as written (`RS256`, `ES256`, `EdDSA`, ...), one the auth module knows.
+    pub sign_method: String,
+    pub pub_key: Option<PathBuf>,
+    pub priv_key: Option<PathBuf>,
+    pub ttl: Duration,
+}
+
+/// The JWT signing methods `--auth-token` accepts: etcd's (golang-jwt's) names, except ES512,
+/// which the JWT crate does not implement.
+pub const JWT_SIGN_METHODS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
+];
+
+impl AuthToken {
+    /// Parses `--auth-token` as etcd does: a type, then `,name=value` options (each once). Unlike
+    /// etcd, an unknown option is refused rather than ignored, so a misspelt `priv-key` does not
+    /// quietly make a verify-only member.
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(',');
+        let kind = parts.next().unwrap_or_default().trim();
+        let mut options: Vec<(&str, &str)> = Vec::new();
+        for part in parts {
+            let Some((name, value)) = part.split_once('=') else {
+                return Err(format!("option {part:?} is not name=value"));
+            };
+            if value.contains('=') {
+                return Err(format!("option {part:?} is not name=value"));
+            }
+            if options.iter().any(|(seen, _)| *seen == name) {
+                return Err(format!("option {name:?} is given twice"));
+            }
+            options.push((name, value));
+        }
+        match kind {
+            "simple" if options.is_empty() => Ok(AuthToken::Simple),
+            "simple" => Err("simple tokens take no options".to_owned()),
+            "jwt" => {
+                let mut jwt = JwtOptions {
+                    sign_method: String::new(),
+                    pub_key: None,
+                    priv_key: None,
+                    ttl: JWT_TTL_DEFAULT,
+                };
+                for (name, value) in options {
+                    match name {
+                        "sign-method" => jwt.sign_method = value.to_owned(),
+                        "pub-key" => jwt.pub_key = (!value.is_empty()).then(|| value.into()),
+                        "priv-key" => jwt.priv_key = (!value.is_empty()).then(|| value.into()),
+                        "ttl" => {
+                            jwt.ttl = parse_duration(value).map_err(|e| format!("ttl: {e}"))?;
+                            if jwt.ttl.is_zero() {
+                                return Err("ttl must be greater than 0".to_owned());
+                            }
+                        }
+                        _ => {
+                            return Err(format!(
+                                "unknown jwt option {name:?} (expected pub-key, priv-key, \
+                                 sign-method or ttl)"
+                            ));
+                        }
+                    }
+                }
+                if !JWT_SIGN_METHODS.contains(&jwt.sign_method.as_str()) {
+                    return Err(format!(
+                        "sign-method {:?} is not one of {}",
+                        jwt.sign_method,
+                        JWT_SIGN_METHODS.join(", ")
+                    ));
+                }
+                if jwt.pub_key.is_none() && jwt.priv_key.is_none() {
+                    return Err(
+                        "jwt needs priv-key (to sign), pub-key (to verify) or both".to_owned()
+                    );
+                }
+                Ok(AuthToken::Jwt(jwt))
+            }
+            _ => Err("expected simple or jwt,<options>".to_owned()),
+        }
+    }
+}
+
 /// One member of `--initial-cluster`: a name and its peer URLs (a name may be listed several
 /// times).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,6 +570,12 @@ pub struct Config {
     pub peer_tls: TlsSettings,
     /// `--feature-gates`.
     pub feature_gates: FeatureGates,
+    /// `--auth-token`.
+    pub auth_token: AuthToken,
+    /// `--auth-token-ttl`: a simple token's life after its last use.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost`, within [`BCRYPT_COST_MIN`]..=[`BCRYPT_COST_MAX`].
+    pub bcrypt_cost: u32,
     pub strict_reconfig_check: bool,
     pub pre_vote: bool,
     pub unsafe_no_fsync: bool,

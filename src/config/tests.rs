@@ -1144,3 +1144,101 @@ fn feature_gates_take_etcds_syntax() {
         "{err}"
     );
 }
+
+#[test]
+fn auth_keys_default_to_etcds_and_parse_etcds_jwt_options() {
+    let config = load_ok(&[], &[]);
+    assert_eq!(config.auth_token, AuthToken::Simple);
+    assert_eq!(config.auth_token_ttl, Duration::from_secs(300));
+    assert_eq!(config.bcrypt_cost, 10);
+
+    let config = load_ok(
+        &["--auth-token-ttl", "7"],
+        &[
+            ("ETCD_BCRYPT_COST", "4"),
+            (
+                "ETCD_AUTH_TOKEN",
+                "jwt,pub-key=/k.pub,priv-key=/k,sign-method=RS256,ttl=90s",
+            ),
+        ],
+    );
+    assert_eq!(config.auth_token_ttl, Duration::from_secs(7));
+    assert_eq!(config.bcrypt_cost, 4);
+    assert_eq!(
+        config.auth_token,
+        AuthToken::Jwt(JwtOptions {
+            sign_method: "RS256".into(),
+            pub_key: Some("/k.pub".into()),
+            priv_key: Some("/k".into()),
+            ttl: Duration::from_secs(90),
+        })
+    );
+    // Verify-only, and etcd's default ttl.
+    let config = load_ok(
+        &["--auth-token", "jwt,pub-key=/k.pub,sign-method=EdDSA"],
+        &[],
+    );
+    let AuthToken::Jwt(jwt) = config.auth_token else {
+        panic!("jwt expected");
+    };
+    assert_eq!((jwt.priv_key, jwt.ttl), (None, JWT_TTL_DEFAULT));
+}
+
+#[test]
+fn bad_auth_settings_name_their_key() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--bcrypt-cost", "3"], "bcrypt-cost", "between 4 and 31"),
+        (&["--bcrypt-cost", "32"], "bcrypt-cost", "between 4 and 31"),
+        (
+            &["--auth-token-ttl", "0"],
+            "auth-token-ttl",
+            "greater than 0",
+        ),
+        (&["--auth-token-ttl", "5m"], "auth-token-ttl", "seconds"),
+        (&["--auth-token", "bogus"], "auth-token", "simple or jwt"),
+        (
+            &["--auth-token", "simple,ttl=1s"],
+            "auth-token",
+            "no options",
+        ),
+        (
+            &["--auth-token", "jwt,pub-key=/k,sign-method=XX"],
+            "auth-token",
+            "sign-method",
+        ),
+        (
+            &["--auth-token", "jwt,pub-key=/k,sign-method=ES512"],
+            "auth-token",
+            "sign-method",
+        ),
+        (
+            &["--auth-token", "jwt,sign-method=RS256"],
+            "auth-token",
+            "priv-key",
+        ),
+        (
+            &["--auth-token", "jwt,pub-key=/k,sign-method=RS256,ttl=soon"],
+            "auth-token",
+            "ttl",
+        ),
+        (
+            &["--auth-token", "jwt,pub-key=/k,pubkey=/j,sign-method=RS256"],
+            "auth-token",
+            "unknown jwt option",
+        ),
+        (
+            &[
+                "--auth-token",
+                "jwt,pub-key=/k,pub-key=/j,sign-method=RS256",
+            ],
+            "auth-token",
+            "twice",
+        ),
+        (&["--auth-token", "jwt,pub-key"], "auth-token", "name=value"),
+    ];
+    for (args, key, reason) in cases {
+        let err = load_err(args, &[]);
+        assert_eq!(err.key(), Some(*key), "{args:?}: {err}");
+        assert!(err.to_string().contains(reason), "{args:?}: {err}");
+    }
+}

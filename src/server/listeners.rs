@@ -187,9 +187,24 @@ pub(super) async fn serve_tls(
     router: axum::Router,
     kind: &'static str,
 ) {
-    match super::tls_listener::TlsListener::start(listener, tls, tasks, kind) {
-        Ok(listener) => serve_on(listener, router, tasks.stop_signal()).await,
-        Err(e) => tracing::error!(error = %e, "https listener not started"),
+    let listener = match super::tls_listener::TlsListener::start(listener, tls, tasks, kind) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "https listener not started");
+            return;
+        }
+    };
+    let mut shutdown = tasks.stop_signal();
+    let stopped = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    // Each request gets its connection's `TlsClient` (whose certificate's CN may name the user).
+    let service = router.into_make_service_with_connect_info::<api::TlsClient>();
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "listener failed");
     }
 }
 

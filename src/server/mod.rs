@@ -16,7 +16,8 @@ use crate::alarm::Alarms;
 use crate::api::{self, ApiConfig, Quota, ServerCtx};
 use crate::apply::{Applier, MembershipSink};
 use crate::auth::AuthStore;
-use crate::config::{AutoCompaction, Config, TlsSide, url_host_port};
+use crate::auth::jwt::JwtTokens;
+use crate::config::{AuthToken, AutoCompaction, Config, TlsSide, url_host_port};
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -131,7 +132,7 @@ fn tls_hosts(config: &Config, side: TlsSide) -> Vec<String> {
 ///    snapshot generation, compactions) are joined;
 /// 6. **flush**: the RocksDB WAL is synced; `main` then flushes the log writer and the trace
 ///    exporter.
-pub async fn run(config: Config) -> Result<(), ServerError> {
+pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerError> {
     let config = Arc::new(config);
     tracing::info!(
         name = %config.name,
@@ -174,7 +175,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let alarms = Arc::new(Alarms::open(&engine)?);
-    let auth = Arc::new(AuthStore::open(&engine)?);
+    let auth = Arc::new(AuthStore::open(&engine)?.with_token_ttl(config.auth_token_ttl));
     let mvcc = Arc::new(MvccStore::open(engine.clone())?);
     let lessor = Arc::new(Mutex::new(Lessor::open(
         engine.clone(),
@@ -275,6 +276,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         watch: watch.clone(),
         alarms,
         auth,
+        jwt: jwt.map(Arc::new),
         membership,
         quota,
         streams: streams.clone(),
@@ -436,7 +438,24 @@ fn api_config(config: &Config, peer_dialer: PeerDialer) -> ApiConfig {
         election_timeout: config.election_timeout(),
         lease_checkpoint_interval: config.lease_checkpoint_interval,
         watch_progress_notify_interval: config.watch_progress_notify_interval,
+        bcrypt_cost: config.bcrypt_cost,
     }
+}
+
+/// The JWT keys `--auth-token jwt,...` names, read and checked (`main` calls this before the
+/// data directory is touched and hands the keys to [`run`]); `None` for simple tokens.
+pub fn jwt_tokens(config: &Config) -> Result<Option<JwtTokens>, String> {
+    let AuthToken::Jwt(options) = &config.auth_token else {
+        return Ok(None);
+    };
+    JwtTokens::load(
+        &options.sign_method,
+        options.pub_key.as_deref(),
+        options.priv_key.as_deref(),
+        options.ttl,
+    )
+    .map(Some)
+    .map_err(|e| format!("--auth-token: {e}"))
 }
 
 /// Starts the background jobs on `jobs`; `published` turns true once this member may serve

@@ -1,7 +1,9 @@
 //! The https:// listeners: one task accepts TCP connections and spawns each TLS handshake
 //! (bounded in number and in time), so a slow or hostile client never stalls the accept loop;
 //! finished streams reach axum through [`TlsListener`], wrapped in the `:authority` fix like
-//! plain connections. Refused handshakes are logged at warn once per client IP.
+//! plain connections, each with its [`TlsClient`] (address, and the Common Name of a verified
+//! client certificate) for the requests on it. Refused handshakes are logged at warn once per
+//! client IP.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::api::TlsClient;
 use crate::authority_fix::AuthorityFix;
 use crate::tasks::TaskSet;
 
@@ -25,7 +28,7 @@ const READY_QUEUE_LEN: usize = 64;
 /// Distinct client IPs whose refused handshakes are logged at warn; later ones go to debug.
 const REFUSED_IPS_LOGGED_MAX: usize = 1024;
 
-type Connection = (AuthorityFix<TlsStream<TcpStream>>, SocketAddr);
+type Connection = (AuthorityFix<TlsStream<TcpStream>>, TlsClient);
 
 /// The axum side of an https:// listener: connections whose handshake finished.
 pub(super) struct TlsListener {
@@ -64,7 +67,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = AuthorityFix<TlsStream<TcpStream>>;
-    type Addr = SocketAddr;
+    type Addr = TlsClient;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -75,7 +78,19 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
+        Ok(TlsClient {
+            addr: self.local_addr,
+            common_name: None,
+        })
+    }
+}
+
+/// What axum hands each request as `ConnectInfo<TlsClient>`.
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsClient
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> TlsClient {
+        stream.remote_addr().clone()
     }
 }
 
@@ -117,8 +132,12 @@ async fn accept_loop(
             drop(permit);
             match outcome {
                 Ok(Ok(tls)) => {
+                    let client = TlsClient {
+                        addr,
+                        common_name: verified_common_name(&tls),
+                    };
                     // Fails only when the listener is gone; the connection is then dropped.
-                    let _ = ready.send((AuthorityFix::new(tls), addr)).await;
+                    let _ = ready.send((AuthorityFix::new(tls), client)).await;
                 }
                 Ok(Err(e)) => refused.log(addr.ip(), &e.to_string()),
                 Err(_) => refused.log(addr.ip(), "handshake timed out"),
@@ -128,6 +147,14 @@ async fn accept_loop(
             return;
         }
     }
+}
+
+/// The Common Name of the client's certificate. rustls asks for one only with
+/// `--client-cert-auth`, and then the handshake succeeds only if it chains to
+/// `--trusted-ca-file` (and passes the CRL and hostname checks), so a name here is verified.
+fn verified_common_name(tls: &TlsStream<TcpStream>) -> Option<Arc<str>> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    crate::tls::common_name(leaf).map(Arc::from)
 }
 
 /// The client IPs already warned about, bounded.

@@ -1,6 +1,6 @@
 //! Just enough DER to read a certificate's validity period (RFC 5280 §4.1.2.5), so an expired
-//! certificate is refused at start with its date, and its subject's common names (§4.1.2.6), for
-//! `--peer-cert-allowed-cn`.
+//! certificate is refused at start with its date, and its subject's Common Names (§4.1.2.6), for
+//! `--peer-cert-allowed-cn` and to name the user of a client with a verified certificate.
 
 use std::fmt;
 
@@ -31,6 +31,13 @@ const SEQUENCE: u8 = 0x30;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 const CONTEXT_0: u8 = 0xa0;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+/// id-at-commonName, 2.5.4.3, as encoded.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const UTF8_STRING: u8 = 0x0c;
+const PRINTABLE_STRING: u8 = 0x13;
+const IA5_STRING: u8 = 0x16;
 
 /// One TLV: its tag, its content, and what follows it.
 fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
@@ -64,18 +71,8 @@ pub(super) fn validity(cert: &[u8]) -> Result<Validity, String> {
             Err("the certificate is not valid DER".to_owned())
         }
     };
-    let (tag, certificate, _) = tlv(cert)?;
-    expect(tag, SEQUENCE)?;
-    let (tag, tbs, _) = tlv(certificate)?;
-    expect(tag, SEQUENCE)?;
-    let (tag, _, mut rest) = tlv(tbs)?;
-    if tag == CONTEXT_0 {
-        // [0] version, then the serial number.
-        rest = tlv(rest)?.2;
-    }
-    let (_signature, _, rest) = tlv(rest)?;
-    let (_issuer, _, rest) = tlv(rest)?;
-    let (tag, validity, _) = tlv(rest)?;
+    let (validity, _subject) = validity_and_subject(cert)?;
+    let (tag, validity, _) = tlv(validity)?;
     expect(tag, SEQUENCE)?;
     let (tag, not_before, rest) = tlv(validity)?;
     let not_before = time(tag, not_before)?;
@@ -87,50 +84,72 @@ pub(super) fn validity(cert: &[u8]) -> Result<Validity, String> {
     })
 }
 
-/// The `tbsCertificate` fields from the issuer on: issuer, validity, subject, ...
-fn after_serial(cert: &[u8]) -> Result<&[u8], String> {
+/// The TBS certificate from its validity on: (validity and what follows, the subject and what
+/// follows).
+fn validity_and_subject(cert: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let malformed = || "the certificate is not valid DER".to_owned();
     let (tag, certificate, _) = tlv(cert)?;
     if tag != SEQUENCE {
-        return Err("the certificate is not valid DER".to_owned());
+        return Err(malformed());
     }
     let (tag, tbs, _) = tlv(certificate)?;
     if tag != SEQUENCE {
-        return Err("the certificate is not valid DER".to_owned());
+        return Err(malformed());
     }
     let (tag, _, mut rest) = tlv(tbs)?;
     if tag == CONTEXT_0 {
+        // [0] version, then the serial number.
         rest = tlv(rest)?.2;
     }
-    Ok(tlv(rest)?.2)
+    let (_signature, _, rest) = tlv(rest)?;
+    let (_issuer, _, validity) = tlv(rest)?;
+    let (_validity, _, subject) = tlv(validity)?;
+    Ok((validity, subject))
 }
 
-/// The common names (OID 2.5.4.3) of a DER certificate's subject, in order.
+/// The Common Names of a DER certificate's subject, in order, for `--peer-cert-allowed-cn`;
+/// names that are not UTF-8, printable or IA5 strings are left out.
 pub(super) fn common_names(cert: &[u8]) -> Result<Vec<String>, String> {
-    const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
-    const OID: u8 = 0x06;
-    let rest = after_serial(cert)?;
-    let (_issuer, _, rest) = tlv(rest)?;
-    let (_validity, _, rest) = tlv(rest)?;
-    let (tag, mut subject, _) = tlv(rest)?;
+    let malformed = || "the certificate has a malformed subject".to_owned();
+    let (_, subject) = validity_and_subject(cert)?;
+    let (tag, mut rdns, _) = tlv(subject)?;
     if tag != SEQUENCE {
-        return Err("the certificate has a malformed subject".to_owned());
+        return Err(malformed());
     }
     let mut names = Vec::new();
     // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY }
-    while !subject.is_empty() {
-        let (_set, mut attributes, next) = tlv(subject)?;
-        subject = next;
-        while !attributes.is_empty() {
-            let (_sequence, attribute, next) = tlv(attributes)?;
-            attributes = next;
-            let (tag, oid, value) = tlv(attribute)?;
-            if tag == OID && oid == COMMON_NAME_OID {
-                let (_string_type, text, _) = tlv(value)?;
-                names.push(String::from_utf8_lossy(text).into_owned());
+    while !rdns.is_empty() {
+        let (tag, mut set, rest) = tlv(rdns)?;
+        rdns = rest;
+        if tag != SET {
+            return Err(malformed());
+        }
+        while !set.is_empty() {
+            let (tag, pair, rest) = tlv(set)?;
+            set = rest;
+            if tag != SEQUENCE {
+                return Err(malformed());
+            }
+            let (tag, oid, value) = tlv(pair)?;
+            if tag != OID || oid != OID_COMMON_NAME {
+                continue;
+            }
+            let (tag, text, _) = tlv(value)?;
+            if let (UTF8_STRING | PRINTABLE_STRING | IA5_STRING, Ok(text)) =
+                (tag, std::str::from_utf8(text))
+            {
+                names.push(text.to_owned());
             }
         }
     }
     Ok(names)
+}
+
+/// The Common Name of a DER certificate's subject (the last one when there are several, as Go's
+/// `pkix.Name` keeps), which names the user of a client with a verified certificate; `None`
+/// when it has none.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    common_names(cert).ok()?.pop()
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
@@ -249,5 +268,26 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         assert!(common_names(cert.der()).unwrap().is_empty());
         assert!(common_names(b"garbage").is_err());
+    }
+
+    #[test]
+    fn common_name_of_a_generated_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "example");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
+        // No CN at all.
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        assert_eq!(common_name(b"garbage"), None);
     }
 }

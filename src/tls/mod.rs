@@ -29,6 +29,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::config::{TlsSettings, TlsSide, TlsVersion};
 
 pub use auto::auto_tls_dir;
+pub use der::common_name;
 
 /// Why the TLS settings cannot be used. `main` prints it and exits with status 2.
 #[derive(Debug, thiserror::Error)]

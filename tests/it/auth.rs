@@ -13,7 +13,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, T
 use tonic::Code;
 
 /// Runs etcdctl and returns its exit code and what it printed, client log lines removed.
-fn run(server: &Server, args: &[&str]) -> (i32, String) {
+pub(crate) fn run(server: &Server, args: &[&str]) -> (i32, String) {
     let output = server.etcdctl(args);
     let printed = format!(
         "{}{}",
@@ -27,7 +27,7 @@ fn run(server: &Server, args: &[&str]) -> (i32, String) {
 }
 
 /// The commands and what etcd 3.4 answers each with, in order.
-fn expect_session(server: &Server, session: &[(&str, i32, &str)]) {
+pub(crate) fn expect_session(server: &Server, session: &[(&str, i32, &str)]) {
     for (command, code, printed) in session {
         let args: Vec<&str> = command.split(' ').collect();
         assert_eq!(
@@ -256,8 +256,14 @@ async fn every_member_holds_the_same_users_and_roles() {
 
 /// Starts a server with root (password `rootpw`), role `reader` (READ on `app/`), user alice
 /// (password `alicepw`) holding it, a key in and a key outside her prefix, and auth enabled.
-fn server_with_alice() -> Server {
+pub(crate) fn server_with_alice() -> Server {
     let server = Server::start();
+    add_alice(&server);
+    server
+}
+
+/// [`server_with_alice`]'s users, roles and keys, made on a running `server`, and auth enabled.
+pub(crate) fn add_alice(server: &Server) {
     for command in [
         "user add root:rootpw",
         "user grant-role root root",
@@ -272,10 +278,9 @@ fn server_with_alice() -> Server {
         let args: Vec<&str> = command.split(' ').collect();
         server.etcdctl_ok(&args);
     }
-    server
 }
 
-async fn connect_as(server: &Server, user: &str, password: &str) -> Client {
+pub(crate) async fn connect_as(server: &Server, user: &str, password: &str) -> Client {
     Client::connect(
         [server.endpoint()],
         Some(ConnectOptions::new().with_user(user, password)),
@@ -284,14 +289,14 @@ async fn connect_as(server: &Server, user: &str, password: &str) -> Client {
     .unwrap_or_else(|e| panic!("{user} connects: {e}"))
 }
 
-fn refusal<T: std::fmt::Debug>(result: Result<T, etcd_client::Error>) -> (Code, String) {
+pub(crate) fn refusal<T: std::fmt::Debug>(result: Result<T, etcd_client::Error>) -> (Code, String) {
     match result {
         Err(etcd_client::Error::GRpcStatus(status)) => (status.code(), status.message().to_owned()),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
-fn denied() -> (Code, String) {
+pub(crate) fn denied() -> (Code, String) {
     (
         Code::PermissionDenied,
         "etcdserver: permission denied".to_owned(),

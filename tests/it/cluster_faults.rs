@@ -507,7 +507,7 @@ async fn stopped_member_catches_up_from_snapshot() {
 
 /// Sum of `etcd_network_snapshot_receive_success` samples on member `index`'s `/metrics`, `None`
 /// when the server does not expose that metric.
-fn snapshot_receive_count(cluster: &Cluster, index: usize) -> Option<f64> {
+pub(crate) fn snapshot_receive_count(cluster: &Cluster, index: usize) -> Option<f64> {
     let endpoint = cluster.endpoint(index);
     let port: u16 = endpoint
         .rsplit(':')

@@ -332,3 +332,87 @@ fn toml_file_configures_the_member_and_it_logs_readiness() {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Bad `--auth-token` key files and a bad `--bcrypt-cost` stop the server with status 2, naming
+/// the key and the file, before the data dir exists; a key's contents are never printed. etcd
+/// 3.4 exits 1 for bad JWT keys and only warns about the cost, so this is oxetcd's.
+#[test]
+fn bad_auth_token_keys_exit_2_without_printing_them() {
+    if skip_on_real_etcd("bad_auth_token_keys_exit_2_without_printing_them") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let data = data_dir.display().to_string();
+    let key = |name: &str, algorithm: &str| {
+        let path = dir.path().join(name);
+        let status = Command::new("openssl")
+            .args(["genpkey", "-algorithm", algorithm, "-out"])
+            .arg(&path)
+            .status()
+            .expect("openssl runs");
+        assert!(status.success());
+        let public = dir.path().join(format!("{name}.pub"));
+        let status = Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&path)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .expect("openssl runs");
+        assert!(status.success());
+        (public.display().to_string(), path.display().to_string())
+    };
+    let (public, private) = key("a", "ED25519");
+    let (other_public, _) = key("b", "ED25519");
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let jwt = |public: &str, private: &str| {
+        format!("jwt,pub-key={public},priv-key={private},sign-method=EdDSA")
+    };
+    let cases = [
+        (
+            strings(&["--auth-token", &jwt(&missing, &private)]),
+            "missing.pem",
+        ),
+        (
+            strings(&["--auth-token", &jwt(&other_public, &private)]),
+            "not a pair",
+        ),
+        // A private key given as the public one: named, not shown.
+        (
+            strings(&["--auth-token", &jwt(&private, &private)]),
+            "is not a PEM public key",
+        ),
+        (
+            strings(&[
+                "--auth-token",
+                &format!("jwt,pub-key={public},sign-method=ES256"),
+            ]),
+            "is not a PEM public key",
+        ),
+        // An Ed25519 private key for ES256, with no pub-key given to use instead.
+        (
+            strings(&[
+                "--auth-token",
+                &format!("jwt,priv-key={private},sign-method=ES256"),
+            ]),
+            "is not a PEM private key",
+        ),
+        (strings(&["--bcrypt-cost", "40"]), "--bcrypt-cost"),
+    ];
+    for (mut args, mentioned) in cases {
+        args.extend(strings(&["--data-dir", &data]));
+        let (code, stderr) = run_to_exit(&args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: exit status; stderr:\n{stderr}");
+        assert!(
+            stderr.contains(mentioned)
+                && (stderr.contains("auth-token") || mentioned.starts_with("--")),
+            "{args:?}: stderr does not name {mentioned}:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("PRIVATE KEY"),
+            "{args:?}: a key was printed:\n{stderr}"
+        );
+        assert!(!data_dir.exists(), "{args:?}: the data dir was created");
+    }
+}

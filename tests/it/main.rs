@@ -11,6 +11,8 @@ mod tidy;
 
 mod alerts;
 mod auth;
+mod auth_tls;
+mod auth_tokens;
 mod bad_input;
 mod cluster;
 mod cluster_faults;

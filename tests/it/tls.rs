@@ -41,7 +41,7 @@ impl Ca {
     }
 
     /// A leaf for 127.0.0.1 and localhost: (certificate PEM, key PEM).
-    fn leaf(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+    pub(crate) fn leaf(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> (String, String) {
         self.leaf_valid(name, purpose, None)
     }
 
@@ -134,7 +134,7 @@ impl Files {
 }
 
 /// A CA, a server pair and a client pair signed by it, written to `files`.
-fn server_and_client(files: &Files) -> Ca {
+pub(crate) fn server_and_client(files: &Files) -> Ca {
     let ca = Ca::new("oxetcd test CA");
     files.write("ca.pem", &ca.pem());
     let (cert, key) = ca.leaf("server", ExtendedKeyUsagePurpose::ServerAuth);
@@ -146,14 +146,14 @@ fn server_and_client(files: &Files) -> Ca {
     ca
 }
 
-fn etcdctl(endpoint: &str, tls_args: &[String], args: &[&str]) -> Output {
+pub(crate) fn etcdctl(endpoint: &str, tls_args: &[String], args: &[&str]) -> Output {
     let mut all: Vec<&str> = tls_args.iter().map(String::as_str).collect();
     all.extend(["--dial-timeout=2s", "--command-timeout=4s"]);
     all.extend(args);
     common::run_etcdctl(endpoint, &all, None, ETCDCTL_TIMEOUT)
 }
 
-fn etcdctl_ok(endpoint: &str, tls_args: &[String], args: &[&str]) -> String {
+pub(crate) fn etcdctl_ok(endpoint: &str, tls_args: &[String], args: &[&str]) -> String {
     let output = etcdctl(endpoint, tls_args, args);
     assert!(
         output.status.success(),
@@ -164,7 +164,7 @@ fn etcdctl_ok(endpoint: &str, tls_args: &[String], args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub(crate) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|arg| arg.to_string()).collect()
 }
 
