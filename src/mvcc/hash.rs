@@ -7,10 +7,13 @@ use super::store::MvccStore;
 use super::{FINISHED_COMPACT_KEY, MvccError, SCHEDULED_COMPACT_KEY};
 use crate::storage::Cf;
 
+/// etcd's HashKV checksum: CRC-32C.
+const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
 /// The result of [`MvccStore::hash_kv`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvHash {
-    /// CRC-32 over the revision keys and values (see [`MvccStore::hash_kv`]).
+    /// CRC-32C over the revision keys and values (see [`MvccStore::hash_kv`]).
     pub hash: u32,
     /// The compaction revision when the hash was taken (-1 = never compacted).
     pub compact_rev: i64,
@@ -21,12 +24,13 @@ pub struct KvHash {
 }
 
 impl MvccStore {
-    /// Hashes the store's history up to `rev` (≤ 0 = current) the way etcd's HashKV walks its
-    /// `key` bucket: the bucket name `"key"`, then key and value of every revision ≤ `rev`,
-    /// skipping revisions at or below the compaction revision that a compaction at `rev`
-    /// would not keep (so the physical progress of a compaction does not change the hash).
-    /// Unlike etcd the checksum is CRC-32 (IEEE), not CRC-32C, and the skip rule applies even
-    /// when nothing is kept, so hashes are comparable between oxetcd members only.
+    /// Hashes the store's history up to `rev` (≤ 0 = current) as etcd's HashKV does: CRC-32C
+    /// (Castagnoli) over the bucket name `"key"`, then the revision key and the marshalled
+    /// `mvccpb.KeyValue` of every revision ≤ `rev` in revision order, skipping revisions at or
+    /// below the compaction revision that a compaction at `rev` would not keep (when it would
+    /// keep any). Keys and values are stored in etcd's encoding, so the same history gives
+    /// etcd's hash, including etcd's quirk that a revision a compaction kept can drop out of a
+    /// hash at a later revision.
     pub fn hash_kv(&self, rev: i64) -> Result<KvHash, MvccError> {
         let index = self.read_index();
         let current = self.current_revision();
@@ -49,7 +53,7 @@ impl MvccStore {
         let view = self.engine.view();
         drop(index);
 
-        let mut hasher = crc32fast::Hasher::new();
+        let mut hasher = CASTAGNOLI.digest();
         hasher.update(b"key");
         let end = Revision::key_of_main(at + 1);
         for item in view.scan(Cf::Kv, &[], Some(&end)) {
@@ -57,7 +61,7 @@ impl MvccStore {
             let (kr, _) = decode_rev_key(&k).ok_or_else(|| {
                 MvccError::Corrupt(format!("kv column family holds a non-revision key {k:?}"))
             })?;
-            if kr.main <= compact && !keep.contains(&kr) {
+            if kr.main <= compact && !keep.is_empty() && !keep.contains(&kr) {
                 continue;
             }
             hasher.update(&k);
