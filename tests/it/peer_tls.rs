@@ -30,7 +30,6 @@ const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a refused member is watched, never becoming healthy (20 election timeouts).
 const REFUSED_WATCH: Duration = Duration::from_secs(10);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Which kubeadm manifest the command line follows.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -600,57 +599,6 @@ async fn a_peer_whose_certificate_is_not_for_the_allowed_hostname_is_refused() {
     .await;
 }
 
-/// Runs the server with https:// peer URLs, a plain client URL and `args`; it must exit by
-/// itself. Returns (exit code, stderr, whether the data dir exists).
-fn run_to_exit(args: &[String]) -> (Option<i32>, String, bool) {
-    let dir = tempfile::Builder::new()
-        .prefix("oxetcd-peer-tls-exit-")
-        .tempdir()
-        .unwrap();
-    let data_dir = dir.path().join("data");
-    let peer = format!("https://127.0.0.1:{}", free_port());
-    let client = format!("http://127.0.0.1:{}", free_port());
-    let mut child = Command::new(server_bin())
-        .args([
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("default={peer}"),
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{args:?} did not exit within {EXIT_TIMEOUT:?}; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-        data_dir.exists(),
-    )
-}
-
 #[test]
 fn bad_peer_tls_input_exits_2_naming_the_key() {
     let files = Files::new();
@@ -745,7 +693,7 @@ fn bad_peer_tls_input_exits_2_naming_the_key() {
         if real_etcd && oxetcd_only {
             continue;
         }
-        let (code, stderr, data_dir_exists) = run_to_exit(&args);
+        let (code, stderr, data_dir_exists) = common::run_to_exit("http", "https", &args);
         if real_etcd {
             // etcd 3.4 exits 1 and words these its own way; what users need is that it stops.
             assert_ne!(code, Some(0), "{name}: etcd served; stderr:\n{stderr}");

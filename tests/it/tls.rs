@@ -2,7 +2,6 @@
 //! https (curl), client certificate authentication, certificate rotation, and bad certificate
 //! input at start. Certificates are made here with rcgen; nothing is committed.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,6 @@ use crate::common::{self, Server};
 
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(20);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A certificate authority that signs server and client certificates.
 pub(crate) struct Ca {
@@ -396,59 +394,6 @@ fn a_replaced_certificate_is_served_to_new_connections() {
     etcdctl_ok(&endpoint, &new_ca, &["put", "rotate", "after"]);
 }
 
-/// Runs the server with `args` (plus loopback URLs and a fresh data dir); it must exit by
-/// itself. Returns (exit code, stderr, data dir).
-fn run_to_exit(args: &[String]) -> (Option<i32>, String, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("oxetcd-tls-exit-")
-        .tempdir()
-        .unwrap();
-    let data_dir = dir.path().join("data");
-    let peer = format!("http://127.0.0.1:{}", common::free_port());
-    let client = format!("https://127.0.0.1:{}", common::free_port());
-    let mut child = Command::new(common::server_bin())
-        .args([
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("default={peer}"),
-        ])
-        .args(args)
-        .env_remove("ETCD_CERT_FILE")
-        .env_remove("ETCD_KEY_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{args:?} did not exit within {EXIT_TIMEOUT:?}; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(common::process::POLL_INTERVAL);
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-        dir.keep().join("data"),
-    )
-}
-
 #[test]
 fn bad_certificate_input_exits_2_naming_the_key() {
     let files = Files::new();
@@ -513,11 +458,10 @@ fn bad_certificate_input_exits_2_naming_the_key() {
             // refuses it at start on purpose.
             continue;
         }
-        let (code, stderr, data_dir) = run_to_exit(&args);
+        let (code, stderr, data_dir_exists) = common::run_to_exit("https", "http", &args);
         if real_etcd {
             // etcd 3.4 exits 1 and words these its own way; what users need is that it stops.
             assert_ne!(code, Some(0), "{name}: etcd served; stderr:\n{stderr}");
-            let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
             continue;
         }
         assert_eq!(code, Some(2), "{name}: exit status; stderr:\n{stderr}");
@@ -533,10 +477,9 @@ fn bad_certificate_input_exits_2_naming_the_key() {
             "{name}: key material printed"
         );
         assert!(
-            !Path::new(&data_dir).exists(),
+            !data_dir_exists,
             "{name}: the data dir was created before the check"
         );
-        let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
     }
 }
 

@@ -644,3 +644,68 @@ pub fn reference(name: &str) -> Vec<u8> {
 pub fn reference_text(name: &str) -> String {
     String::from_utf8(reference(name)).expect("text reference captures are UTF-8")
 }
+
+/// How long a server given bad input may take to exit.
+pub const BAD_INPUT_EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs the server binary on a fresh data dir with `client_scheme://` client URLs,
+/// `peer_scheme://` peer URLs and `args`, expecting it to exit by itself (bad input). Returns
+/// the exit code, stderr, and whether the data dir was created.
+pub fn run_to_exit(
+    client_scheme: &str,
+    peer_scheme: &str,
+    args: &[String],
+) -> (Option<i32>, String, bool) {
+    let dir = tempfile::Builder::new()
+        .prefix("oxetcd-exit-")
+        .tempdir()
+        .expect("creating a temp dir should work");
+    let data_dir = dir.path().join("data");
+    let peer = format!("{peer_scheme}://127.0.0.1:{}", free_port());
+    let client = format!("{client_scheme}://127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(server_bin())
+        .args([
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("default={peer}"),
+        ])
+        .args(args)
+        .env_remove("ETCD_CERT_FILE")
+        .env_remove("ETCD_KEY_FILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the server binary should work");
+    let deadline = std::time::Instant::now() + BAD_INPUT_EXIT_TIMEOUT;
+    while child.try_wait().expect("waiting on the server").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child
+                .wait_with_output()
+                .expect("collecting the server's output");
+            panic!(
+                "{args:?} did not exit within {BAD_INPUT_EXIT_TIMEOUT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(process::POLL_INTERVAL);
+    }
+    let output = child
+        .wait_with_output()
+        .expect("collecting the server's output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        data_dir.exists(),
+    )
+}
