@@ -714,12 +714,56 @@ def raft():
         ), 8, 8),
         sized(timeseries(
             "Snapshots",
-            "Raft snapshots sent to and received from peers per interval.",
+            "Raft snapshots sent to and received from peers per interval, and failed transfers "
+            "(etcd_network_snapshot_{send,receive}_{success,failures}).",
             "short",
             [
-                target(f"increase(etcd_network_snapshot_send_success_total{sel()}[{RI}])", "{{instance}} sent"),
-                target(f"increase(etcd_network_snapshot_receive_success_total{sel()}[{RI}])",
+                target(f"sum by (instance) (increase(etcd_network_snapshot_send_success{sel()}[{RI}]))",
+                       "{{instance}} sent"),
+                target(f"sum by (instance) (increase(etcd_network_snapshot_receive_success{sel()}[{RI}]))",
                        "{{instance}} received"),
+                target(f"sum by (instance) (increase(etcd_network_snapshot_send_failures{sel()}[{RI}]) "
+                       f"+ increase(etcd_network_snapshot_receive_failures{sel()}[{RI}]))",
+                       "{{instance}} failed"),
+            ],
+            bars=True,
+        ), 8, 8),
+        row("Slow paths"),
+        sized(timeseries(
+            "Slow applies and late heartbeats",
+            "Entries that took over 100 ms to apply (etcd_server_slow_apply_total) and leader "
+            "heartbeats sent later than twice the heartbeat interval "
+            "(etcd_server_heartbeat_send_failures_total), per interval. Both usually mean a slow "
+            "disk or an overloaded member.",
+            "short",
+            [
+                target(f"increase(etcd_server_slow_apply_total{sel()}[{RI}])", "{{instance}} slow applies"),
+                target(f"increase(etcd_server_heartbeat_send_failures_total{sel()}[{RI}])",
+                       "{{instance}} late heartbeats"),
+            ],
+            bars=True,
+        ), 8, 8),
+        sized(timeseries(
+            "Read index",
+            "Linearizable reads whose ReadIndex went unanswered in time "
+            "(etcd_server_slow_read_indexes_total) or failed (etcd_server_read_indexes_failed_total), "
+            "per interval. Rising while writes work points at the network to the leader.",
+            "short",
+            [
+                target(f"increase(etcd_server_slow_read_indexes_total{sel()}[{RI}])", "{{instance}} slow"),
+                target(f"increase(etcd_server_read_indexes_failed_total{sel()}[{RI}])",
+                       "{{instance}} failed"),
+            ],
+            bars=True,
+        ), 8, 8),
+        sized(timeseries(
+            "Health checks",
+            "/health answers per interval (etcd_server_health_success and _failures); a failure "
+            "names its reason in the member's log.",
+            "short",
+            [
+                target(f"increase(etcd_server_health_success{sel()}[{RI}])", "{{instance}} healthy"),
+                target(f"increase(etcd_server_health_failures{sel()}[{RI}])", "{{instance}} unhealthy"),
             ],
             bars=True,
         ), 8, 8),
@@ -791,10 +835,15 @@ def clients():
         ), 8, 8),
         sized(timeseries(
             "Watchers",
-            "Watchers registered on each member (etcd_debugging_mvcc_watcher_total); one stream can "
-            "carry many.",
+            "Watch streams (etcd_debugging_mvcc_watch_stream_total) and the watchers registered on "
+            "them (etcd_debugging_mvcc_watcher_total), and watchers catching up from storage "
+            "because they fell behind (etcd_debugging_mvcc_slow_watcher_total).",
             "short",
-            [target(f"etcd_debugging_mvcc_watcher_total{sel()}", "{{instance}}")],
+            [
+                target(f"etcd_debugging_mvcc_watch_stream_total{sel()}", "{{instance}} streams"),
+                target(f"etcd_debugging_mvcc_watcher_total{sel()}", "{{instance}} watchers"),
+                target(f"etcd_debugging_mvcc_slow_watcher_total{sel()}", "{{instance}} slow"),
+            ],
         ), 8, 8),
         sized(timeseries(
             "Stream messages",
@@ -808,6 +857,16 @@ def clients():
             ],
         ), 8, 8),
         sized(timeseries(
+            "Watch events",
+            "Events per second the watch streams sent (etcd_debugging_mvcc_events_total), and "
+            "events handed to streams but not sent yet (etcd_debugging_mvcc_pending_events_total).",
+            "short",
+            [
+                target(f"rate(etcd_debugging_mvcc_events_total{sel()}[{RI}])", "{{instance}} sent/s"),
+                target(f"etcd_debugging_mvcc_pending_events_total{sel()}", "{{instance}} pending"),
+            ],
+        ), 12, 8),
+        sized(timeseries(
             "Client traffic",
             "Bytes per second received from and sent to clients over gRPC.",
             "Bps",
@@ -815,7 +874,37 @@ def clients():
                 target(f"rate(etcd_network_client_grpc_received_bytes_total{sel()}[{RI}])", "{{instance}} in"),
                 target(f"rate(etcd_network_client_grpc_sent_bytes_total{sel()}[{RI}])", "{{instance}} out"),
             ],
-        ), 24, 8),
+        ), 12, 8),
+        row("Key-value store"),
+        sized(timeseries(
+            "MVCC operations",
+            "Ranges, puts and deletes per second on each member's store, and transactions of more "
+            "than one of them (etcd_mvcc_{range,put,delete,txn}_total, counted as etcd counts "
+            "them: writes on every member, reads where they are served).",
+            "ops",
+            [
+                target(f"rate(etcd_mvcc_range_total{sel()}[{RI}])", "{{instance}} range"),
+                target(f"rate(etcd_mvcc_put_total{sel()}[{RI}])", "{{instance}} put"),
+                target(f"rate(etcd_mvcc_delete_total{sel()}[{RI}])", "{{instance}} delete"),
+                target(f"rate(etcd_mvcc_txn_total{sel()}[{RI}])", "{{instance}} txn"),
+            ],
+        ), 8, 8),
+        sized(timeseries(
+            "Keys",
+            "Keys that exist at the current revision (etcd_debugging_mvcc_keys_total).",
+            "short",
+            [target(f"etcd_debugging_mvcc_keys_total{sel()}", "{{instance}}")],
+        ), 8, 8),
+        sized(timeseries(
+            "Client requests by API version",
+            "gRPC calls and streams per second by the API version clients declare "
+            "(etcd_server_client_requests_total; unknown when a client sends none). Shows which "
+            "client generations still talk to the cluster.",
+            "reqps",
+            [target(f"sum by (client_api_version, type) "
+                    f"(rate(etcd_server_client_requests_total{sel()}[{RI}]))",
+                    "{{client_api_version}} {{type}}")],
+        ), 8, 8),
         row("Process"),
         sized(timeseries(
             "Memory",

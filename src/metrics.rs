@@ -10,10 +10,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// One label: a peer (`To`/`From`, the member ID in hex).
@@ -24,10 +26,74 @@ pub type CertificateLabels = [(&'static str, String); 2];
 pub type GrpcLabels = [(&'static str, String); 3];
 /// `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code`.
 pub type GrpcCodeLabels = [(&'static str, String); 4];
+/// `type` (`unary` or `stream`) and `client_api_version` (what the client's
+/// `client-api-version` metadata says, `unknown` without it).
+pub type ClientRequestLabels = [(&'static str, String); 2];
+
+/// A counter exported under the name it was registered with. prometheus-client adds `_total`
+/// to every counter; etcd (Go's client) does not when the name lacks it, and a few of etcd's
+/// counters are named so (`etcd_server_health_success`, `etcd_network_snapshot_send_success`).
+/// Encoded as a counter (`# TYPE ... counter`) with the bare name.
+#[derive(Debug, Clone, Default)]
+pub struct BareCounter(Counter);
+
+impl BareCounter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TypedMetric for BareCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for BareCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The gauge encoding writes the name and value without a suffix.
+        encoder.encode_gauge(&self.0.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// The MVCC operations one request made, counted as etcd 3.4 counts them
+/// (`etcd_mvcc_{range,put,delete,txn}_total`); `txn::count` says what each request makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MvccOps {
+    pub ranges: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    /// MVCC transactions of more than one operation (etcd counts only those as txns).
+    pub txns: u64,
+}
+
+impl std::ops::Add for MvccOps {
+    type Output = MvccOps;
+
+    fn add(self, other: MvccOps) -> MvccOps {
+        MvccOps {
+            ranges: self.ranges + other.ranges,
+            puts: self.puts + other.puts,
+            deletes: self.deletes + other.deletes,
+            txns: self.txns + other.txns,
+        }
+    }
+}
 
 /// etcd's disk histograms: 1 ms doubling to 8.192 s.
 fn disk_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// etcd's snapshot transfer histograms: 0.1 s doubling to 51.2 s.
+fn snapshot_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 10))
 }
 
 /// etcd's peer round-trip histogram: 0.1 ms doubling to 3.2768 s.
@@ -61,7 +127,16 @@ pub struct Sample {
     pub db_size_in_use_bytes: u64,
     pub quota_backend_bytes: u64,
     pub watchers: u64,
-    pub slow_watchers_total: u64,
+    /// Watchers catching up from storage (etcd's unsynced "slow" watchers).
+    pub slow_watchers: u64,
+    /// Open gRPC watch streams.
+    pub watch_streams: u64,
+    /// Events client watch streams took from the watch hub since start.
+    pub watch_events_total: u64,
+    /// Events the hub handed to watch streams that they have not taken yet.
+    pub watch_events_pending: u64,
+    /// Keys that exist at the current revision.
+    pub keys: u64,
     pub current_revision: i64,
     pub compact_revision: i64,
     /// Entries in this member's raft log (bounded by `--snapshot-count` plus the catch-up tail).
@@ -119,13 +194,48 @@ pub struct Metrics {
     db_size_in_use: Gauge,
     quota: Gauge,
     watchers: Gauge,
-    slow_watchers: Counter,
+    slow_watchers: Gauge,
+    watch_streams: Gauge,
+    watch_events: Counter,
+    pending_events: Gauge,
+    keys: Gauge,
+    /// Range, put and delete operations and multi-operation txns of the MVCC store (etcd's
+    /// `etcd_mvcc_*_total`, also exported under 3.4's `etcd_debugging_mvcc_*_total`); recorded
+    /// through [`Metrics::record_mvcc`].
+    mvcc_ranges: Counter,
+    mvcc_puts: Counter,
+    mvcc_deletes: Counter,
+    mvcc_txns: Counter,
+    /// Key plus value bytes of every put applied.
+    pub put_size_bytes: Gauge,
+    /// Revision keys compaction removed from disk.
+    pub compaction_keys: Counter,
+    /// `/health` answers.
+    pub health_success: BareCounter,
+    pub health_failures: BareCounter,
+    /// Entries whose apply took longer than etcd's 100 ms warning.
+    pub slow_applies: Counter,
+    /// ReadIndex requests retried or given up on without an answer.
+    pub slow_read_indexes: Counter,
+    /// ReadIndex barriers that failed for a reason other than time.
+    pub read_indexes_failed: Counter,
+    /// Heartbeats the leader sent to a peer later than twice the heartbeat interval.
+    pub heartbeat_send_failures: Counter,
+    /// Client gRPC calls (unary) and streams, by the client's API version.
+    pub client_requests: Family<ClientRequestLabels, Counter>,
     current_revision: Gauge,
     compact_revision: Gauge,
     raft_log_entries: Gauge,
-    /// Snapshots streamed to peers, and received from them (whole and verified).
-    pub snapshots_sent: Counter,
-    pub snapshots_received: Counter,
+    /// Snapshots streamed to peers (`To`), and received from them (`From`; whole and verified),
+    /// with etcd's names: successes, failures, transfers under way, and how long each took.
+    pub snapshot_send_success: Family<PeerLabel, BareCounter>,
+    pub snapshot_send_failures: Family<PeerLabel, BareCounter>,
+    pub snapshot_send_inflights: Family<PeerLabel, Gauge>,
+    pub snapshot_send_seconds: Family<PeerLabel, Histogram, fn() -> Histogram>,
+    pub snapshot_receive_success: Family<PeerLabel, BareCounter>,
+    pub snapshot_receive_failures: Family<PeerLabel, BareCounter>,
+    pub snapshot_receive_inflights: Family<PeerLabel, Gauge>,
+    pub snapshot_receive_seconds: Family<PeerLabel, Histogram, fn() -> Histogram>,
     /// The synced raft-log write of each Ready (etcd's WAL fsync).
     pub wal_fsync_seconds: Histogram,
     /// The state-machine write of each applied entry (etcd's backend commit).
@@ -184,12 +294,35 @@ impl Metrics {
             db_size_in_use: Gauge::default(),
             quota: Gauge::default(),
             watchers: Gauge::default(),
-            slow_watchers: Counter::default(),
+            slow_watchers: Gauge::default(),
+            watch_streams: Gauge::default(),
+            watch_events: Counter::default(),
+            pending_events: Gauge::default(),
+            keys: Gauge::default(),
+            mvcc_ranges: Counter::default(),
+            mvcc_puts: Counter::default(),
+            mvcc_deletes: Counter::default(),
+            mvcc_txns: Counter::default(),
+            put_size_bytes: Gauge::default(),
+            compaction_keys: Counter::default(),
+            health_success: BareCounter::default(),
+            health_failures: BareCounter::default(),
+            slow_applies: Counter::default(),
+            slow_read_indexes: Counter::default(),
+            read_indexes_failed: Counter::default(),
+            heartbeat_send_failures: Counter::default(),
+            client_requests: Family::default(),
             current_revision: Gauge::default(),
             compact_revision: Gauge::default(),
             raft_log_entries: Gauge::default(),
-            snapshots_sent: Counter::default(),
-            snapshots_received: Counter::default(),
+            snapshot_send_success: Family::default(),
+            snapshot_send_failures: Family::default(),
+            snapshot_send_inflights: Family::default(),
+            snapshot_send_seconds: Family::new_with_constructor(snapshot_histogram),
+            snapshot_receive_success: Family::default(),
+            snapshot_receive_failures: Family::default(),
+            snapshot_receive_inflights: Family::default(),
+            snapshot_receive_seconds: Family::new_with_constructor(snapshot_histogram),
             wal_fsync_seconds: disk_histogram(),
             backend_commit_seconds: disk_histogram(),
             peer_sent_bytes: Family::default(),
@@ -326,12 +459,42 @@ impl Metrics {
         r.register(
             "etcd_network_snapshot_send_success",
             "Total number of successful snapshot sends",
-            m.snapshots_sent.clone(),
+            m.snapshot_send_success.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_send_failures",
+            "Total number of snapshot send failures",
+            m.snapshot_send_failures.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_send_inflights_total",
+            "Total number of inflight snapshot sends",
+            m.snapshot_send_inflights.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_send_total_duration_seconds",
+            "Total latency distributions of v3 snapshot sends",
+            m.snapshot_send_seconds.clone(),
         );
         r.register(
             "etcd_network_snapshot_receive_success",
             "Total number of successful snapshot receives",
-            m.snapshots_received.clone(),
+            m.snapshot_receive_success.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_failures",
+            "Total number of snapshot receive failures",
+            m.snapshot_receive_failures.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_inflights_total",
+            "Total number of inflight snapshot receives",
+            m.snapshot_receive_inflights.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_total_duration_seconds",
+            "Total latency distributions of v3 snapshot receives",
+            m.snapshot_receive_seconds.clone(),
         );
         r.register(
             "grpc_server_started",
@@ -364,9 +527,102 @@ impl Metrics {
             m.watchers.clone(),
         );
         r.register(
-            "etcd_debugging_mvcc_slow_watcher",
-            "Total number of times a watcher fell behind and was caught up from storage",
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "Total number of unsynced slow watchers",
             m.slow_watchers.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Total number of watch streams",
+            m.watch_streams.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_events",
+            "Total number of events sent by this member",
+            m.watch_events.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_pending_events_total",
+            "Total number of pending events to be sent",
+            m.pending_events.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys",
+            m.keys.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_total_put_size_in_bytes",
+            "The total size of put kv pairs seen by this member",
+            m.put_size_bytes.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_db_compaction_keys",
+            "Total number of db keys compacted",
+            m.compaction_keys.clone(),
+        );
+        // etcd 3.4 exports these under both names (the debugging ones went in 3.5).
+        for prefix in ["etcd_mvcc", "etcd_debugging_mvcc"] {
+            r.register(
+                format!("{prefix}_range"),
+                "Total number of ranges seen by this member",
+                m.mvcc_ranges.clone(),
+            );
+            r.register(
+                format!("{prefix}_put"),
+                "Total number of puts seen by this member",
+                m.mvcc_puts.clone(),
+            );
+            r.register(
+                format!("{prefix}_delete"),
+                "Total number of deletes seen by this member",
+                m.mvcc_deletes.clone(),
+            );
+            r.register(
+                format!("{prefix}_txn"),
+                "Total number of txns seen by this member",
+                m.mvcc_txns.clone(),
+            );
+        }
+        r.register(
+            "etcd_debugging_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes",
+            m.db_size.clone(),
+        );
+        r.register(
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            m.health_success.clone(),
+        );
+        r.register(
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            m.health_failures.clone(),
+        );
+        r.register(
+            "etcd_server_slow_apply",
+            "The total number of slow apply requests (likely overloaded from slow disk)",
+            m.slow_applies.clone(),
+        );
+        r.register(
+            "etcd_server_slow_read_indexes",
+            "The total number of pending read indexes not in sync with leader's or timed out read index requests",
+            m.slow_read_indexes.clone(),
+        );
+        r.register(
+            "etcd_server_read_indexes_failed",
+            "The total number of failed read indexes seen",
+            m.read_indexes_failed.clone(),
+        );
+        r.register(
+            "etcd_server_heartbeat_send_failures",
+            "The total number of leader heartbeat send failures (likely overloaded from slow disk)",
+            m.heartbeat_send_failures.clone(),
+        );
+        r.register(
+            "etcd_server_client_requests",
+            "The total number of client requests per client version",
+            m.client_requests.clone(),
         );
         r.register(
             "etcd_debugging_mvcc_current_revision",
@@ -445,9 +701,14 @@ impl Metrics {
         self.db_size_in_use.set(s.db_size_in_use_bytes as i64);
         self.quota.set(s.quota_backend_bytes as i64);
         self.watchers.set(s.watchers as i64);
-        advance_to(&self.slow_watchers, s.slow_watchers_total);
+        self.slow_watchers.set(s.slow_watchers as i64);
+        self.watch_streams.set(s.watch_streams as i64);
+        advance_to(&self.watch_events, s.watch_events_total);
+        self.pending_events.set(s.watch_events_pending as i64);
+        self.keys.set(s.keys as i64);
         self.current_revision.set(s.current_revision);
-        self.compact_revision.set(s.compact_revision.max(0));
+        // -1 until the first compaction, as etcd reports it.
+        self.compact_revision.set(s.compact_revision);
         self.raft_log_entries.set(s.raft_log_entries as i64);
         self.data_dir_free.set(s.data_dir_disk.free_bytes as i64);
         self.data_dir_total.set(s.data_dir_disk.total_bytes as i64);
@@ -465,6 +726,20 @@ impl Metrics {
                 .set(certificate.not_after);
         }
         self.process.sample();
+    }
+
+    /// Counts the MVCC operations of one request.
+    pub fn record_mvcc(&self, ops: MvccOps) {
+        for (counter, n) in [
+            (&self.mvcc_ranges, ops.ranges),
+            (&self.mvcc_puts, ops.puts),
+            (&self.mvcc_deletes, ops.deletes),
+            (&self.mvcc_txns, ops.txns),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -624,8 +899,30 @@ mod tests {
         m.peer_sent_bytes
             .get_or_create(&[("To", "2".to_owned())])
             .inc_by(10);
+        m.record_mvcc(MvccOps {
+            ranges: 2,
+            puts: 1,
+            deletes: 0,
+            txns: 1,
+        });
+        m.health_success.inc();
+        m.snapshot_send_success
+            .get_or_create(&[("To", "2".to_owned())])
+            .inc();
         let text = m.encode();
         for line in [
+            "etcd_mvcc_range_total 2",
+            "etcd_mvcc_put_total 1",
+            "etcd_mvcc_delete_total 0",
+            "etcd_mvcc_txn_total 1",
+            "etcd_debugging_mvcc_range_total 2",
+            "etcd_debugging_mvcc_compact_revision 0",
+            // etcd's counters without `_total` keep their name, typed as counters.
+            "# TYPE etcd_server_health_success counter",
+            "etcd_server_health_success 1",
+            "etcd_server_health_failures 0",
+            "# TYPE etcd_network_snapshot_send_success counter",
+            "etcd_network_snapshot_send_success{To=\"2\"} 1",
             "etcd_server_has_leader 1",
             "etcd_server_is_leader 0",
             "etcd_server_leader_changes_seen_total 2",

@@ -1,8 +1,9 @@
 //! go-grpc-prometheus's server metrics for every client gRPC call (`grpc_server_started_total`,
 //! `grpc_server_handled_total` with `grpc_code`, `grpc_server_msg_{received,sent}_total`,
-//! `grpc_server_handling_seconds`) and etcd's client traffic counters, recorded by one middleware
-//! in front of every service: it counts the gRPC messages (5-byte length prefixes) and bytes in
-//! both bodies and reads the status from the response headers or trailers.
+//! `grpc_server_handling_seconds`; created at zero for the methods etcd creates them for) and
+//! etcd's client counters (traffic, `etcd_server_client_requests_total`), recorded by one
+//! middleware in front of every service: it counts the gRPC messages (5-byte length prefixes)
+//! and bytes in both bodies and reads the status from the response headers or trailers.
 //!
 //! With tracing on, each call is also a span (`grpc.request`, with the method and this member's
 //! ID; the apply thread records the revision) whose `reply` child lasts until the response body
@@ -44,6 +45,99 @@ const CODE_NAMES: [&str; 17] = [
     "DataLoss",
     "Unauthenticated",
 ];
+
+/// The methods whose series etcd 3.4 creates at zero on start (go-grpc-prometheus's
+/// `InitializeMetrics` over the services registered on its gRPC server; Election and Lock are
+/// served through a client adapter there, so they only appear once called).
+const INITIALIZED_METHODS: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthDisable",
+            "AuthEnable",
+            "Authenticate",
+            "RoleAdd",
+            "RoleDelete",
+            "RoleGet",
+            "RoleGrantPermission",
+            "RoleList",
+            "RoleRevokePermission",
+            "UserAdd",
+            "UserChangePassword",
+            "UserDelete",
+            "UserGet",
+            "UserGrantRole",
+            "UserList",
+            "UserRevokeRole",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberList",
+            "MemberPromote",
+            "MemberRemove",
+            "MemberUpdate",
+        ],
+    ),
+    (
+        "etcdserverpb.KV",
+        &["Compact", "DeleteRange", "Put", "Range", "Txn"],
+    ),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseKeepAlive",
+            "LeaseLeases",
+            "LeaseRevoke",
+            "LeaseTimeToLive",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "MoveLeader",
+            "Snapshot",
+            "Status",
+        ],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+];
+
+/// Creates, at zero, the series etcd has on a fresh member: `grpc_server_started_total`,
+/// `grpc_server_msg_{received,sent}_total` for every method of [`INITIALIZED_METHODS`], and
+/// `grpc_server_handled_total` for each of those with every code. A rate over them then
+/// starts from zero instead of missing the first calls.
+pub fn initialize(metrics: &Metrics) {
+    for (service, methods) in INITIALIZED_METHODS {
+        for method in *methods {
+            let labels: GrpcLabels = [
+                ("grpc_type", grpc_type(service, method).to_owned()),
+                ("grpc_service", (*service).to_owned()),
+                ("grpc_method", (*method).to_owned()),
+            ];
+            metrics.grpc_started.get_or_create_owned(&labels);
+            metrics.grpc_msg_received.get_or_create_owned(&labels);
+            metrics.grpc_msg_sent.get_or_create_owned(&labels);
+            for code in CODE_NAMES {
+                let [t, s, m] = labels.clone();
+                metrics.grpc_handled.get_or_create_owned(&[
+                    t,
+                    s,
+                    m,
+                    ("grpc_code", code.to_owned()),
+                ]);
+            }
+        }
+    }
+}
 
 /// The streaming methods of the services oxetcd serves; everything else is unary.
 fn grpc_type(service: &str, method: &str) -> &'static str {
@@ -103,6 +197,24 @@ pub async fn record(
     });
     let started = Instant::now();
     metrics.grpc_started.get_or_create(&labels).inc();
+    // etcd's interceptors count every call and stream by the client's declared API version.
+    let client_api_version = request
+        .headers()
+        .get("client-api-version")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| "unknown".to_owned(), str::to_owned);
+    let call_type = if labels[0].1 == "unary" {
+        "unary"
+    } else {
+        "stream"
+    };
+    metrics
+        .client_requests
+        .get_or_create(&[
+            ("type", call_type.to_owned()),
+            ("client_api_version", client_api_version),
+        ])
+        .inc();
     let (parts, body) = request.into_parts();
     let received = Counted::new(
         body,

@@ -76,6 +76,7 @@ impl Kv for KvService {
         let mut resp = self
             .read_locally(linearizable, move |mvcc| txn::range(mvcc, &req))
             .await?;
+        self.ctx.metrics.record_mvcc(txn::count::range());
         resp.header = self.ctx.fill_header(resp.header);
         Ok(Response::new(resp))
     }
@@ -121,9 +122,10 @@ impl Kv for KvService {
             // A read-only txn is a set of reads at one revision: served locally like Range,
             // after a ReadIndex barrier unless every range in it is serializable.
             let linearizable = !txn::is_txn_serializable(&req);
-            let mut resp = self
+            let (mut resp, ops) = self
                 .read_locally(linearizable, move |mvcc| txn::read_txn(mvcc, &req))
                 .await?;
+            self.ctx.metrics.record_mvcc(ops);
             resp.header = self.ctx.fill_header(resp.header);
             return Ok(Response::new(resp));
         }

@@ -30,6 +30,7 @@ use crate::auth::requests::Need;
 use crate::auth::tokens::TokenError;
 use crate::lease::Lessor;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
 use crate::node::{NodeHandle, Origin};
 use crate::proto::etcdserverpb::ResponseHeader;
@@ -120,6 +121,8 @@ pub struct ServerCtx {
     /// Owns the tasks and threads serving long-lived client streams (watch, lease keep-alive,
     /// snapshot); the streams end when it stops, before the node does.
     pub streams: TaskSet,
+    /// The member's metrics, for what the API layer counts (reads, health checks).
+    pub metrics: Arc<Metrics>,
 }
 
 impl ServerCtx {

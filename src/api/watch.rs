@@ -89,6 +89,7 @@ impl Watch for WatchService {
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let (sink, hub_rx) = mpsc::channel(SINK_CAPACITY);
         let stream = WatchStream {
+            _open: self.ctx.watch.open_stream(),
             hub: self.ctx.watch.clone(),
             ctx: self.ctx.clone(),
             caller,
@@ -121,6 +122,8 @@ struct Ended;
 
 /// State of one bidi stream, owned by its task.
 struct WatchStream {
+    /// Counts this stream in `etcd_debugging_mvcc_watch_stream_total` while it lives.
+    _open: crate::watch::OpenStream,
     ctx: ServerCtx,
     /// Who opened the stream (while auth is enabled, watches need READ on their range).
     caller: Result<Caller, EtcdError>,
@@ -363,6 +366,7 @@ impl WatchStream {
                 revision,
                 events,
             } => {
+                self.hub.events_received(events.len());
                 // Messages for a watcher cancelled meanwhile are dropped.
                 let Some(&watch_id) = self.by_hub.get(&id) else {
                     return Ok(());

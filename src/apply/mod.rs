@@ -21,6 +21,7 @@ use crate::auth::{AuthError, AuthStore, requests};
 use crate::consistent_index;
 use crate::lease::{LeaseError, Lessor};
 use crate::membership::Membership;
+use crate::metrics::MvccOps;
 use crate::mvcc::{MvccError, MvccStore};
 use crate::proto::etcdserverpb::Member;
 use crate::proto::etcdserverpb::{
@@ -389,6 +390,7 @@ impl Applier {
             if entry.index <= self.applied_index {
                 continue;
             }
+            let entry_started = std::time::Instant::now();
             let mut batch = Batch::new();
             let mut span: Option<(tracing::Span, tracing::Span)> = None;
             let outcome = match entry.get_entry_type() {
@@ -448,6 +450,11 @@ impl Applier {
                 // The apply span ends before the proposer wakes up and replies.
                 drop(span.take());
                 self.waiters.trigger(id, reply);
+            }
+            if let Some(metrics) = &self.metrics
+                && entry_started.elapsed() > SLOW_APPLY
+            {
+                metrics.slow_applies.inc();
             }
         }
         self.applied_index
@@ -522,22 +529,31 @@ impl Applier {
                     return Pending::Done(Err(ApplyError::NoSpace));
                 }
                 self.write_txn(batch, |txn, lease_exists| {
-                    txn::apply_put(txn, &req, lease_exists).map(Response::Put)
+                    let response = txn::apply_put(txn, &req, lease_exists)?;
+                    Ok((Response::Put(response), txn::count::put(&req)))
                 })
             }
             Request::DeleteRange(req) => self.write_txn(batch, |txn, lease_exists| {
-                txn::apply_delete_range(txn, &req, lease_exists).map(Response::DeleteRange)
+                let response = txn::apply_delete_range(txn, &req, lease_exists)?;
+                Ok((
+                    Response::DeleteRange(response),
+                    txn::count::delete_range(&req),
+                ))
             }),
             Request::Txn(req) => {
                 if nospace && txn::has_writes(&req) {
                     return Pending::Done(Err(ApplyError::NoSpace));
                 }
                 self.write_txn(batch, |txn, lease_exists| {
-                    txn::apply_txn(txn, &req, lease_exists).map(Response::Txn)
+                    let (response, ops) = txn::apply_txn(txn, &req, lease_exists)?;
+                    Ok((Response::Txn(response), ops))
                 })
             }
             Request::Compaction(req) => match self.mvcc.compact(req.revision, batch) {
-                Ok(job) => Pending::Compaction(job),
+                Ok(job) => {
+                    self.record_mvcc(txn::count::compaction());
+                    Pending::Compaction(job)
+                }
                 Err(e) => Pending::Done(Err(e.into())),
             },
             Request::LeaseGrant(req) => {
@@ -566,7 +582,10 @@ impl Applier {
                     for key in &keys {
                         txn.delete_range(key, &[]).map_err(TxnError::from)?;
                     }
-                    Ok(Response::LeaseRevoke(LeaseRevokeResponse { header: None }))
+                    Ok((
+                        Response::LeaseRevoke(LeaseRevokeResponse { header: None }),
+                        txn::count::lease_revoke(keys.len()),
+                    ))
                 })
             }
             Request::LeaseCheckpoint(req) => {
@@ -686,26 +705,48 @@ impl Applier {
         }
     }
 
+    /// Runs `f` in one MVCC write txn; counts the operations it reports when it succeeds.
     fn write_txn<F>(&mut self, batch: &mut Batch, f: F) -> Pending
     where
         F: FnOnce(
             &mut crate::mvcc::WriteTxn<'_>,
             &dyn Fn(i64) -> bool,
-        ) -> Result<Response, TxnError>,
+        ) -> Result<(Response, MvccOps), TxnError>,
     {
         let lessor = self.lessor.clone();
         let lease_exists =
             move |id: i64| lessor.lock().unwrap_or_else(|p| p.into_inner()).exists(id);
         let mut txn = self.mvcc.write_txn();
         match f(&mut txn, &lease_exists) {
-            Ok(response) => Pending::Write(txn.finish(batch), response),
+            Ok((response, ops)) => {
+                self.record_mvcc(ops);
+                Pending::Write(txn.finish(batch), response)
+            }
             Err(e) => Pending::Done(Err(e.into())),
+        }
+    }
+
+    fn record_mvcc(&self, ops: MvccOps) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_mvcc(ops);
         }
     }
 
     /// Makes a written change visible: index, revision, lease attachments, watchers.
     fn publish(&self, pending: crate::mvcc::Pending) -> i64 {
         let outcome = self.mvcc.publish(pending);
+        if let Some(metrics) = &self.metrics {
+            let put_bytes: usize = outcome
+                .events
+                .iter()
+                .filter(|ev| ev.r#type == EventType::Put as i32)
+                .filter_map(|ev| ev.kv.as_ref())
+                .map(|kv| kv.key.len() + kv.value.len())
+                .sum();
+            if put_bytes > 0 {
+                metrics.put_size_bytes.inc_by(put_bytes as i64);
+            }
+        }
         if !outcome.events.is_empty() {
             let mut lessor = self.lessor();
             for ev in &outcome.events {
@@ -750,9 +791,15 @@ impl Pending {
                 applier.watch.compacted(compact_rev);
                 let (done_tx, done_rx) = oneshot::channel();
                 let engine = applier.engine.clone();
+                let metrics = applier.metrics.clone();
                 let spawned = applier.threads.spawn_thread("compaction", move || {
-                    if let Err(e) = job.run(&engine) {
-                        crate::fatal("compacting revisions", &e);
+                    match job.run(&engine) {
+                        Ok(stats) => {
+                            if let Some(metrics) = metrics {
+                                metrics.compaction_keys.inc_by(stats.deleted as u64);
+                            }
+                        }
+                        Err(e) => crate::fatal("compacting revisions", &e),
                     }
                     tracing::info!(
                         compact_revision = compact_rev,
@@ -840,6 +887,9 @@ fn with_revision(response: Response, rev: i64) -> Response {
         other => other,
     }
 }
+
+/// etcd's `warningApplyDuration`: an entry taking longer to apply counts as a slow apply.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The alarm type raised when the backend outgrows its quota.
 pub const NOSPACE: i32 = ALARM_NOSPACE;

@@ -89,6 +89,11 @@ struct Health {
 async fn health(State(state): State<HttpState>, RawQuery(query): RawQuery) -> Response {
     let q = HealthQuery::parse(query.as_deref());
     let verdict = check_health(&state.ctx, &q.exclude, q.serializable).await;
+    let metrics = &state.ctx.metrics;
+    match &verdict {
+        Ok(()) => metrics.health_success.inc(),
+        Err(_) => metrics.health_failures.inc(),
+    }
     let (status, body) = match verdict {
         Ok(()) => {
             tracing::debug!("serving /health true");

@@ -172,6 +172,11 @@ impl KeyIndex {
         true
     }
 
+    /// Whether the key exists at its last revision (its current generation has revisions).
+    fn exists(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.is_empty())
+    }
+
     fn is_empty(&self) -> bool {
         self.generations.len() == 1 && self.generations[0].is_empty()
     }
@@ -260,6 +265,9 @@ impl KeyIndex {
 #[derive(Debug, Default)]
 pub struct Index {
     keys: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Keys that exist at the head revision (etcd's `keys_total`), kept as keys are created and
+    /// deleted so it is never counted by a scan.
+    live: usize,
 }
 
 impl Index {
@@ -268,24 +276,39 @@ impl Index {
         self.keys.len()
     }
 
+    /// Number of keys that exist at the head revision.
+    pub fn live_len(&self) -> usize {
+        self.live
+    }
+
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
         self.keys.get(key)?.get(at)
     }
 
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         match self.keys.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                if !ki.exists() {
+                    self.live += 1;
+                }
+                ki.put(rev);
+            }
             None => {
                 let mut ki = KeyIndex::new();
                 ki.put(rev);
                 self.keys.insert(key.to_vec(), ki);
+                self.live += 1;
             }
         }
     }
 
     /// Records the deletion of `key` at `rev`; false if the key does not currently exist.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
+        let deleted = self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev));
+        if deleted {
+            self.live -= 1;
+        }
+        deleted
     }
 
     /// Replays one stored revision while rebuilding the index at startup (revisions arrive in
@@ -303,13 +326,21 @@ impl Index {
             Some(ki) if tombstone => {
                 // A tombstone for a key that is already deleted can only be left over from an
                 // interrupted compaction; etcd ignores it the same way.
-                ki.tombstone(rev);
+                if ki.tombstone(rev) {
+                    self.live -= 1;
+                }
             }
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                if !ki.exists() {
+                    self.live += 1;
+                }
+                ki.put(rev);
+            }
             None => {
                 let ki = if tombstone {
                     KeyIndex::restored_tombstone(rev)
                 } else {
+                    self.live += 1;
                     KeyIndex::restored(Revision::new(created_main, 0), rev, version)
                 };
                 self.keys.insert(key.to_vec(), ki);
@@ -536,5 +567,33 @@ mod tests {
         assert_eq!(index.count(&KeyRange::new(b"a", b"c"), 3), 2);
         assert!(KeyRange::new(b"a", b"\0").contains(b"zzz"));
         assert!(!KeyRange::new(b"a", b"b").contains(b"b"));
+    }
+
+    #[test]
+    fn live_keys_follow_creation_and_deletion() {
+        let mut index = Index::default();
+        index.put(b"a", rev(1));
+        index.put(b"a", rev(2));
+        index.put(b"b", rev(3));
+        assert_eq!(index.live_len(), 2);
+        assert!(index.tombstone(b"a", rev(4)));
+        assert!(!index.tombstone(b"a", rev(5)));
+        assert_eq!(index.live_len(), 1);
+        index.put(b"a", rev(6));
+        assert_eq!(index.live_len(), 2);
+        index.compact(6);
+        assert_eq!(
+            index.live_len(),
+            2,
+            "compaction drops history, not live keys"
+        );
+
+        // Rebuilt at start: a surviving tombstone is not a live key.
+        let mut restored = Index::default();
+        restored.restore(b"a", rev(1), false, 1, 1);
+        restored.restore(b"b", rev(2), true, 0, 0);
+        restored.restore(b"a", rev(3), true, 0, 0);
+        restored.restore(b"c", rev(4), false, 4, 1);
+        assert_eq!(restored.live_len(), 1);
     }
 }

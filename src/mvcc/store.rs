@@ -123,6 +123,11 @@ impl MvccStore {
         self.compact_rev.load(Ordering::Acquire)
     }
 
+    /// Keys that exist at the current revision (etcd's `etcd_debugging_mvcc_keys_total`).
+    pub fn live_keys(&self) -> usize {
+        self.read_index().live_len()
+    }
+
     pub(super) fn read_index(&self) -> RwLockReadGuard<'_, Index> {
         self.index
             .read()

@@ -222,15 +222,24 @@ impl NodeHandle {
 
     /// Waits until this member has applied everything committed when the call started, as
     /// confirmed by the leader (ReadIndex). Reads made after it are linearizable.
+    ///
+    /// A ReadIndex that fails for a reason other than time counts in
+    /// `etcd_server_read_indexes_failed_total`; the raft thread counts those that go unanswered
+    /// as slow.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout;
         let (tx, rx) = oneshot::channel();
-        self.send(NodeMsg::ReadIndex(tx))?;
-        let index = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(r)) => r?,
-            Ok(Err(_)) => return Err(NodeError::Stopped),
-            Err(_) => return Err(NodeError::Timeout),
+        let index = match self.send(NodeMsg::ReadIndex(tx)) {
+            Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(NodeError::Stopped),
+                Err(_) => return Err(NodeError::Timeout),
+            },
+            Err(e) => Err(e),
         };
+        let index = index.inspect_err(|_| {
+            self.inner.metrics.read_indexes_failed.inc();
+        })?;
         self.wait_applied(index, deadline).await
     }
 

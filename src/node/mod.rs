@@ -258,6 +258,7 @@ pub fn start(
                 traced: HashMap::new(),
                 leaderless_since: Some(Instant::now()),
                 election_started: None,
+                heartbeats: HashMap::new(),
             }
             .run()
         })

@@ -56,6 +56,8 @@ pub(super) struct RaftLoop {
     pub(super) leaderless_since: Option<Instant>,
     /// When this member last started an election it has not seen decided yet.
     pub(super) election_started: Option<Instant>,
+    /// While leader: when a heartbeat last went to each peer.
+    pub(super) heartbeats: HashMap<u64, Instant>,
 }
 
 impl RaftLoop {
@@ -114,6 +116,8 @@ impl RaftLoop {
                 traced: &mut self.traced,
                 leaderless_since: &mut self.leaderless_since,
                 election_started: &mut self.election_started,
+                heartbeats: &mut self.heartbeats,
+                heartbeat_interval: self.cfg.tick,
             };
             crate::raft::handle_ready(&mut self.raw, &mut sink);
             self.publish_status();
@@ -229,8 +233,14 @@ impl RaftLoop {
             // Without a leader the reads wait (until one is elected or their deadline passes,
             // which answers `request timed out`, as etcd does); callers that gave up are dropped.
             // A new leader would drop them until its first entry commits: they wait for that
-            // here rather than for the retry.
+            // here rather than for the retry. A read its caller gave up on went unanswered:
+            // etcd counts that as a slow read index.
+            let before = self.reads.waiting.len();
             self.reads.waiting.retain(|w| !w.is_closed());
+            let abandoned = before - self.reads.waiting.len();
+            if abandoned > 0 {
+                self.metrics.slow_read_indexes.inc_by(abandoned as u64);
+            }
             return;
         }
         let waiting = std::mem::take(&mut self.reads.waiting);
@@ -252,6 +262,8 @@ impl RaftLoop {
             .map(|(ctx, _)| *ctx)
             .collect();
         for ctx in stale {
+            // Unanswered in time: etcd counts such a read index as slow (and retries it too).
+            self.metrics.slow_read_indexes.inc();
             if let Some((_, waiters)) = self.reads.in_flight.remove(&ctx) {
                 self.reads
                     .waiting
@@ -316,11 +328,39 @@ struct LoopSink<'a> {
     traced: &'a mut HashMap<u64, Box<Traced>>,
     leaderless_since: &'a mut Option<Instant>,
     election_started: &'a mut Option<Instant>,
+    heartbeats: &'a mut HashMap<u64, Instant>,
+    heartbeat_interval: std::time::Duration,
+}
+
+impl LoopSink<'_> {
+    /// etcd's heartbeat check: a leader heartbeat to a peer more than twice the heartbeat
+    /// interval after the previous one counts as a heartbeat send failure (the leader was too
+    /// busy, usually waiting on a slow disk).
+    fn observe_heartbeats(&mut self, messages: &[Message]) {
+        let now = Instant::now();
+        let late_after = 2 * self.heartbeat_interval;
+        for m in messages {
+            if m.get_msg_type() != raft::eraftpb::MessageType::MsgHeartbeat {
+                continue;
+            }
+            if let Some(last) = self.heartbeats.insert(m.to, now)
+                && now.duration_since(last) > late_after
+            {
+                self.metrics.heartbeat_send_failures.inc();
+                tracing::warn!(
+                    to = %format!("{:x}", m.to),
+                    late = ?(now.duration_since(last) - late_after),
+                    "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk"
+                );
+            }
+        }
+    }
 }
 
 impl crate::raft::ReadySink for LoopSink<'_> {
     fn send(&mut self, messages: Vec<Message>) {
         if !messages.is_empty() {
+            self.observe_heartbeats(&messages);
             self.transport.send(messages);
         }
     }
@@ -406,9 +446,14 @@ impl crate::raft::ReadySink for LoopSink<'_> {
             }
         }
         let old = self.shared.leader_id.swap(leader_id, Ordering::AcqRel);
-        self.shared
+        let was_leader = self
+            .shared
             .is_leader
-            .store(role == StateRole::Leader, Ordering::Release);
+            .swap(role == StateRole::Leader, Ordering::AcqRel);
+        if was_leader != (role == StateRole::Leader) {
+            // Heartbeat timing starts over with each term of leadership.
+            self.heartbeats.clear();
+        }
         if old != leader_id {
             // As etcd counts: a change to a known leader, not the moment of having none.
             if leader_id != raft::INVALID_ID {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{PeerError, PeerHandlers, hex};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PeerLabel};
 use crate::node::{NodeError, NodeHandle};
 use crate::proto::oxetcdpb::peer_server::Peer;
 use crate::proto::oxetcdpb::{
@@ -193,10 +193,33 @@ impl Peer for PeerService {
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        let message = match self.receive_snapshot(first, &mut stream).await {
+        // Counted by sender (etcd's `From`) once the first chunk names it.
+        let label: Option<PeerLabel> = decode::<Message>(&first.message)
+            .ok()
+            .map(|m| [("From", hex(m.from))]);
+        let started = std::time::Instant::now();
+        let inflight = label.as_ref().map(|l| {
+            self.metrics
+                .snapshot_receive_inflights
+                .get_or_create_owned(l)
+        });
+        if let Some(g) = &inflight {
+            g.inc();
+        }
+        let received = self.receive_snapshot(first, &mut stream).await;
+        if let Some(g) = &inflight {
+            g.dec();
+        }
+        let message = match received {
             Ok(message) => message,
             Err(status) => {
                 tracing::warn!(error = %status.message(), "receiving a snapshot failed");
+                if let Some(l) = &label {
+                    self.metrics
+                        .snapshot_receive_failures
+                        .get_or_create(l)
+                        .inc();
+                }
                 return Err(status);
             }
         };
@@ -210,7 +233,13 @@ impl Peer for PeerService {
                 Err(e) => return Err(Status::unavailable(format!("etcdserver: {e}"))),
             }
         }
-        self.metrics.snapshots_received.inc();
+        if let Some(l) = &label {
+            self.metrics.snapshot_receive_success.get_or_create(l).inc();
+            self.metrics
+                .snapshot_receive_seconds
+                .get_or_create(l)
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(Response::new(SnapshotReceived {}))
     }
 

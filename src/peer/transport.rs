@@ -135,6 +135,13 @@ impl PeerTransport {
             if *peer_id == me || map.contains_key(peer_id) || urls.is_empty() {
                 continue;
             }
+            // The peer's snapshot counters start at zero, so the first transfer shows in a rate.
+            let metrics = &self.shared.metrics;
+            let (to, from) = ([("To", hex(*peer_id))], [("From", hex(*peer_id))]);
+            metrics.snapshot_send_success.get_or_create_owned(&to);
+            metrics.snapshot_send_failures.get_or_create_owned(&to);
+            metrics.snapshot_receive_success.get_or_create_owned(&from);
+            metrics.snapshot_receive_failures.get_or_create_owned(&from);
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
             let congested = Arc::new(AtomicBool::new(false));
             map.insert(
@@ -280,11 +287,19 @@ impl PeerTransport {
             let meta = message.get_snapshot().get_metadata();
             let (index, term) = (meta.index, meta.term);
             let started = Instant::now();
+            let label: PeerLabel = [("To", hex(to))];
+            let inflight = metrics.snapshot_send_inflights.get_or_create_owned(&label);
+            inflight.inc();
             let mut last_error = String::new();
             for url in &urls {
                 match stream_snapshot(&dialer, url, cluster_id, &dir, &message).await {
                     Ok(bytes) => {
-                        metrics.snapshots_sent.inc();
+                        inflight.dec();
+                        metrics.snapshot_send_success.get_or_create(&label).inc();
+                        metrics
+                            .snapshot_send_seconds
+                            .get_or_create(&label)
+                            .observe(started.elapsed().as_secs_f64());
                         tracing::info!(
                             peer = %hex(to),
                             index,
@@ -299,6 +314,8 @@ impl PeerTransport {
                     Err(e) => last_error = e,
                 }
             }
+            inflight.dec();
+            metrics.snapshot_send_failures.get_or_create(&label).inc();
             tracing::warn!(peer = %hex(to), index, error = %last_error, "sending a snapshot failed");
             node.report_snapshot(to, SnapshotStatus::Failure);
         };

@@ -58,7 +58,11 @@ pub(super) fn metrics_text(
             db_size_in_use_bytes: sizes.in_use_bytes,
             quota_backend_bytes: ctx.quota.quota_bytes,
             watchers: (watch.synced + watch.unsynced) as u64,
-            slow_watchers_total: watch.slow_total,
+            slow_watchers: watch.unsynced as u64,
+            watch_streams: watch.streams,
+            watch_events_total: watch.events_received,
+            watch_events_pending: watch.events_sent.saturating_sub(watch.events_received),
+            keys: ctx.mvcc.live_keys() as u64,
             current_revision: ctx.mvcc.current_revision(),
             compact_revision: ctx.mvcc.compact_revision(),
             raft_log_entries: (status.raft_last_index + 1).saturating_sub(status.raft_first_index),
@@ -84,6 +88,7 @@ pub(super) fn grpc_router(
     metrics: &Arc<Metrics>,
 ) -> axum::Router {
     let decode_max = config.request_bytes_max as usize + GRPC_OVERHEAD_BYTES;
+    api::grpc_metrics::initialize(metrics);
     macro_rules! limits {
         ($server:expr) => {
             $server

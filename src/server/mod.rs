@@ -280,6 +280,7 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
         membership,
         quota,
         streams: streams.clone(),
+        metrics: metrics.clone(),
     };
 
     let (published_tx, published_rx) = watch::channel(false);

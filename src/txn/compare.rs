@@ -14,9 +14,14 @@ use crate::proto::mvccpb::KeyValue;
 
 /// Evaluates the compares of `req` and, depth first, of every nested txn on the branches they
 /// select, all against `view`; returns those results in that order (the "path" that
-/// [`walk_taken_ops`] and txn execution follow).
-pub(super) fn compare_to_path(view: &dyn ReadView, req: &TxnRequest) -> Vec<bool> {
-    let succeeded = req.compare.iter().all(|c| apply_compare(view, c));
+/// [`walk_taken_ops`] and txn execution follow), and how many compares were evaluated (those of
+/// a list stop at its first false one, as in etcd).
+pub(super) fn compare_to_path(view: &dyn ReadView, req: &TxnRequest) -> (Vec<bool>, u64) {
+    let mut compares = 0;
+    let succeeded = req.compare.iter().all(|c| {
+        compares += 1;
+        apply_compare(view, c)
+    });
     let mut path = vec![succeeded];
     let ops = if succeeded {
         &req.success
@@ -25,10 +30,12 @@ pub(super) fn compare_to_path(view: &dyn ReadView, req: &TxnRequest) -> Vec<bool
     };
     for op in ops {
         if let Some(Request::RequestTxn(t)) = &op.request {
-            path.extend(compare_to_path(view, t));
+            let (nested, nested_compares) = compare_to_path(view, t);
+            path.extend(nested);
+            compares += nested_compares;
         }
     }
-    path
+    (path, compares)
 }
 
 /// etcd's `applyCompare`: every key in the compared range must satisfy the compare; with no key

@@ -11,11 +11,13 @@
 //!
 //! Layout: `check` (static validation), `view` (what reads read from), `compare` (compare
 //! evaluation and branch paths), `read` (Range and read-only txns), `write` (Put, DeleteRange,
-//! Txn on the apply thread), `tests`. Everything callers use is re-exported here, so paths
-//! stay `crate::txn::*`.
+//! Txn on the apply thread), `count` (the MVCC operations etcd counts for each request, used as
+//! `txn::count::*`), `tests`. Everything else callers use is re-exported here, so paths stay
+//! `crate::txn::*`.
 
 mod check;
 mod compare;
+pub mod count;
 mod read;
 mod view;
 mod write;

@@ -6,7 +6,8 @@ use std::cmp::Ordering as CmpOrdering;
 use super::check::is_txn_read_only;
 use super::compare::{check_range_rev, compare_to_path, walk_taken_ops};
 use super::view::{Pinned, ReadView};
-use super::{TxnError, header};
+use super::{TxnError, count, header};
+use crate::metrics::MvccOps;
 use crate::mvcc::{MvccError, MvccStore};
 use crate::proto::etcdserverpb::{
     RangeRequest, RangeResponse, ResponseOp, TxnRequest, TxnResponse,
@@ -109,7 +110,8 @@ const READ_TXN_ATTEMPTS: usize = 3;
 
 /// Serves a read-only txn (see [`is_txn_read_only`]) from local state; all its compares and
 /// ranges see one revision, which the response header carries.
-pub fn read_txn(store: &MvccStore, req: &TxnRequest) -> Result<TxnResponse, TxnError> {
+/// Also returns the MVCC operations it made, as etcd counts them.
+pub fn read_txn(store: &MvccStore, req: &TxnRequest) -> Result<(TxnResponse, MvccOps), TxnError> {
     if !is_txn_read_only(req) {
         return Err(TxnError::NotReadOnly);
     }
@@ -124,8 +126,11 @@ pub fn read_txn(store: &MvccStore, req: &TxnRequest) -> Result<TxnResponse, TxnE
     }
 }
 
-fn execute_read_txn(view: &Pinned<'_>, req: &TxnRequest) -> Result<TxnResponse, TxnError> {
-    let path = compare_to_path(view, req);
+fn execute_read_txn(
+    view: &Pinned<'_>,
+    req: &TxnRequest,
+) -> Result<(TxnResponse, MvccOps), TxnError> {
+    let (path, compares) = compare_to_path(view, req);
     walk_taken_ops(req, &path, &mut |op| check_range_rev(view, op))?;
     let ops = if path[0] { &req.success } else { &req.failure };
     let mut responses = Vec::with_capacity(ops.len());
@@ -138,9 +143,12 @@ fn execute_read_txn(view: &Pinned<'_>, req: &TxnRequest) -> Result<TxnResponse, 
         };
         responses.push(ResponseOp { response });
     }
-    Ok(TxnResponse {
-        header: header(view.rev()),
-        succeeded: path[0],
-        responses,
-    })
+    Ok((
+        TxnResponse {
+            header: header(view.rev()),
+            succeeded: path[0],
+            responses,
+        },
+        count::txn(req, &path, compares),
+    ))
 }

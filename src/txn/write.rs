@@ -5,7 +5,8 @@
 use super::check::is_txn_read_only;
 use super::compare::{check_range_rev, compare_to_path, walk_taken_ops};
 use super::read::execute_range;
-use super::{TxnError, header};
+use super::{TxnError, count, header};
+use crate::metrics::MvccOps;
 use crate::mvcc::WriteTxn;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader, ResponseOp,
@@ -74,12 +75,14 @@ pub fn apply_delete_range(
 /// revisions), then executes. Sub-responses carry a header with only `revision` set, as etcd
 /// sets it (a put's is the txn revision; a range's is the revision it read at); nested txn
 /// responses carry an empty header; the top-level header revision is the txn's revision.
+///
+/// Also returns the MVCC operations it made, as etcd counts them.
 pub fn apply_txn(
     txn: &mut WriteTxn<'_>,
     req: &TxnRequest,
     lease_exists: &dyn Fn(i64) -> bool,
-) -> Result<TxnResponse, TxnError> {
-    let path = compare_to_path(&*txn, req);
+) -> Result<(TxnResponse, MvccOps), TxnError> {
+    let (path, compares) = compare_to_path(&*txn, req);
     if !is_txn_read_only(req) {
         walk_taken_ops(req, &path, &mut |op| {
             let Some(Request::RequestPut(p)) = &op.request else {
@@ -100,7 +103,7 @@ pub fn apply_txn(
     match execute_txn(txn, req, &path) {
         Ok((mut resp, _)) => {
             resp.header = header(txn.read_rev());
-            Ok(resp)
+            Ok((resp, count::txn(req, &path, compares)))
         }
         Err(e) => {
             // Unreachable after the checks above unless storage failed; keep the txn atomic.

@@ -98,6 +98,12 @@ pub struct HubStats {
     pub doomed: usize,
     /// Times a full sink turned a synced watcher unsynced (etcd's slow watchers).
     pub slow_total: u64,
+    /// Events handed to watchers' sinks.
+    pub events_sent: u64,
+    /// Events client streams took from the sinks; the rest of `events_sent` is pending.
+    pub events_received: u64,
+    /// Client streams open (see [`WatchHub::open_stream`]).
+    pub streams: u64,
     /// The last revision handed to [`WatchHub::notify`].
     pub notified_rev: i64,
 }
@@ -206,6 +212,7 @@ struct HubState {
     /// Where the next catch-up pass starts in `unsynced`, so every watcher gets its turn.
     sync_cursor: Option<HubWatcherId>,
     slow_total: u64,
+    events_sent: u64,
 }
 
 /// The result of offering a message to a sink.
@@ -335,6 +342,19 @@ pub struct WatchHub {
     /// Wakes the catch-up task early (a watcher starting in the past was registered).
     wake: tokio::sync::Notify,
     next_id: AtomicU64,
+    /// Client streams open on the hub (see [`WatchHub::open_stream`]).
+    streams: AtomicU64,
+    /// Events the client streams took from their sinks (see [`WatchHub::events_received`]).
+    events_received: AtomicU64,
+}
+
+/// One open client watch stream, counted by its hub until dropped.
+pub struct OpenStream(Arc<WatchHub>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WatchHub {
@@ -355,6 +375,8 @@ impl WatchHub {
             state: Mutex::new(state),
             wake: tokio::sync::Notify::new(),
             next_id: AtomicU64::new(1),
+            streams: AtomicU64::new(0),
+            events_received: AtomicU64::new(0),
         })
     }
 
@@ -422,6 +444,7 @@ impl WatchHub {
             let Some(w) = st.watchers.get_mut(&id) else {
                 continue;
             };
+            let count = events.len() as u64;
             match offer(
                 &w.sink,
                 HubEvent::Events {
@@ -430,7 +453,7 @@ impl WatchHub {
                     events,
                 },
             ) {
-                Offer::Sent => {}
+                Offer::Sent => st.events_sent += count,
                 Offer::Full => {
                     w.next_rev = rev;
                     st.set_phase(id, Phase::Unsynced);
@@ -578,9 +601,23 @@ impl WatchHub {
         self.state().notified_rev
     }
 
+    /// Counts a client stream as open until the returned value is dropped.
+    pub fn open_stream(self: &Arc<Self>) -> OpenStream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+
+    /// A client stream took `n` events from its sink (etcd's `ReportEventReceived`).
+    pub fn events_received(&self, n: usize) {
+        self.events_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn stats(&self) -> HubStats {
         let st = self.state();
         HubStats {
+            streams: self.streams.load(Ordering::Relaxed),
+            events_sent: st.events_sent,
+            events_received: self.events_received.load(Ordering::Relaxed),
             synced: st.synced_ranges.len() + st.synced_keys.values().map(Vec::len).sum::<usize>(),
             unsynced: st.unsynced.len(),
             doomed: st.doomed.len(),

@@ -184,6 +184,7 @@ impl WatchHub {
             .collect();
         let mut st = self.state();
         let mut progressed = false;
+        let mut sent = 0;
         for (s, share) in shares {
             let notified_rev = st.notified_rev;
             let Some(w) = st.watchers.get_mut(&s.id) else {
@@ -199,13 +200,14 @@ impl WatchHub {
                 continue;
             };
             if !events.is_empty() {
+                let count = events.len() as u64;
                 let msg = HubEvent::Events {
                     id: s.id,
                     revision: chunk.covered_to,
                     events,
                 };
                 match offer(&w.sink, msg) {
-                    Offer::Sent => {}
+                    Offer::Sent => sent += count,
                     Offer::Full => continue,
                     Offer::Closed => {
                         st.remove(s.id);
@@ -224,6 +226,7 @@ impl WatchHub {
                 });
             }
         }
+        st.events_sent += sent;
         (progressed, st.notified_rev)
     }
 

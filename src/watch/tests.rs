@@ -314,6 +314,7 @@ fn cancel_stops_delivery() {
         f.hub.stats(),
         HubStats {
             notified_rev: 3,
+            events_sent: 1,
             ..HubStats::default()
         }
     );

@@ -28,6 +28,7 @@ mod kv;
 mod lease;
 mod logging;
 mod maintenance;
+mod metrics;
 mod observability_live;
 mod peer_tls;
 mod tls;
