@@ -722,8 +722,8 @@ def raft():
                        "{{instance}} sent"),
                 target(f"sum by (instance) (increase(etcd_network_snapshot_receive_success{sel()}[{RI}]))",
                        "{{instance}} received"),
-                target(f"sum by (instance) (increase(etcd_network_snapshot_send_failures{sel()}[{RI}]) "
-                       f"+ increase(etcd_network_snapshot_receive_failures{sel()}[{RI}]))",
+                target(f"sum by (instance) (increase(etcd_network_snapshot_send_failures{sel()}[{RI}])) "
+                       f"+ sum by (instance) (increase(etcd_network_snapshot_receive_failures{sel()}[{RI}]))",
                        "{{instance}} failed"),
             ],
             bars=True,
