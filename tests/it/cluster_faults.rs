@@ -492,6 +492,15 @@ async fn stopped_member_catches_up_from_snapshot() {
         ),
         None => eprintln!("note: no etcd_network_snapshot_receive_success metric to check"),
     }
+    // The other side: some member counted the snapshot it sent.
+    let sent: f64 = others
+        .iter()
+        .filter_map(|&index| snapshot_count(&cluster, index, "etcd_network_snapshot_send_success"))
+        .sum();
+    assert!(
+        sent >= 1.0,
+        "no member counted a snapshot sent (etcd_network_snapshot_send_success)"
+    );
     for index in cluster.members() {
         cluster.assert_acked_present(index, &report).await;
     }
@@ -508,6 +517,12 @@ async fn stopped_member_catches_up_from_snapshot() {
 /// Sum of `etcd_network_snapshot_receive_success` samples on member `index`'s `/metrics`, `None`
 /// when the server does not expose that metric.
 pub(crate) fn snapshot_receive_count(cluster: &Cluster, index: usize) -> Option<f64> {
+    snapshot_count(cluster, index, "etcd_network_snapshot_receive_success")
+}
+
+/// Sum of the `name` samples (etcd's snapshot counters, labelled by peer) on member `index`'s
+/// `/metrics`, `None` when the server does not expose that metric.
+fn snapshot_count(cluster: &Cluster, index: usize, name: &str) -> Option<f64> {
     let endpoint = cluster.endpoint(index);
     let port: u16 = endpoint
         .rsplit(':')
@@ -521,7 +536,10 @@ pub(crate) fn snapshot_receive_count(cluster: &Cluster, index: usize) -> Option<
     let mut found = false;
     let mut total = 0.0;
     for line in metrics.lines() {
-        if line.starts_with("etcd_network_snapshot_receive_success") {
+        if line
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with([' ', '{']))
+        {
             found = true;
             total += line
                 .rsplit(' ')
