@@ -401,6 +401,11 @@ impl Cluster {
             .collect()
     }
 
+    /// Sends `signal` to member `index` (e.g. SIGSTOP and SIGCONT to pause it).
+    pub fn signal(&self, index: usize, signal: rustix::process::Signal) {
+        self.members[index].process.signal(signal);
+    }
+
     /// SIGKILL member `index` and reap it; its data dir stays for [`Cluster::restart`].
     pub fn kill9(&mut self, index: usize) {
         self.members[index].process.kill9();
