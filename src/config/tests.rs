@@ -337,8 +337,46 @@ fn malformed_urls_name_the_key() {
     assert_eq!(
         err.to_string(),
         "invalid value \"ftp://b:2\" for --initial-advertise-peer-urls: scheme \"ftp\" is not \
-             supported; use http or https (set by environment variable ETCD_INITIAL_ADVERTISE_PEER_URLS)"
+             supported; use http, https or unix (set by environment variable ETCD_INITIAL_ADVERTISE_PEER_URLS)"
     );
+}
+
+#[test]
+fn unix_urls_name_a_socket_and_unixs_is_refused() {
+    let config = load_ok(
+        &[
+            "--listen-client-urls",
+            "unix://localhost:2379,http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "unix://localhost:2380",
+            "--initial-advertise-peer-urls",
+            "unix://localhost:2380",
+            "--initial-cluster",
+            "default=unix://localhost:2380",
+        ],
+        &[],
+    );
+    assert_eq!(
+        etcd_url_string(&config.listen_client_urls[0]),
+        "unix://localhost:2379"
+    );
+    assert_eq!(url_host_port(&config.listen_peer_urls[0]), "localhost:2380");
+    assert_eq!(
+        config.initial_cluster_string(),
+        "default=unix://localhost:2380"
+    );
+    for (value, reason) in [
+        ("unix://localhost", "no port"),
+        ("unix:///run/etcd.sock", "no host"),
+        (
+            "unixs://localhost:2379",
+            "\"unixs\" (TLS over a unix socket) is not supported",
+        ),
+    ] {
+        let err = load_err(&["--listen-client-urls", value], &[]);
+        assert_eq!(err.key(), Some("listen-client-urls"), "{value}: {err}");
+        assert!(err.to_string().contains(reason), "{value}: {err}");
+    }
 }
 
 #[test]

@@ -32,4 +32,5 @@ mod observability_live;
 mod peer_tls;
 mod tls;
 mod tracing;
+mod unix_urls;
 mod watch;
