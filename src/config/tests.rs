@@ -1174,7 +1174,12 @@ fn feature_gates_take_etcds_syntax() {
         let err = load_err(&[bad], &[]);
         assert_eq!(err.key(), Some("feature-gates"), "{bad}: {err}");
     }
-    load_ok(&["--experimental-initial-corrupt-check=true"], &[]);
+    assert!(config.feature_gates.enabled("CompactHashCheck"));
+    assert!(!config.initial_corrupt_check);
+    let config = load_ok(&["--feature-gates=InitialCorruptCheck=true"], &[]);
+    assert!(config.initial_corrupt_check);
+    let config = load_ok(&["--experimental-initial-corrupt-check=true"], &[]);
+    assert!(config.initial_corrupt_check);
     let err = load_err(&["--experimental-initial-corrupt-check=sure"], &[]);
     assert_eq!(
         err.key(),
@@ -1279,4 +1284,17 @@ fn bad_auth_settings_name_their_key() {
         assert_eq!(err.key(), Some(*key), "{args:?}: {err}");
         assert!(err.to_string().contains(reason), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn corrupt_check_time_takes_etcds_spellings() {
+    assert_eq!(load_ok(&[], &[]).corrupt_check_time, Duration::ZERO);
+    let config = load_ok(&["--experimental-corrupt-check-time=2s"], &[]);
+    assert_eq!(config.corrupt_check_time, Duration::from_secs(2));
+    let config = load_ok(&["--corrupt-check-time=1m"], &[]);
+    assert_eq!(config.corrupt_check_time, Duration::from_secs(60));
+    let config = load_ok(&[], &[("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "500ms")]);
+    assert_eq!(config.corrupt_check_time, Duration::from_millis(500));
+    let err = load_err(&["--experimental-corrupt-check-time=often"], &[]);
+    assert_eq!(err.key(), Some("corrupt-check-time"), "{err}");
 }

@@ -21,6 +21,7 @@ mod cluster_leases;
 mod cluster_membership;
 mod cluster_sim;
 mod config_cli;
+mod corrupt_check;
 mod dashboards;
 mod durability;
 mod fixture_smoke;
