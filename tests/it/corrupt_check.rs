@@ -89,7 +89,9 @@ async fn initial_check_refuses_a_member_whose_data_differs() {
     cluster.restart(control);
     let log = cluster.log(control);
     assert!(
-        log.contains("initial corruption checking passed; no corruption"),
+        // etcd 3.4's default logger words it "succeeded on initial corruption checking".
+        log.contains("initial corruption checking passed; no corruption")
+            || log.contains("succeeded on initial corruption checking: no corruption"),
         "the control member ran the check and passed:\n{log}"
     );
 
@@ -99,6 +101,12 @@ async fn initial_check_refuses_a_member_whose_data_differs() {
         altered > 0,
         "the value was found in the stopped member's data"
     );
+    if running_real_etcd() {
+        // etcd 3.4 asks no peer at this point (its check finishes in microseconds with "no
+        // corruption", the member list not loaded yet before the server starts), so the altered
+        // member starts; etcd 3.5+ refuses it as oxetcd does.
+        return;
+    }
     cluster.start_member(victim);
     let status = cluster
         .wait_exit(victim, Duration::from_secs(60))
@@ -157,11 +165,14 @@ async fn periodic_check_raises_the_corrupt_alarm() {
             ));
         }
     };
-    assert_eq!(
-        alarms,
-        format!("memberID:{victim_id} alarm:CORRUPT \n"),
-        "the leader names the altered member"
-    );
+    // etcd 3.4 raises it for member 0 (its peer hash answers carry no member ID); oxetcd
+    // names the member at fault.
+    let expected = if running_real_etcd() {
+        "alarm:CORRUPT \n".to_owned()
+    } else {
+        format!("memberID:{victim_id} alarm:CORRUPT \n")
+    };
+    assert_eq!(alarms, expected, "the CORRUPT alarm is raised");
     for index in 0..3 {
         let refused = cluster.etcdctl_err(index, &["put", "after", "alarm"]);
         assert!(

@@ -276,7 +276,7 @@ async fn three_members_replicate_over_unix_peer_sockets() {
         .prefix("oxetcd-unix-")
         .tempdir()
         .expect("a temp dir");
-    let mut members = start_members(dir.path(), 3);
+    let members = start_members(dir.path(), 3);
 
     let first = members[0].unix_endpoint();
     let listed = etcdctl_in_ok(dir.path(), &first, &["member", "list"]);
