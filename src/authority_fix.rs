@@ -301,18 +301,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
 }
 
-/// A TCP listener whose connections are wrapped in [`AuthorityFix`].
-pub struct FixingListener {
-    inner: tokio::net::TcpListener,
+/// A TCP or unix socket listener whose connections are wrapped in [`AuthorityFix`].
+pub struct FixingListener<L> {
+    inner: L,
 }
 
-impl FixingListener {
-    pub fn new(inner: tokio::net::TcpListener) -> FixingListener {
+impl<L> FixingListener<L> {
+    pub fn new(inner: L) -> FixingListener<L> {
         FixingListener { inner }
     }
 }
 
-impl axum::serve::Listener for FixingListener {
+/// Usually EMFILE: back off instead of spinning.
+async fn accept_failed(e: io::Error) {
+    tracing::warn!(error = %e, "accepting a client connection failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+impl axum::serve::Listener for FixingListener<tokio::net::TcpListener> {
     type Io = AuthorityFix<tokio::net::TcpStream>;
     type Addr = std::net::SocketAddr;
 
@@ -323,11 +329,25 @@ impl axum::serve::Listener for FixingListener {
                     let _ = stream.set_nodelay(true);
                     return (AuthorityFix::new(stream), addr);
                 }
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting a client connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl axum::serve::Listener for FixingListener<tokio::net::UnixListener> {
+    type Io = AuthorityFix<tokio::net::UnixStream>;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => return (AuthorityFix::new(stream), addr),
+                Err(e) => accept_failed(e).await,
             }
         }
     }

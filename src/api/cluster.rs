@@ -346,14 +346,18 @@ fn parse_peer_urls(urls: &[String]) -> Result<Vec<String>, EtcdError> {
     Ok(sorted)
 }
 
-/// etcd's rules for a peer URL: scheme `http` or `https`, an explicit `host:port`, no path
-/// (etcd also takes `unix` and `unixs`, which the peer transport cannot dial). The `url` crate
+/// etcd's rules for a peer URL: scheme `http`, `https` or `unix`, an explicit `host:port`, no
+/// path (etcd also takes `unixs`, TLS over a unix socket, which the peer transport cannot
+/// dial). The `url` crate
 /// hides a default port and shows an empty path as `/`, so those two are read from the text.
 fn is_valid_peer_url(raw: &str) -> bool {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return false;
     };
-    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+    if !["http", "https", "unix"]
+        .iter()
+        .any(|known| scheme.eq_ignore_ascii_case(known))
+    {
         return false;
     }
     let (authority, after) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
@@ -470,6 +474,9 @@ mod tests {
             ("http://127.0.0.1:2380/raft", false),
             ("127.0.0.1:2380", false),
             ("ftp://127.0.0.1:2380", false),
+            ("unix://localhost:2380", true),
+            ("unix://localhost", false),
+            ("unixs://localhost:2380", false),
             ("http//127.0.0.1:2380", false),
             ("", false),
         ];

@@ -34,13 +34,23 @@ use crate::proto::oxetcdpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeT
 /// Keep-alive responses queued per stream; when full the stream stops reading requests until the
 /// client takes its responses.
 const KEEPALIVE_QUEUE_CAPACITY: usize = 16;
-/// How often the leader looks for expired leases.
-const EXPIRY_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest the expiry job sleeps: how late it notices a change of leadership, or a lease
+/// whose deadline comes before the one it was waiting for (granted, or reset by a promotion).
+/// Otherwise it wakes at the earliest deadline, so an expired lease's revocation is proposed at
+/// once and applied one commit later.
+const EXPIRY_WAKE_MAX: Duration = Duration::from_millis(100);
+/// The shortest sleep between two rounds, so revocations that keep waiting do not spin.
+const EXPIRY_WAKE_MIN: Duration = Duration::from_millis(5);
+/// How long the job waits before retrying after a round with failed revocations.
+const EXPIRY_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a new leader checks whether its lessor has been promoted yet (see
 /// [`wait_primary`]).
 const PROMOTION_POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// Revocations proposed per poll: with the poll interval, at most etcd's 1000 leases a second.
-const REVOKES_PER_POLL_MAX: usize = 500;
+/// Revocations proposed per second at most (etcd's `leaseRevokeRate`): a round may propose as
+/// many as this rate allows for the time since the previous round, at least one.
+const REVOKES_PER_SECOND_MAX: f64 = 1000.0;
+/// Revocations proposed by one round at most.
+const REVOKES_PER_ROUND_MAX: usize = 500;
 /// Revocation proposals in flight at once.
 const REVOKES_IN_FLIGHT_MAX: usize = 64;
 /// Leases per `LeaseCheckpoint` proposal.
@@ -314,24 +324,26 @@ pub async fn time_to_live_on_leader(
 
 /// The leader's lease housekeeping, until `shutdown` turns true (or its sender is dropped).
 ///
-/// Every [`EXPIRY_POLL_INTERVAL`], if this member leads: after a change of leadership it first
-/// resets every deadline ([`Lessor::promote`], extended by one election timeout), then proposes the
-/// revocation of up to [`REVOKES_PER_POLL_MAX`] expired leases, and every checkpoint interval
-/// (`--experimental-lease-checkpoint-interval`) records through raft the remaining TTL of the
-/// leases granted for longer than that interval. When this member stops leading the
-/// lessor is demoted. Failed proposals are logged and retried on a later poll.
+/// It wakes at the earliest lease deadline, and at least every [`EXPIRY_WAKE_MAX`]. If this
+/// member leads: after a change of leadership it first resets every deadline
+/// ([`Lessor::promote`], extended by one election timeout), then proposes the revocation of the
+/// expired leases (at most [`REVOKES_PER_SECOND_MAX`] a second, as etcd) and waits for them to
+/// apply, and every checkpoint interval (`--experimental-lease-checkpoint-interval`) records
+/// through raft the remaining TTL of the leases granted for longer than that interval. When this
+/// member stops leading the lessor is demoted. Failed proposals are logged and retried after
+/// [`EXPIRY_RETRY_INTERVAL`].
 pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
-    let mut poll = tokio::time::interval(EXPIRY_POLL_INTERVAL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_term: Option<u64> = None;
     let checkpoint_interval = ctx.config.lease_checkpoint_interval;
     let mut next_checkpoint = Instant::now() + checkpoint_interval;
+    let mut last_round = Instant::now();
+    let mut wake = Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
         }
         tokio::select! {
-            _ = poll.tick() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break;
@@ -339,6 +351,8 @@ pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
         }
+        let now = Instant::now();
+        wake = now + EXPIRY_WAKE_MAX;
         let status = ctx.node.status();
         if !status.is_leader {
             if leading_term.take().is_some() {
@@ -355,40 +369,55 @@ pub async fn run_expiry(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
             let extend = ctx.config.election_timeout;
             let leases = {
                 let mut lessor = lock(&ctx.lessor);
-                lessor.promote(Instant::now(), extend);
+                lessor.promote(now, extend);
                 lessor.len()
             };
-            next_checkpoint = Instant::now() + checkpoint_interval;
+            next_checkpoint = now + checkpoint_interval;
             tracing::info!(
                 term = status.term,
                 leases,
                 "lessor promoted; lease deadlines reset"
             );
         }
+        let budget = (now.duration_since(last_round).as_secs_f64() * REVOKES_PER_SECOND_MAX)
+            .clamp(1.0, REVOKES_PER_ROUND_MAX as f64) as usize;
+        last_round = now;
         let round = async {
-            revoke_expired(&ctx).await;
+            let revoked = revoke_expired(&ctx, budget).await;
             if Instant::now() >= next_checkpoint {
                 next_checkpoint = Instant::now() + checkpoint_interval;
                 checkpoint_long_leases(&ctx, checkpoint_interval).await;
             }
+            revoked
         };
-        tokio::select! {
-            () = round => {}
+        let revoked = tokio::select! {
+            revoked = round => revoked,
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break;
                 }
+                continue;
             }
-        }
+        };
+        let now = Instant::now();
+        wake = if revoked {
+            match lock(&ctx.lessor).next_deadline() {
+                Some(deadline) => deadline.clamp(now + EXPIRY_WAKE_MIN, now + EXPIRY_WAKE_MAX),
+                None => now + EXPIRY_WAKE_MAX,
+            }
+        } else {
+            now + EXPIRY_RETRY_INTERVAL
+        };
     }
     tracing::info!("lease expiry task stopped");
 }
 
-/// Proposes the revocation of the leases past their deadline, a bounded number at a time.
-async fn revoke_expired(ctx: &ServerCtx) {
-    let expired = lock(&ctx.lessor).expired(Instant::now(), REVOKES_PER_POLL_MAX);
+/// Proposes the revocation of at most `limit` leases past their deadline and waits for them to
+/// apply. False when some could not be revoked (they are tried again later).
+async fn revoke_expired(ctx: &ServerCtx, limit: usize) -> bool {
+    let expired = lock(&ctx.lessor).expired(Instant::now(), limit);
     if expired.is_empty() {
-        return;
+        return true;
     }
     let total = expired.len();
     let results: Vec<_> = futures::stream::iter(expired)
@@ -422,8 +451,10 @@ async fn revoke_expired(ctx: &ServerCtx) {
             total,
             "could not revoke expired leases; retrying"
         );
+        false
     } else {
         tracing::debug!(revoked = total, "revoked expired leases");
+        true
     }
 }
 

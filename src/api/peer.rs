@@ -1,7 +1,8 @@
 //! What the peer service asks of the API layer ([`PeerHandlersImpl`]): leases renewed,
 //! time-to-live queries and membership changes forwarded by followers, answered by this member as
 //! leader, the member list for members joining the cluster, a member's peer URLs for the leader
-//! forwarder, and the check of a received snapshot file (the snapshot format's own).
+//! forwarder, the check of a received snapshot file (the snapshot format's own) and this
+//! member's KV hash for the corruption checks.
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use super::{EtcdError, ServerCtx, cluster, lease};
 use crate::peer::PeerHandlers;
 use crate::proto::oxetcdpb::{
     LeaseTimeToLiveAnswer, MemberChangeRefusal, MemberChangeResponse, MembersResponse,
-    member_change_request,
+    PeerHashKvResponse, member_change_request,
 };
 
 /// The peer service's handlers, over the same [`ServerCtx`] as the client-facing services.
@@ -98,4 +99,22 @@ impl PeerHandlers for PeerHandlersImpl {
             }),
         }
     }
+
+    async fn hash_kv(&self, revision: i64) -> Result<PeerHashKvResponse, Status> {
+        Ok(hash_kv(&self.ctx, revision).await?)
+    }
+}
+
+/// This member's KV hash at `revision` (0: current) on a blocking thread, as the peers' HashKV
+/// answers it; the corruption checks take their own from here too.
+pub async fn hash_kv(ctx: &ServerCtx, revision: i64) -> Result<PeerHashKvResponse, EtcdError> {
+    let mvcc = ctx.mvcc.clone();
+    let hashed = super::blocking(move || mvcc.hash_kv(revision).map_err(EtcdError::from)).await?;
+    Ok(PeerHashKvResponse {
+        member_id: ctx.node.config().member_id,
+        revision: hashed.current_rev,
+        hash: hashed.hash,
+        compact_revision: hashed.compact_rev,
+        hash_revision: hashed.hash_rev,
+    })
 }

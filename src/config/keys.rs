@@ -426,18 +426,29 @@ pub(super) const KEYS: &[Key] = &[
         "",
         Kind::List,
         FEATURES,
-        "etcd 3.6 feature gates, Name=true|false,...: InitialCorruptCheck, CompactHashCheck, \
-         StopGRPCServiceOnDefrag, TxnModeWriteWithSharedBuffer, SetMemberLocalAddr, \
-         FastLeaseKeepAlive and PriorityRequest are accepted and ignored (oxetcd does not \
-         implement them); LeaseCheckpoint and LeaseCheckpointPersist are always on",
+        "etcd 3.6 feature gates, Name=true|false,...: InitialCorruptCheck is \
+         --experimental-initial-corrupt-check; CompactHashCheck, StopGRPCServiceOnDefrag, \
+         TxnModeWriteWithSharedBuffer, SetMemberLocalAddr, FastLeaseKeepAlive and \
+         PriorityRequest are accepted and ignored (oxetcd does not implement them); \
+         LeaseCheckpoint and LeaseCheckpointPersist are always on",
     ),
     key(
         "experimental-initial-corrupt-check",
         "false",
         Kind::Bool,
         FEATURES,
-        "Accepted for etcd 3.5 compatibility and ignored: oxetcd has no initial corruption \
-         check (etcd 3.6: --feature-gates=InitialCorruptCheck=true)",
+        "On a restart, before serving, compare this member's KV hash with its peers' at this \
+         member's revision and refuse to start if one with the same compaction differs \
+         (etcd 3.6: --feature-gates=InitialCorruptCheck=true)",
+    ),
+    key(
+        "corrupt-check-time",
+        "0s",
+        Kind::Duration,
+        FEATURES,
+        "How often the leader compares its KV hash with every follower's at the same revision \
+         and raises the CORRUPT alarm on a mismatch, which stops writes cluster-wide; 0 turns \
+         the check off",
     ),
     key(
         "auth-token",
@@ -535,6 +546,7 @@ pub(super) const ALIASES: &[(&str, &str)] = &[
         "warning-apply-duration",
     ),
     ("experimental-max-learners", "max-learners"),
+    ("experimental-corrupt-check-time", "corrupt-check-time"),
     (
         "experimental-enable-distributed-tracing",
         "enable-distributed-tracing",

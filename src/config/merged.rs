@@ -245,8 +245,9 @@ impl Merged {
         // Checked for a valid boolean, then ignored: checkpoints are always on.
         self.boolean("experimental-enable-lease-checkpoint")?;
         self.boolean("experimental-enable-lease-checkpoint-persist")?;
-        // Checked for a valid boolean, then ignored: oxetcd has no initial corruption check.
-        self.boolean("experimental-initial-corrupt-check")?;
+        let feature_gates = self.feature_gates()?;
+        let initial_corrupt_check = self.boolean("experimental-initial-corrupt-check")?
+            || feature_gates.enabled("InitialCorruptCheck");
         Ok(Config {
             config_file,
             data_dir,
@@ -282,7 +283,9 @@ impl Merged {
             learners_max: self.integer("max-learners", WHOLE)?,
             client_tls: self.tls_settings(TlsSide::Client)?,
             peer_tls: self.tls_settings(TlsSide::Peer)?,
-            feature_gates: self.feature_gates()?,
+            feature_gates,
+            initial_corrupt_check,
+            corrupt_check_time: self.duration("corrupt-check-time")?,
             auth_token: self.parse("auth-token", AuthToken::parse)?,
             auth_token_ttl: match self
                 .integer::<u64>("auth-token-ttl", "a whole number of seconds")?

@@ -356,9 +356,9 @@ impl TlsSettings {
     }
 }
 
-/// `--feature-gates` (etcd 3.6), as given: which gates were named and their value. None of them
-/// changes what oxetcd does (see the key's help); they are kept so the configuration says what
-/// was asked.
+/// `--feature-gates` (etcd 3.6), as given: which gates were named and their value. Only
+/// `InitialCorruptCheck` changes what oxetcd does (see the key's help); the others are kept so
+/// the configuration says what was asked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeatureGates {
     pub gates: Vec<(String, bool)>,
@@ -411,6 +411,15 @@ impl FeatureGates {
             gates.push((name.to_owned(), value));
         }
         Ok(FeatureGates { gates })
+    }
+
+    /// Whether gate `name` was set to true (the last setting wins, as in etcd).
+    pub fn enabled(&self, name: &str) -> bool {
+        self.gates
+            .iter()
+            .rev()
+            .find(|(gate, _)| gate == name)
+            .is_some_and(|(_, on)| *on)
     }
 }
 
@@ -570,6 +579,10 @@ pub struct Config {
     pub peer_tls: TlsSettings,
     /// `--feature-gates`.
     pub feature_gates: FeatureGates,
+    /// `--experimental-initial-corrupt-check` (or the `InitialCorruptCheck` feature gate).
+    pub initial_corrupt_check: bool,
+    /// `--corrupt-check-time` (`--experimental-corrupt-check-time`); zero when off.
+    pub corrupt_check_time: Duration,
     /// `--auth-token`.
     pub auth_token: AuthToken,
     /// `--auth-token-ttl`: a simple token's life after its last use.

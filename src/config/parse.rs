@@ -79,14 +79,24 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total_ns))
 }
 
-/// A listener or advertised URL: http or https, with a host and an explicit port, no path.
+/// A listener or advertised URL: http, https or unix, with a host and an explicit port, no path.
+/// As in etcd, `unix://host:port` names the unix socket `host:port`, a file in the working
+/// directory (etcd's `unixs://`, TLS over a unix socket, is refused).
 pub(super) fn parse_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|err| format!("not a URL: {err}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "scheme {:?} is not supported; use http or https",
-            url.scheme()
-        ));
+    match url.scheme() {
+        "http" | "https" | "unix" => {}
+        "unixs" => {
+            return Err(
+                "scheme \"unixs\" (TLS over a unix socket) is not supported; use unix, or https"
+                    .to_owned(),
+            );
+        }
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported; use http, https or unix"
+            ));
+        }
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host; expected scheme://host:port".to_owned());

@@ -337,8 +337,46 @@ fn malformed_urls_name_the_key() {
     assert_eq!(
         err.to_string(),
         "invalid value \"ftp://b:2\" for --initial-advertise-peer-urls: scheme \"ftp\" is not \
-             supported; use http or https (set by environment variable ETCD_INITIAL_ADVERTISE_PEER_URLS)"
+             supported; use http, https or unix (set by environment variable ETCD_INITIAL_ADVERTISE_PEER_URLS)"
     );
+}
+
+#[test]
+fn unix_urls_name_a_socket_and_unixs_is_refused() {
+    let config = load_ok(
+        &[
+            "--listen-client-urls",
+            "unix://localhost:2379,http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "unix://localhost:2380",
+            "--initial-advertise-peer-urls",
+            "unix://localhost:2380",
+            "--initial-cluster",
+            "default=unix://localhost:2380",
+        ],
+        &[],
+    );
+    assert_eq!(
+        etcd_url_string(&config.listen_client_urls[0]),
+        "unix://localhost:2379"
+    );
+    assert_eq!(url_host_port(&config.listen_peer_urls[0]), "localhost:2380");
+    assert_eq!(
+        config.initial_cluster_string(),
+        "default=unix://localhost:2380"
+    );
+    for (value, reason) in [
+        ("unix://localhost", "no port"),
+        ("unix:///run/etcd.sock", "no host"),
+        (
+            "unixs://localhost:2379",
+            "\"unixs\" (TLS over a unix socket) is not supported",
+        ),
+    ] {
+        let err = load_err(&["--listen-client-urls", value], &[]);
+        assert_eq!(err.key(), Some("listen-client-urls"), "{value}: {err}");
+        assert!(err.to_string().contains(reason), "{value}: {err}");
+    }
 }
 
 #[test]
@@ -1136,7 +1174,12 @@ fn feature_gates_take_etcds_syntax() {
         let err = load_err(&[bad], &[]);
         assert_eq!(err.key(), Some("feature-gates"), "{bad}: {err}");
     }
-    load_ok(&["--experimental-initial-corrupt-check=true"], &[]);
+    assert!(config.feature_gates.enabled("CompactHashCheck"));
+    assert!(!config.initial_corrupt_check);
+    let config = load_ok(&["--feature-gates=InitialCorruptCheck=true"], &[]);
+    assert!(config.initial_corrupt_check);
+    let config = load_ok(&["--experimental-initial-corrupt-check=true"], &[]);
+    assert!(config.initial_corrupt_check);
     let err = load_err(&["--experimental-initial-corrupt-check=sure"], &[]);
     assert_eq!(
         err.key(),
@@ -1241,4 +1284,17 @@ fn bad_auth_settings_name_their_key() {
         assert_eq!(err.key(), Some(*key), "{args:?}: {err}");
         assert!(err.to_string().contains(reason), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn corrupt_check_time_takes_etcds_spellings() {
+    assert_eq!(load_ok(&[], &[]).corrupt_check_time, Duration::ZERO);
+    let config = load_ok(&["--experimental-corrupt-check-time=2s"], &[]);
+    assert_eq!(config.corrupt_check_time, Duration::from_secs(2));
+    let config = load_ok(&["--corrupt-check-time=1m"], &[]);
+    assert_eq!(config.corrupt_check_time, Duration::from_secs(60));
+    let config = load_ok(&[], &[("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "500ms")]);
+    assert_eq!(config.corrupt_check_time, Duration::from_millis(500));
+    let err = load_err(&["--experimental-corrupt-check-time=often"], &[]);
+    assert_eq!(err.key(), Some("corrupt-check-time"), "{err}");
 }

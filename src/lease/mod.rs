@@ -301,6 +301,15 @@ impl Lessor {
             .collect()
     }
 
+    /// The earliest deadline of any lease, `None` when there are none or this lessor is not
+    /// primary: when the leader's expiry job next has something to revoke.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.primary {
+            return None;
+        }
+        self.by_expiry.first().map(|(expiry, _)| *expiry)
+    }
+
     /// This member became leader: every lease now expires at `now + extend` plus the TTL it counts
     /// from (its checkpointed remaining TTL, else its full TTL), as etcd's `Promote` does. Deadlines
     /// a member kept while following are guesses (renewals happen only on the leader), so they are
@@ -484,6 +493,7 @@ mod tests {
         f.grant(2, 10, t0).unwrap();
         f.grant(3, 12, t0).unwrap();
         assert!(f.lessor.expired(t0 + secs(9), 10).is_empty());
+        assert_eq!(f.lessor.next_deadline(), Some(t0 + secs(10)));
         assert_eq!(f.lessor.expired(t0 + secs(10), 10), vec![2]);
         assert_eq!(f.lessor.expired(t0 + secs(30), 10), vec![2, 3, 1]);
         assert_eq!(f.lessor.expired(t0 + secs(30), 2), vec![2, 3]);
@@ -626,6 +636,7 @@ mod tests {
         assert!(!f.lessor.is_primary());
         // Past the deadline, but as a follower that deadline is only a guess.
         assert!(f.lessor.expired(t0 + secs(60), 10).is_empty());
+        assert_eq!(f.lessor.next_deadline(), None);
         assert_eq!(f.lessor.renew(1, t0 + secs(60)).unwrap(), 10);
         f.lessor.promote(t0 + secs(60), Duration::ZERO);
         assert!(f.lessor.is_primary());

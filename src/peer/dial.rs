@@ -3,7 +3,9 @@
 //! tonic's own connector; https:// ones through [`TlsConnector`], which connects TCP and runs
 //! the rustls handshake with the member's peer client configuration (built by the `tls`
 //! module: the peer certificate presented, the peer verified against `--peer-trusted-ca-file`
-//! and the URL's host). tonic then speaks HTTP/2 over the finished stream.
+//! and the URL's host). tonic then speaks HTTP/2 over the finished stream. unix:// ones
+//! through [`UnixConnector`]: as etcd, `unix://host:port` names the socket file `host:port`
+//! in the working directory.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
@@ -57,6 +59,9 @@ impl PeerDialer {
 
     /// Connects to `url` now.
     pub async fn connect(&self, url: &str) -> Result<Channel, DialError> {
+        if let Some((endpoint, connector)) = unix_target(url)? {
+            return Ok(endpoint.connect_with_connector(connector).await?);
+        }
         match self.tls_target(url)? {
             None => Ok(endpoint(url)?.connect().await?),
             Some((endpoint, connector)) => Ok(endpoint.connect_with_connector(connector).await?),
@@ -65,6 +70,9 @@ impl PeerDialer {
 
     /// A channel to `url` that connects on first use (and again after a failure).
     pub fn connect_lazy(&self, url: &str) -> Result<Channel, DialError> {
+        if let Some((endpoint, connector)) = unix_target(url)? {
+            return Ok(endpoint.connect_with_connector_lazy(connector));
+        }
         match self.tls_target(url)? {
             None => Ok(endpoint(url)?.connect_lazy()),
             Some((endpoint, connector)) => Ok(endpoint.connect_with_connector_lazy(connector)),
@@ -114,6 +122,28 @@ impl PeerDialer {
     }
 }
 
+/// For a unix:// URL: the endpoint tonic sees (http:// with the same authority) and the
+/// connector opening the socket `host:port`.
+fn unix_target(url: &str) -> Result<Option<(Endpoint, UnixConnector)>, DialError> {
+    let Some(rest) = url.strip_prefix("unix://") else {
+        return Ok(None);
+    };
+    let path = rest.trim_end_matches('/');
+    if path.is_empty() || path.contains('/') {
+        return Err(DialError::BadUrl {
+            url: url.to_owned(),
+            reason: "expected unix://host:port".to_owned(),
+        });
+    }
+    let endpoint = endpoint(&format!("http://{path}"))?;
+    Ok(Some((
+        endpoint,
+        UnixConnector {
+            path: path.to_owned(),
+        },
+    )))
+}
+
 /// How every channel to a peer is set up: bounded connect, no Nagle delay, HTTP/2 pings so a
 /// peer that vanished without closing is noticed.
 fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -156,5 +186,28 @@ impl tower_service::Service<Uri> for TlsConnector {
             let tls = connector.connect(server_name, tcp).await?;
             Ok(TokioIo::new(tls))
         })
+    }
+}
+
+/// Connects to one peer's unix socket; the URI tonic passes is ignored.
+#[derive(Clone)]
+pub struct UnixConnector {
+    path: String,
+}
+
+type ConnectingUnix = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<UnixStream>>> + Send>>;
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = ConnectingUnix;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(path).await?)) })
     }
 }

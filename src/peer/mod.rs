@@ -14,7 +14,8 @@
 //!
 //! Followers forward lease keep-alives, time-to-live queries and membership changes to the leader
 //! ([`forward`]);
-//! a member joining an existing cluster asks a peer for the member list (`Peer/Members`).
+//! a member joining an existing cluster asks a peer for the member list (`Peer/Members`); the
+//! corruption checks ask peers for their KV hash (`Peer/HashKV`).
 //!
 //! Every channel to a peer is opened by [`dial::PeerDialer`]: plain for http:// peer URLs, over
 //! rustls for https:// ones (the client configuration comes from the `tls` module through
@@ -32,7 +33,8 @@ pub use service::PeerService;
 use std::path::Path;
 
 use crate::proto::oxetcdpb::{
-    LeaseTimeToLiveAnswer, MemberChangeResponse, MembersResponse, member_change_request,
+    LeaseTimeToLiveAnswer, MemberChangeResponse, MembersResponse, PeerHashKvResponse,
+    member_change_request,
 };
 
 /// What the peer service and the leader forwarder ask of the rest of the member (implemented by
@@ -62,6 +64,9 @@ pub trait PeerHandlers: Send + Sync + 'static {
         &self,
         change: member_change_request::Change,
     ) -> Result<MemberChangeResponse, tonic::Status>;
+    /// This member's KV hash at `revision` (0: its current revision), as Maintenance/HashKV
+    /// computes it, with etcd's errors for a future or compacted revision.
+    async fn hash_kv(&self, revision: i64) -> Result<PeerHashKvResponse, tonic::Status>;
 }
 pub use dial::PeerDialer;
 pub use transport::{PeerLinks, PeerTransport, TransportConfig};

@@ -17,8 +17,8 @@ use crate::node::{NodeError, NodeHandle};
 use crate::proto::oxetcdpb::peer_server::Peer;
 use crate::proto::oxetcdpb::{
     LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveAnswer, LeaseTimeToLiveQuery,
-    MemberChangeRequest, MemberChangeResponse, MembersRequest, MembersResponse, RaftBatch,
-    RaftStreamEnd, SnapshotChunk, SnapshotReceived,
+    MemberChangeRequest, MemberChangeResponse, MembersRequest, MembersResponse, PeerHashKvRequest,
+    PeerHashKvResponse, RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotReceived,
 };
 use crate::raft::codec::decode;
 use crate::raft::snapshots;
@@ -269,6 +269,15 @@ impl Peer for PeerService {
         Ok(Response::new(
             self.handlers.lease_time_to_live(req.id, req.keys).await?,
         ))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<PeerHashKvRequest>,
+    ) -> Result<Response<PeerHashKvResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(req.cluster_id)?;
+        Ok(Response::new(self.handlers.hash_kv(req.revision).await?))
     }
 
     async fn member_change(

@@ -1,10 +1,11 @@
 //! Listeners: the client gRPC router with its middleware, the peer router, `/metrics` sampling,
-//! binding URLs and serving until shutdown.
+//! binding URLs (TCP, or a unix socket for unix:// ones) and serving until shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::api::{self, ServerCtx};
@@ -150,8 +151,32 @@ pub(super) fn peer_router(
         .prepare()
         .into_axum_router()
 }
-pub(super) async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {
+/// A bound listener: TCP for http:// and https:// URLs, a unix socket for unix:// ones.
+pub(super) enum Bound {
+    Tcp(TcpListener),
+    /// The socket and its file, removed when serving ends (as Go's listener does on close).
+    Unix(UnixListener, PathBuf),
+}
+
+/// Binds `url`. A unix:// URL names the socket file `host:port` (relative to the working
+/// directory, as etcd names it); a file left there by an earlier run is removed first, as etcd
+/// does.
+pub(super) async fn bind(url: &url::Url) -> Result<Bound, ServerError> {
     let addr = url_host_port(url);
+    if url.scheme() == "unix" {
+        let path = PathBuf::from(addr);
+        let listen_error = |source| ServerError::Listen {
+            url: url.to_string(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(listen_error(e)),
+        }
+        let listener = UnixListener::bind(&path).map_err(listen_error)?;
+        return Ok(Bound::Unix(listener, path));
+    }
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host(&addr)
         .await
         .map_err(|source| ServerError::Listen {
@@ -162,7 +187,7 @@ pub(super) async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {
     let mut last_err = None;
     for a in resolved {
         match TcpListener::bind(a).await {
-            Ok(l) => return Ok(l),
+            Ok(l) => return Ok(Bound::Tcp(l)),
             Err(e) => last_err = Some(e),
         }
     }
@@ -171,27 +196,32 @@ pub(super) async fn bind(url: &url::Url) -> Result<TcpListener, ServerError> {
         source: last_err.unwrap_or_else(|| std::io::Error::other("address resolved to nothing")),
     })
 }
-pub(super) async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: watch::Receiver<bool>,
-) {
-    serve_on(
-        crate::authority_fix::FixingListener::new(listener),
-        router,
-        shutdown,
-    )
-    .await;
+pub(super) async fn serve(listener: Bound, router: axum::Router, shutdown: watch::Receiver<bool>) {
+    use crate::authority_fix::FixingListener;
+    match listener {
+        Bound::Tcp(listener) => serve_on(FixingListener::new(listener), router, shutdown).await,
+        Bound::Unix(listener, path) => {
+            serve_on(FixingListener::new(listener), router, shutdown).await;
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::debug!(path = %path.display(), error = %e, "could not remove the unix socket");
+            }
+        }
+    }
 }
 
 /// Serves `router` on an https:// listener: handshakes run in `tasks` (see `tls_listener.rs`).
 pub(super) async fn serve_tls(
-    listener: TcpListener,
+    listener: Bound,
     tls: Arc<rustls::ServerConfig>,
     tasks: &crate::tasks::TaskSet,
     router: axum::Router,
     kind: &'static str,
 ) {
+    let Bound::Tcp(listener) = listener else {
+        // Only https:// URLs are served with TLS, and they are bound to TCP.
+        tracing::error!("https listener not started: bound to a unix socket");
+        return;
+    };
     let listener = match super::tls_listener::TlsListener::start(listener, tls, tasks, kind) {
         Ok(listener) => listener,
         Err(e) => {

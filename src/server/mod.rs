@@ -3,6 +3,7 @@
 //! accepting → drain client streams and background jobs → stop the node → flush; see [`run`]).
 
 mod bootstrap;
+mod corrupt;
 mod jobs;
 mod listeners;
 mod tls_listener;
@@ -166,6 +167,9 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     crate::apply::install::finish_interrupted_install(&engine)
         .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
 
+    // A member with data of its own (a restart) is checked against its peers when asked to;
+    // a new one has nothing to compare yet (as in etcd).
+    let restarting = crate::membership::Membership::load(&engine)?.is_some();
     let (membership, joining) =
         load_or_bootstrap_membership(&config, &engine, &peer_dialer).await?;
     tracing::info!(
@@ -177,6 +181,17 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     let alarms = Arc::new(Alarms::open(&engine)?);
     let auth = Arc::new(AuthStore::open(&engine)?.with_token_ttl(config.auth_token_ttl));
     let mvcc = Arc::new(MvccStore::open(engine.clone())?);
+    if config.initial_corrupt_check && restarting {
+        corrupt::initial_check(
+            &mvcc,
+            membership.member_id,
+            membership.cluster_id,
+            &peer_list(&membership),
+            &peer_dialer,
+            config.request_timeout(),
+        )
+        .await?;
+    }
     let lessor = Arc::new(Mutex::new(Lessor::open(
         engine.clone(),
         min_lease_ttl_secs(&config),
@@ -485,6 +500,12 @@ fn start_jobs(
         jobs.spawn(
             "auto-compact",
             auto_compact(ctx.clone(), config.clone(), jobs.stop_signal()),
+        )?;
+    }
+    if !config.corrupt_check_time.is_zero() {
+        jobs.spawn(
+            "corrupt-check",
+            corrupt::monitor(ctx.clone(), config.corrupt_check_time, jobs.stop_signal()),
         )?;
     }
     Ok(())

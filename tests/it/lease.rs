@@ -418,3 +418,110 @@ fn etcdctl_lease_commands_match_etcd_34() {
         assert_eq!(output, expected(name, &env[var], lease));
     }
 }
+
+/// Short leases expire on time while clients keep writing: within one second of its deadline
+/// (counted from when its grant was sent, so grant latency counts against the server) each
+/// lease's key is gone and TimeToLive answers TTL -1, which etcdctl prints as `already expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_within_a_second_of_the_deadline_under_load() {
+    const LOAD_TASKS: usize = 4;
+    const LATENESS_MAX: Duration = Duration::from_secs(1);
+    let server = Server::start();
+    let mut client = server.client().await;
+    // Lease queries are served once the leader's lessor counts deadlines (oxetcd answers them
+    // only then), so the leases below are granted by a settled leader.
+    client
+        .lease_time_to_live(1, None)
+        .await
+        .expect("time-to-live of an unknown lease");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let puts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut load = Vec::new();
+    for task in 0..LOAD_TASKS {
+        let mut client = client.clone();
+        let (stop, puts) = (stop.clone(), puts.clone());
+        load.push(tokio::spawn(async move {
+            let value = "x".repeat(256);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .put(format!("load/{task}/{}", n % 100), value.as_str(), None)
+                    .await
+                    .expect("a put under load");
+                n += 1;
+                puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // Two leases for each TTL, each with one key; deadlines as the client sent the grant.
+    let mut pending: Vec<(i64, String, Instant)> = Vec::new();
+    for ttl in [3i64, 4, 5, 6] {
+        for copy in 0..2 {
+            let sent = Instant::now();
+            let id = client.lease_grant(ttl, None).await.expect("grant").id();
+            let key = format!("expiring/{ttl}/{copy}");
+            client
+                .put(key.as_str(), "v", Some(PutOptions::new().with_lease(id)))
+                .await
+                .expect("put with the lease");
+            pending.push((id, key, sent + Duration::from_secs(ttl as u64)));
+        }
+    }
+    let puts_before = puts.load(std::sync::atomic::Ordering::Relaxed);
+
+    let mut lateness: Vec<(i64, Duration)> = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < give_up,
+            "leases {:?} never expired",
+            pending.iter().map(|p| p.0).collect::<Vec<_>>()
+        );
+        let mut still = Vec::new();
+        for (id, key, deadline) in pending {
+            let ttl = client
+                .lease_time_to_live(id, None)
+                .await
+                .expect("time-to-live")
+                .ttl();
+            let gone = ttl == -1 && client.get(key.as_str(), None).await.expect("get").count() == 0;
+            let now = Instant::now();
+            if gone {
+                assert!(
+                    now >= deadline,
+                    "lease {id:x} expired {:?} before its deadline",
+                    deadline - now
+                );
+                lateness.push((id, now.saturating_duration_since(deadline)));
+            } else {
+                assert!(
+                    now <= deadline + LATENESS_MAX,
+                    "lease {id:x} (key {key}) still there {:?} after its deadline (TTL {ttl})",
+                    now - deadline
+                );
+                still.push((id, key, deadline));
+            }
+        }
+        pending = still;
+        // Yield to the load between rounds of queries.
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+    let puts_during = puts.load(std::sync::atomic::Ordering::Relaxed) - puts_before;
+    assert!(
+        puts_during > 100,
+        "the load wrote only {puts_during} keys while the leases ran out"
+    );
+    let mut millis: Vec<u128> = lateness.iter().map(|(_, d)| d.as_millis()).collect();
+    millis.sort_unstable();
+    eprintln!("lease expiry lateness under load ({puts_during} puts meanwhile), ms: {millis:?}");
+    for (id, _) in &lateness {
+        let out = server.etcdctl_ok(&["lease", "timetolive", &format!("{id:x}")]);
+        assert_eq!(out.trim(), format!("lease {id:016x} already expired"));
+    }
+}

@@ -444,6 +444,26 @@ impl Cluster {
         self.wait_healthy_until(index, Instant::now() + timeout)
     }
 
+    /// Member `index`'s data directory (the `--data-dir` it runs with).
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.members[index].data_dir()
+    }
+
+    /// Waits up to `timeout` for member `index` to exit by itself (as one refusing to start
+    /// does) and returns how it exited.
+    pub fn wait_exit(&mut self, index: usize, timeout: Duration) -> Result<ExitStatus, String> {
+        let exited = self.members[index].process.wait_exit(timeout);
+        if exited.is_ok() {
+            self.proxy.set_pid(index, None);
+        }
+        exited
+    }
+
+    /// Everything member `index` has logged so far.
+    pub fn log(&self, index: usize) -> String {
+        self.members[index].process.log()
+    }
+
     pub fn is_running(&mut self, index: usize) -> bool {
         self.members[index].process.is_running()
     }

@@ -30,6 +30,8 @@ pub struct Process {
     log_path: PathBuf,
     child: Option<Child>,
     starts: usize,
+    /// The working directory it runs in; the test's own when `None`.
+    current_dir: Option<PathBuf>,
 }
 
 impl Process {
@@ -41,7 +43,14 @@ impl Process {
             log_path,
             child: None,
             starts: 0,
+            current_dir: None,
         }
+    }
+
+    /// Runs the process in `dir` (where relative paths such as etcd's `unix://host:port`
+    /// socket names land) from the next spawn on.
+    pub fn set_current_dir(&mut self, dir: &Path) {
+        self.current_dir = Some(dir.to_path_buf());
     }
 
     /// Starts the binary with `args` and without the test environment's `ETCD_*` variables,
@@ -72,6 +81,9 @@ impl Process {
         .expect("writing the log file should work");
         let stderr = log.try_clone().expect("cloning a file handle should work");
         let mut command = Command::new(&self.bin);
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("ETCD_") {
                 command.env_remove(name);
