@@ -7,15 +7,18 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod grpc_metrics;
 pub mod health;
 pub mod interceptor;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod oversize;
 pub mod peer;
+pub mod recipes;
 pub mod watch;
 
 use std::net::SocketAddr;

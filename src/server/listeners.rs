@@ -20,6 +20,8 @@ use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::oxetcdpb::peer_server::PeerServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::tls::ServedCertificate;
 
 use super::ServerError;
@@ -113,6 +115,12 @@ pub(super) fn grpc_router(
         .add_service(limits!(AuthServer::new(api::auth::AuthService::new(
             ctx.clone()
         ))))
+        .add_service(limits!(LockServer::new(api::lock::LockService::new(
+            ctx.clone()
+        ))))
+        .add_service(limits!(ElectionServer::new(
+            api::election::ElectionService::new(ctx.clone())
+        )))
         .add_service(HealthServer::new(api::health::HealthService))
         .prepare()
         .into_axum_router()

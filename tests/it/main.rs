@@ -24,6 +24,7 @@ mod config_cli;
 mod corrupt_check;
 mod dashboards;
 mod durability;
+mod election_lock;
 mod fixture_smoke;
 mod kv;
 mod lease;
