@@ -28,6 +28,7 @@ mod kv;
 mod lease;
 mod logging;
 mod maintenance;
+mod migrate;
 mod observability_live;
 mod peer_tls;
 mod tls;
