@@ -18,7 +18,8 @@ fn main() -> ExitCode {
             file,
             data_dir,
             config,
-        } => restore(&file, &data_dir, &config),
+            skip_hash_check,
+        } => restore(&file, &data_dir, &config, skip_hash_check),
     }
 }
 
@@ -88,8 +89,12 @@ fn restore(
     file: &std::path::Path,
     data_dir: &std::path::Path,
     config: &config::Config,
+    skip_hash_check: bool,
 ) -> ExitCode {
-    let options = oxetcd::snapshot::restore::RestoreOptions::from_config(file, data_dir, config);
+    let options = oxetcd::snapshot::restore::RestoreOptions {
+        skip_hash_check,
+        ..oxetcd::snapshot::restore::RestoreOptions::from_config(file, data_dir, config)
+    };
     match oxetcd::snapshot::restore::restore(&options) {
         Ok(summary) => {
             println!("{summary}");

@@ -559,6 +559,28 @@ impl AuthStore {
     }
 }
 
+/// Writes a whole auth store (the enabled flag, the auth revision, users and roles) into `batch`
+/// as the store itself persists them, for a data directory built from elsewhere (an imported
+/// etcd snapshot); [`AuthStore::open`] loads it. Passwords stay the bcrypt hashes they are.
+pub fn write_imported(
+    engine: &Engine,
+    batch: &mut Batch,
+    enabled: bool,
+    revision: u64,
+    users: Vec<User>,
+    roles: Vec<Role>,
+) {
+    let mut state = State::default();
+    batch.put(engine, Cf::Meta, KEY_ENABLED, &[u8::from(enabled)]);
+    batch.put(engine, Cf::Meta, KEY_REVISION, &revision.to_be_bytes());
+    for user in users {
+        put_user(&mut state, engine, batch, user);
+    }
+    for role in roles {
+        put_role(&mut state, engine, batch, role);
+    }
+}
+
 fn put_user(state: &mut State, engine: &Engine, batch: &mut Batch, user: User) {
     let name = String::from_utf8_lossy(&user.name).into_owned();
     batch.put(

@@ -11,6 +11,8 @@ use super::keys::{ALIASES, CONFIG_FILE, KEYS, Key, Kind, RESTORE_KEYS};
 use super::layers::resolve;
 
 const RESTORE_FILE: &str = "file";
+/// etcdutl's flag: restore an etcd snapshot without checking its trailing SHA-256.
+const SKIP_HASH_CHECK: &str = "skip-hash-check";
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,11 +20,14 @@ pub enum Command {
     /// `oxetcd [flags]`: run the server.
     Serve(Config),
     /// `oxetcd snapshot restore <FILE> [--data-dir ..] [--name ..] [--initial-cluster ..] ...`:
-    /// build a fresh data directory from a snapshot file. `data_dir` equals `config.data_dir`.
+    /// build a fresh data directory from a snapshot file (oxetcd's or etcd's). `data_dir`
+    /// equals `config.data_dir`.
     SnapshotRestore {
         file: PathBuf,
         data_dir: PathBuf,
         config: Config,
+        /// `--skip-hash-check`: an etcd snapshot's SHA-256 is not checked.
+        skip_hash_check: bool,
     },
 }
 
@@ -51,6 +56,10 @@ where
                     .ok_or_else(|| {
                         ConfigError::Usage("snapshot restore needs a FILE".to_owned())
                     })?;
+                let skip_hash_check = restore
+                    .get_one::<bool>(SKIP_HASH_CHECK)
+                    .copied()
+                    .unwrap_or(false);
                 let (config, warnings) = resolve(restore, &args, env)?;
                 config.verify_bootstrap()?;
                 let data_dir = config.data_dir.clone();
@@ -59,6 +68,7 @@ where
                         file,
                         data_dir,
                         config,
+                        skip_hash_check,
                     },
                     warnings,
                 ))
@@ -144,7 +154,23 @@ pub(super) fn cli_command() -> clap::Command {
                 .value_name("FILE")
                 .required(true)
                 .value_parser(clap::value_parser!(PathBuf))
-                .help("Snapshot file to restore from"),
+                .help(
+                    "Snapshot file to restore from: an oxetcd snapshot, or an etcd one \
+                     (etcdctl snapshot save, or a member's member/snap/db)",
+                ),
+        )
+        .arg(
+            Arg::new(SKIP_HASH_CHECK)
+                .long(SKIP_HASH_CHECK)
+                .value_name("BOOL")
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true")
+                .value_parser(clap::builder::BoolishValueParser::new())
+                .help(
+                    "Ignore the SHA-256 an etcd snapshot ends with (needed for a member's \
+                     member/snap/db, which has none) [default: false]",
+                ),
         )
         .arg(config_file_arg())
         .args(

@@ -851,10 +851,12 @@ fn parse_command_serve_and_snapshot_restore() {
         file,
         data_dir,
         config,
+        skip_hash_check,
     } = command
     else {
         panic!("{command:?}")
     };
+    assert!(!skip_hash_check);
     assert_eq!(file, PathBuf::from("/backup/snap.db"));
     assert_eq!(data_dir, PathBuf::from("/var/lib/restored"));
     assert_eq!(config.data_dir, data_dir);
@@ -870,6 +872,23 @@ fn parse_command_serve_and_snapshot_restore() {
         panic!("{command:?}")
     };
     assert_eq!(data_dir, PathBuf::from("x.oxetcd"));
+
+    // etcdutl's --skip-hash-check, as a Go boolean flag.
+    for (flag, expected) in [
+        ("--skip-hash-check", true),
+        ("--skip-hash-check=true", true),
+        ("--skip-hash-check=false", false),
+    ] {
+        let (command, _) =
+            parse_command(["oxetcd", "snapshot", "restore", "s.db", flag], env(&[])).unwrap();
+        let Command::SnapshotRestore {
+            skip_hash_check, ..
+        } = command
+        else {
+            panic!("{command:?}")
+        };
+        assert_eq!(skip_hash_check, expected, "{flag}");
+    }
 
     // Restore refuses a member list that does not contain this member.
     let err = parse_command(

@@ -361,6 +361,18 @@ fn deadline(now: Instant, secs: i64) -> Instant {
     now.checked_add(span).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
+/// Writes the record of lease `id` into `batch` as a grant (or checkpoint) would, for a data
+/// directory built from elsewhere (an imported etcd snapshot); [`Lessor::open`] loads it.
+pub fn write_record(
+    engine: &Engine,
+    batch: &mut Batch,
+    id: i64,
+    ttl_secs: i64,
+    remaining_ttl_secs: i64,
+) {
+    persist(engine, batch, id, ttl_secs, remaining_ttl_secs);
+}
+
 fn persist(engine: &Engine, batch: &mut Batch, id: i64, ttl_secs: i64, remaining_ttl_secs: i64) {
     let record = LeaseRecord {
         id,

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
-use super::format::{self, Record, SnapshotError, SnapshotReader};
+use super::etcd_import::{self, EtcdImportError};
+use super::format::{self, SnapshotError, SnapshotReader};
 use crate::consistent_index;
 use crate::membership::Membership;
 use crate::proto::mvccpb::KeyValue;
@@ -37,6 +38,13 @@ pub enum RestoreError {
     DataDirNotEmpty(PathBuf),
     #[error("invalid restore target: {0}")]
     InvalidTarget(String),
+    #[error(transparent)]
+    Etcd(#[from] EtcdImportError),
+    #[error(
+        "{0} is neither an oxetcd snapshot nor an etcd one (a bbolt file saved by etcdctl \
+         snapshot save, or a member's member/snap/db)"
+    )]
+    UnknownFormat(PathBuf),
 }
 
 impl From<StorageError> for RestoreError {
@@ -69,6 +77,10 @@ pub struct RestoreOptions {
     pub initial_advertise_peer_urls: Vec<String>,
     /// `--advertise-client-urls`.
     pub advertise_client_urls: Vec<String>,
+    /// `--skip-hash-check` (etcd snapshots only): do not check the SHA-256 that
+    /// `etcdctl snapshot save` appends; a member's `member/snap/db`, which has none, needs it.
+    /// An oxetcd snapshot's CRC is always checked.
+    pub skip_hash_check: bool,
 }
 
 impl RestoreOptions {
@@ -100,13 +112,24 @@ impl RestoreOptions {
             initial_cluster_token: config.initial_cluster_token.clone(),
             initial_advertise_peer_urls: urls(&config.initial_advertise_peer_urls),
             advertise_client_urls: urls(&config.advertise_client_urls),
+            skip_hash_check: false,
         }
     }
+}
+
+/// The kinds of snapshot file `oxetcd snapshot restore` reads, told apart by content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// oxetcd's own format ([`format`]).
+    Oxetcd,
+    /// An etcd bbolt file ([`etcd_import`]).
+    Etcd,
 }
 
 /// What a restore wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreSummary {
+    pub kind: SnapshotKind,
     pub data_dir: PathBuf,
     /// Raft position of the snapshot; the restored log starts after it.
     pub index: u64,
@@ -127,8 +150,12 @@ impl fmt::Display for RestoreSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "restored snapshot to {}: revision {}, {} keys, {} leases, raft index {} term {}, \
+            "restored {}snapshot to {}: revision {}, {} keys, {} leases, raft index {} term {}, \
              member {:x} in cluster {:x}",
+            match self.kind {
+                SnapshotKind::Oxetcd => "",
+                SnapshotKind::Etcd => "etcd ",
+            },
             self.data_dir.display(),
             self.revision,
             self.keys,
@@ -158,6 +185,7 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreSummary, RestoreError>
         initial_cluster_token: cluster_token,
         initial_advertise_peer_urls,
         advertise_client_urls: client_urls,
+        skip_hash_check,
     } = options;
     let mut membership =
         Membership::bootstrap(name, initial_cluster, cluster_token).ok_or_else(|| {
@@ -194,9 +222,19 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreSummary, RestoreError>
         );
         std::fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
     }
+    let kind = snapshot_kind(file)?;
     // Check the whole file before writing anything: a damaged file fails here, cheaply.
-    format::verify_file(file)?;
-    let written = match restore_into(format::read_file(file)?, &staging, &membership) {
+    let written = match kind {
+        SnapshotKind::Oxetcd => {
+            format::verify_file(file)?;
+            restore_into(format::read_file(file)?, &staging, &membership)
+        }
+        SnapshotKind::Etcd => {
+            let db_len = etcd_import::check_hash(file, *skip_hash_check)?;
+            import_etcd_into(file, db_len, &staging, &membership)
+        }
+    };
+    let written = match written {
         Ok(summary) => summary,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -210,6 +248,7 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreSummary, RestoreError>
     };
     tracing::info!(
         data_dir = %data_dir.display(),
+        kind = ?summary.kind,
         index = summary.index,
         term = summary.term,
         revision = summary.revision,
@@ -219,6 +258,21 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreSummary, RestoreError>
         "restored snapshot"
     );
     Ok(summary)
+}
+
+/// Tells an oxetcd snapshot from an etcd one by their first bytes.
+fn snapshot_kind(file: &Path) -> Result<SnapshotKind, RestoreError> {
+    let mut head = Vec::with_capacity(8192);
+    File::open(file)
+        .and_then(|f| f.take(8192).read_to_end(&mut head))
+        .map_err(io_error(file))?;
+    if head.starts_with(format::SNAPSHOT_MAGIC) {
+        Ok(SnapshotKind::Oxetcd)
+    } else if etcd_import::looks_like_bolt(&head) {
+        Ok(SnapshotKind::Etcd)
+    } else {
+        Err(RestoreError::UnknownFormat(file.to_path_buf()))
+    }
 }
 
 fn ensure_empty(dir: &Path) -> Result<(), RestoreError> {
@@ -264,6 +318,7 @@ fn restore_into<R: Read>(
 ) -> Result<RestoreSummary, RestoreError> {
     let engine = Engine::open(dir, true)?;
     let mut summary = RestoreSummary {
+        kind: SnapshotKind::Oxetcd,
         data_dir: dir.to_path_buf(),
         index: 0,
         term: 0,
@@ -281,7 +336,12 @@ fn restore_into<R: Read>(
         match record.cf {
             Cf::Kv => {
                 summary.kv_records += 1;
-                count_revision(&record, &mut summary.revision, &mut live_keys)?;
+                count_revision(
+                    &record.key,
+                    &record.value,
+                    &mut summary.revision,
+                    &mut live_keys,
+                )?;
             }
             Cf::Lease => summary.lease_records += 1,
             Cf::Meta => {
@@ -307,32 +367,70 @@ fn restore_into<R: Read>(
     summary.index = pos.index;
     summary.term = pos.term;
     summary.keys = live_keys.len() as u64;
-    membership.save(&engine, &mut batch);
-    consistent_index::write(&engine, &mut batch, pos.index, pos.term);
-    RaftLogStore::bootstrap_restored(
-        &engine,
-        &mut batch,
-        pos.index,
-        pos.term,
-        &membership.voters(),
-    );
-    engine.write(batch, true)?;
-    engine.sync_wal()?;
+    finish(&engine, batch, membership, pos.index, pos.term)?;
     Ok(summary)
 }
 
-/// Tracks the highest revision and the set of live keys while kv records stream by in
-/// revision order.
-fn count_revision(
-    record: &Record,
+/// Writes the etcd snapshot in the first `db_len` bytes of `file` into a new engine at `dir`
+/// for `membership`.
+fn import_etcd_into(
+    file: &Path,
+    db_len: u64,
+    dir: &Path,
+    membership: &Membership,
+) -> Result<RestoreSummary, RestoreError> {
+    let engine = Engine::open(dir, true)?;
+    let imported = etcd_import::import(file, db_len, &engine)?;
+    // etcd 3.4 records no term, and an empty etcd no index; a raft log starts after index 1
+    // at the earliest, in term 1 at the earliest (a new oxetcd cluster's does).
+    let index = imported.index.max(1);
+    let term = imported.term.max(1);
+    finish(&engine, Batch::new(), membership, index, term)?;
+    Ok(RestoreSummary {
+        kind: SnapshotKind::Etcd,
+        data_dir: dir.to_path_buf(),
+        index,
+        term,
+        revision: imported.revision,
+        keys: imported.keys,
+        kv_records: imported.kv_records,
+        lease_records: imported.lease_records,
+        meta_records: imported.meta_records,
+        cluster_id: membership.cluster_id,
+        member_id: membership.member_id,
+    })
+}
+
+/// Adds the new member list, the applied position (`index`, `term`) and a raft log that starts
+/// after it to `batch`, writes it synced and syncs the WAL.
+fn finish(
+    engine: &Engine,
+    mut batch: Batch,
+    membership: &Membership,
+    index: u64,
+    term: u64,
+) -> Result<(), RestoreError> {
+    membership.save(engine, &mut batch);
+    consistent_index::write(engine, &mut batch, index, term);
+    RaftLogStore::bootstrap_restored(engine, &mut batch, index, term, &membership.voters());
+    engine.write(batch, true)?;
+    engine.sync_wal()?;
+    Ok(())
+}
+
+/// Tracks the highest revision and the set of live keys while kv records (revision key and
+/// encoded `KeyValue`) stream by in revision order; fails on a record that is neither.
+pub(super) fn count_revision(
+    key: &[u8],
+    value: &[u8],
     revision: &mut i64,
     live_keys: &mut HashSet<Vec<u8>>,
 ) -> Result<(), SnapshotError> {
-    let (rev, tombstone) = crate::mvcc::decode_rev_key(&record.key).ok_or_else(|| {
-        SnapshotError::Corrupt(format!("kv record key {:?} is not a revision", record.key))
+    let (rev, tombstone) = crate::mvcc::decode_rev_key(key).ok_or_else(|| {
+        SnapshotError::Corrupt(format!("kv record key {key:?} is not a revision"))
     })?;
     *revision = (*revision).max(rev.main);
-    let kv = KeyValue::decode(record.value.as_slice()).map_err(|e| {
+    let kv = KeyValue::decode(value).map_err(|e| {
         SnapshotError::Corrupt(format!("kv record at revision {rev} does not decode: {e}"))
     })?;
     if tombstone {
@@ -359,6 +457,7 @@ mod tests {
             initial_cluster_token: "tok".to_string(),
             initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".to_string()],
             advertise_client_urls: vec!["http://127.0.0.1:2379".to_string()],
+            skip_hash_check: false,
         }
     }
 

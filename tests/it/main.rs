@@ -31,6 +31,7 @@ mod lease;
 mod logging;
 mod maintenance;
 mod metrics;
+mod migrate;
 mod observability_live;
 mod peer_tls;
 mod tls;
