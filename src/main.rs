@@ -1,4 +1,5 @@
-//! The `oxetcd` binary: parse flags → load config → run the server (or restore a snapshot).
+//! The `oxetcd` binary: parse flags → load config → run the server (or restore or export a
+//! snapshot).
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
             data_dir,
             config,
         } => restore(&file, &data_dir, &config),
+        Command::SnapshotExport { input, output } => export(&input, &output),
     }
 }
 
@@ -97,6 +99,19 @@ fn restore(
         }
         Err(e) => {
             eprintln!("oxetcd: snapshot restore failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export(input: &std::path::Path, output: &std::path::Path) -> ExitCode {
+    match oxetcd::snapshot::etcd_export::export(input, output) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oxetcd: snapshot export failed: {e}");
             ExitCode::FAILURE
         }
     }

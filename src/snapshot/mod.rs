@@ -1,10 +1,12 @@
 //! State-machine snapshots: the [`format`] (codec and CRC, shared by Maintenance.Snapshot, raft
-//! snapshot files and restore), the state machine as raft's snapshot [`source`], and the
-//! [`restore`] command (`oxetcd snapshot restore`).
+//! snapshot files and restore), the state machine as raft's snapshot [`source`], the
+//! [`restore`] command (`oxetcd snapshot restore`) and the [`etcd_export`] command (`oxetcd
+//! snapshot export --format etcd`).
 //!
 //! Installing a raft snapshot into a running member is the apply layer's job
 //! (`crate::apply::install`); it reads files through [`format`].
 
+pub mod etcd_export;
 pub mod format;
 pub mod restore;
 pub mod source;

@@ -23,6 +23,7 @@ mod cluster_sim;
 mod config_cli;
 mod dashboards;
 mod durability;
+mod export;
 mod fixture_smoke;
 mod kv;
 mod lease;
