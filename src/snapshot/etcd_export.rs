@@ -418,30 +418,47 @@ fn write_database(
     db_path: &Path,
     position: SnapshotPosition,
 ) -> Result<Counts, ExportError> {
-    let mut reader = format::read_file(input)?;
+    // Taken when its last record is read, for `finish`.
+    let mut reader = Some(format::read_file(input)?);
     let mut counts = Counts::default();
     let mut auth_revision_seen = false;
-    bolt::write(db_path, |put| {
-        while let Some(record) = reader.next_record()? {
-            for entry in translate(record)? {
-                auth_revision_seen |=
-                    entry.bucket == BUCKET_AUTH && entry.key == ETCD_AUTH_REVISION;
-                counts.add(&entry);
-                put(&entry)?;
+    let mut pending = std::collections::VecDeque::new();
+    let mut finished = false;
+    bolt::write(db_path, || {
+        loop {
+            if let Some(entry) = pending.pop_front() {
+                return Ok(Some(entry));
+            }
+            if finished {
+                return Ok(None);
+            }
+            let open = reader
+                .as_mut()
+                .expect("the reader stays until the end mark");
+            match open.next_record()? {
+                Some(record) => {
+                    for entry in translate(record)? {
+                        auth_revision_seen |=
+                            entry.bucket == BUCKET_AUTH && entry.key == ETCD_AUTH_REVISION;
+                        counts.add(&entry);
+                        pending.push_back(entry);
+                    }
+                }
+                None => {
+                    // Checked once already; this also proves the records just read were the
+                    // checked ones.
+                    let read_position = reader.take().expect("read once").finish()?;
+                    if read_position != position {
+                        return Err(unexpected(
+                            "a position",
+                            "the file changed while it was exported",
+                        ));
+                    }
+                    pending.extend(final_entries(position, auth_revision_seen));
+                    finished = true;
+                }
             }
         }
-        // Checked once already; this also proves the records just read were the checked ones.
-        let read_position = reader.finish()?;
-        if read_position != position {
-            return Err(unexpected(
-                "a position",
-                "the file changed while it was exported",
-            ));
-        }
-        for entry in final_entries(position, auth_revision_seen) {
-            put(&entry)?;
-        }
-        Ok(())
     })?;
     Ok(counts)
 }
@@ -473,36 +490,58 @@ fn finish_file(path: &Path) -> Result<EtcdStatus, ExportError> {
     Ok(status)
 }
 
-/// The bbolt side, through the `bbolt-rs` crate: one write transaction for the whole database,
+/// The bbolt side, through the `bbolt-rs` crate: bounded write transactions filling the database,
 /// and `etcdctl snapshot status`'s walk over it.
 mod bolt {
     use bbolt_rs::{BucketApi, BucketRwApi, DbApi, DbRwAPI, TxApi, TxCheck, TxRwApi, TxRwRefApi};
 
     use super::*;
 
+    /// Bytes of keys and values per write transaction.
+    const TX_BYTES: usize = 16 << 20;
+
+    /// etcd's fill percent for puts in key order (`UnsafeSeqPut`).
+    const SEQUENTIAL_FILL: f64 = 0.9;
+
     fn bolt_error(e: bbolt_rs::Error) -> ExportError {
         ExportError::Bolt(e.to_string())
     }
 
-    /// Creates the database at `path` with etcd's buckets and fills it, in one transaction,
-    /// with the entries `fill` hands to its callback; commits, syncs and closes it.
+    /// Creates the database at `path` with etcd's buckets and fills it with the entries `next`
+    /// hands out until it returns `None`, in transactions of about [`TX_BYTES`] each (so memory
+    /// stays bounded: a transaction holds what it wrote until it commits), then closes it.
+    /// Nothing is synced here: the caller syncs the finished file once.
     pub fn write(
         path: &Path,
-        fill: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<(), ExportError>) -> Result<(), ExportError>,
+        mut next: impl FnMut() -> Result<Option<Entry>, ExportError>,
     ) -> Result<(), ExportError> {
-        let mut db = bbolt_rs::Bolt::open(path).map_err(bolt_error)?;
-        {
+        let options = bbolt_rs::BoltOptions::builder().no_sync().build();
+        let mut db = options.open(path).map_err(bolt_error)?;
+        let mut done = false;
+        let mut first = true;
+        while !done {
             let mut tx = db.begin_rw().map_err(bolt_error)?;
-            for name in BUCKETS {
-                tx.create_bucket(name).map_err(bolt_error)?;
+            if first {
+                for name in BUCKETS {
+                    tx.create_bucket(name).map_err(bolt_error)?;
+                }
+                first = false;
             }
-            let mut put = |entry: &Entry| {
-                tx.bucket_mut(entry.bucket)
-                    .expect("every bucket was created above")
-                    .put(&entry.key, &entry.value)
-                    .map_err(bolt_error)
-            };
-            fill(&mut put)?;
+            let mut bytes = 0;
+            while bytes < TX_BYTES {
+                let Some(entry) = next()? else {
+                    done = true;
+                    break;
+                };
+                let mut bucket = tx
+                    .bucket_mut(entry.bucket)
+                    .expect("every bucket was created in the first transaction");
+                // Entries arrive in key order per bucket: fill pages as etcd's sequential puts
+                // do instead of splitting them in half.
+                bucket.set_fill_percent(SEQUENTIAL_FILL);
+                bucket.put(&entry.key, &entry.value).map_err(bolt_error)?;
+                bytes += entry.key.len() + entry.value.len();
+            }
             tx.commit().map_err(bolt_error)?;
         }
         db.close();
