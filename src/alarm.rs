@@ -8,7 +8,8 @@ use prost::Message as _;
 use crate::proto::oxetcdpb::{AlarmList, AlarmRecord};
 use crate::storage::{Batch, Cf, Engine, StorageError};
 
-const KEY_ALARMS: &[u8] = b"alarms";
+/// The meta key of the active alarms (an `oxetcdpb.AlarmList`).
+pub const KEY_ALARMS: &[u8] = b"alarms";
 
 /// etcd's alarm types, by their wire values.
 pub const ALARM_NOSPACE: i32 = 1;
@@ -24,16 +25,11 @@ impl Alarms {
     /// Loads the persisted alarms.
     pub fn open(engine: &Engine) -> Result<Alarms, StorageError> {
         let active = match engine.get(Cf::Meta, KEY_ALARMS)? {
-            Some(bytes) => AlarmList::decode(bytes.as_slice())
-                .map_err(|e| StorageError::Corrupt {
-                    cf: Cf::Meta.name(),
-                    key: KEY_ALARMS.to_vec(),
-                    reason: e.to_string(),
-                })?
-                .alarms
-                .into_iter()
-                .map(|a| (a.member_id, a.alarm))
-                .collect(),
+            Some(bytes) => decode(&bytes).map_err(|e| StorageError::Corrupt {
+                cf: Cf::Meta.name(),
+                key: KEY_ALARMS.to_vec(),
+                reason: e.to_string(),
+            })?,
             None => Vec::new(),
         };
         Ok(Alarms {
@@ -93,6 +89,15 @@ impl Alarms {
         persist(engine, batch, &active);
         cleared
     }
+}
+
+/// The alarms in a persisted list, as (member ID, alarm type).
+pub fn decode(bytes: &[u8]) -> Result<Vec<(u64, i32)>, prost::DecodeError> {
+    Ok(AlarmList::decode(bytes)?
+        .alarms
+        .into_iter()
+        .map(|a| (a.member_id, a.alarm))
+        .collect())
 }
 
 fn persist(engine: &Engine, batch: &mut Batch, active: &[(u64, i32)]) {

@@ -1,4 +1,5 @@
-//! The `oxetcd` binary: parse flags → load config → run the server (or restore a snapshot).
+//! The `oxetcd` binary: parse flags → load config → run the server (or restore or export a
+//! snapshot).
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
             config,
             skip_hash_check,
         } => restore(&file, &data_dir, &config, skip_hash_check),
+        Command::SnapshotExport { input, output } => export(&input, &output),
     }
 }
 
@@ -102,6 +104,19 @@ fn restore(
         }
         Err(e) => {
             eprintln!("oxetcd: snapshot restore failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export(input: &std::path::Path, output: &std::path::Path) -> ExitCode {
+    match oxetcd::snapshot::etcd_export::export(input, output) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oxetcd: snapshot export failed: {e}");
             ExitCode::FAILURE
         }
     }

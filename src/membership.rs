@@ -8,8 +8,8 @@ use raft::eraftpb::ConfState;
 use crate::proto::etcdserverpb::Member;
 use crate::storage::{Batch, Cf, Engine, StorageError};
 
-const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
-const KEY_MEMBER_ID: &[u8] = b"member_id";
+pub const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+pub const KEY_MEMBER_ID: &[u8] = b"member_id";
 pub const KEY_MEMBERS: &[u8] = b"members";
 
 /// Who this member is and which members the cluster has.

@@ -25,10 +25,13 @@ use crate::storage::{Batch, Cf, Engine, StorageError};
 /// The user and role with full access; auth can be enabled only when the user holds the role.
 pub const ROOT: &str = "root";
 
-const KEY_ENABLED: &[u8] = b"auth/enabled";
-const KEY_REVISION: &[u8] = b"auth/revision";
-const USER_PREFIX: &[u8] = b"auth/user/";
-const ROLE_PREFIX: &[u8] = b"auth/role/";
+/// Meta keys of the store (read by `snapshot::etcd_export` too): the enabled flag (`[1]` or
+/// `[0]`, written by the first enable or disable), the revision (BE u64), and one key per user
+/// and role (the name after the prefix, a marshalled `authpb.User` or `authpb.Role`).
+pub const KEY_ENABLED: &[u8] = b"auth/enabled";
+pub const KEY_REVISION: &[u8] = b"auth/revision";
+pub const USER_PREFIX: &[u8] = b"auth/user/";
+pub const ROLE_PREFIX: &[u8] = b"auth/role/";
 
 /// Why the store refused a change or a lookup. Plain data; `api/error.rs` gives each etcd's
 /// code and message.

@@ -13,6 +13,9 @@ use super::layers::resolve;
 const RESTORE_FILE: &str = "file";
 /// etcdutl's flag: restore an etcd snapshot without checking its trailing SHA-256.
 const SKIP_HASH_CHECK: &str = "skip-hash-check";
+const EXPORT_INPUT: &str = "input";
+const EXPORT_OUTPUT: &str = "output";
+const EXPORT_FORMAT: &str = "format";
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub enum Command {
         /// `--skip-hash-check`: an etcd snapshot's SHA-256 is not checked.
         skip_hash_check: bool,
     },
+    /// `oxetcd snapshot export --format etcd <IN> <OUT>`: write the etcd snapshot file (a bbolt
+    /// database and its SHA-256) holding what the oxetcd snapshot `input` holds.
+    SnapshotExport { input: PathBuf, output: PathBuf },
 }
 
 /// Parses the full command line (server or `snapshot restore`) with the given environment.
@@ -73,8 +79,22 @@ where
                     warnings,
                 ))
             }
+            Some(("export", export)) => {
+                let path = |name: &str| {
+                    export.get_one::<PathBuf>(name).cloned().ok_or_else(|| {
+                        ConfigError::Usage("snapshot export needs IN and OUT".to_owned())
+                    })
+                };
+                Ok((
+                    Command::SnapshotExport {
+                        input: path(EXPORT_INPUT)?,
+                        output: path(EXPORT_OUTPUT)?,
+                    },
+                    Vec::new(),
+                ))
+            }
             _ => Err(ConfigError::Usage(
-                "snapshot needs a subcommand: restore".to_owned(),
+                "snapshot needs a subcommand: restore or export".to_owned(),
             )),
         },
         Some((other, _)) => Err(ConfigError::Usage(format!("unknown subcommand {other:?}"))),
@@ -178,10 +198,38 @@ pub(super) fn cli_command() -> clap::Command {
                 .filter(|key| RESTORE_KEYS.contains(&key.name))
                 .map(key_arg),
         );
+    let export = clap::Command::new("export")
+        .about("Write an oxetcd snapshot file as an etcd snapshot file")
+        .arg(
+            Arg::new(EXPORT_FORMAT)
+                .long(EXPORT_FORMAT)
+                .value_name("FORMAT")
+                .required(true)
+                .value_parser(["etcd"])
+                .help(
+                    "Format to write: etcd (what etcdctl snapshot save gets from etcd: \
+                     etcdctl snapshot status and restore read it)",
+                ),
+        )
+        .arg(
+            Arg::new(EXPORT_INPUT)
+                .value_name("IN")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Snapshot saved from oxetcd (etcdctl snapshot save)"),
+        )
+        .arg(
+            Arg::new(EXPORT_OUTPUT)
+                .value_name("OUT")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("File to write (must not exist)"),
+        );
     let snapshot = clap::Command::new("snapshot")
         .about("Snapshot tools")
         .subcommand_required(true)
-        .subcommand(restore);
+        .subcommand(restore)
+        .subcommand(export);
     server_command()
         .args_conflicts_with_subcommands(true)
         .subcommand(snapshot)

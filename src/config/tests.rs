@@ -926,6 +926,50 @@ fn parse_command_serve_and_snapshot_restore() {
 }
 
 #[test]
+fn parse_command_snapshot_export() {
+    let (command, warnings) = parse_command(
+        [
+            "oxetcd", "snapshot", "export", "--format", "etcd", "in.db", "out.db",
+        ],
+        env(&[]),
+    )
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        command,
+        Command::SnapshotExport {
+            input: PathBuf::from("in.db"),
+            output: PathBuf::from("out.db"),
+        }
+    );
+    for args in [
+        // --format is required, and etcd is the only one.
+        &["oxetcd", "snapshot", "export", "in.db", "out.db"][..],
+        &[
+            "oxetcd", "snapshot", "export", "--format", "bolt", "in.db", "out.db",
+        ][..],
+        &["oxetcd", "snapshot", "export", "--format", "etcd", "in.db"][..],
+        &[
+            "oxetcd", "snapshot", "export", "--format", "etcd", "a", "b", "c",
+        ][..],
+        &[
+            "oxetcd",
+            "snapshot",
+            "export",
+            "--format",
+            "etcd",
+            "a",
+            "b",
+            "--data-dir",
+            "d",
+        ][..],
+    ] {
+        let err = parse_command(args.iter().copied(), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Usage(_)), "{args:?}: {err:?}");
+    }
+}
+
+#[test]
 fn tls_keys_from_flags_env_and_toml() {
     let config = load_ok(&[], &[]);
     assert!(config.client_tls.cert_file.is_none() && !config.client_tls.client_cert_auth);

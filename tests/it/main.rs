@@ -25,6 +25,7 @@ mod corrupt_check;
 mod dashboards;
 mod durability;
 mod election_lock;
+mod export;
 mod fixture_smoke;
 mod kv;
 mod lease;
