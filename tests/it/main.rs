@@ -24,6 +24,7 @@ mod config_cli;
 mod dashboards;
 mod durability;
 mod fixture_smoke;
+mod gateway;
 mod kv;
 mod lease;
 mod logging;
