@@ -2,36 +2,43 @@
 //!
 //! Module paths follow the proto packages, so `etcdserverpb.KV` is served by
 //! `proto::etcdserverpb::kv_server::KvServer`. prost turns field names into snake case
-//! (`TTL` → `ttl`, `peerURLs` → `peer_ur_ls`, `type` → `r#type`).
+//! (`TTL` → `ttl`, `peerURLs` → `peer_ur_ls`, `type` → `r#type`). etcd's client-facing messages
+//! also implement serde's `Serialize` and `Deserialize` with the JSON mapping of etcd's gateway
+//! (pbjson, see `build.rs`).
 
 /// MVCC data types: `KeyValue` and watch `Event`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// Auth data types: users, roles and permissions.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// The client-facing etcd v3 API: KV, Watch, Lease, Cluster, Maintenance and Auth.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// The etcd v3 election service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// The etcd v3 lock service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// oxetcd's own protos (package `oxetcdpb`), not part of the etcd API.

@@ -34,14 +34,21 @@ fn requires_leader(request: &Request) -> bool {
 /// The middleware: answers a leaderless require-leader call, or a call a learner does not serve,
 /// with etcd's error.
 pub async fn check(ctx: ServerCtx, request: Request, next: Next) -> Response<Body> {
-    if requires_leader(&request) && ctx.node.status().leader_id == 0 {
-        let status: tonic::Status = EtcdError::NoLeader.into();
-        return status.into_http();
-    }
-    let path = request.uri().path();
-    if ctx.is_learner() && !LEARNER_PATHS.iter().any(|p| path.starts_with(p)) {
-        let status: tonic::Status = EtcdError::NotSupportedForLearner.into();
-        return status.into_http();
+    if let Some(refusal) = refusal(&ctx, request.uri().path(), requires_leader(&request)) {
+        return tonic::Status::from(refusal).into_http();
     }
     next.run(request).await
+}
+
+/// Why a call to the gRPC method `path` (`/etcdserverpb.KV/Put`) is refused before it reaches
+/// its service, if it is: the JSON gateway, which calls the services in process, checks its
+/// calls here too.
+pub fn refusal(ctx: &ServerCtx, path: &str, require_leader: bool) -> Option<EtcdError> {
+    if require_leader && ctx.node.status().leader_id == 0 {
+        return Some(EtcdError::NoLeader);
+    }
+    if ctx.is_learner() && !LEARNER_PATHS.iter().any(|p| path.starts_with(p)) {
+        return Some(EtcdError::NotSupportedForLearner);
+    }
+    None
 }

@@ -1,12 +1,14 @@
 //! The plain HTTP endpoints served beside gRPC on the client URLs and alone on the metrics URLs:
 //! `/health`, `/livez`, `/readyz` (and `/livez/<check>`, `/readyz/<check>`), `/version` and
-//! `/metrics`.
+//! `/metrics`; and, on the client URLs only, etcd's JSON gateway (`gateway.rs`).
 //!
 //! Behaviour follows etcd's `etcdhttp` package: `/health` answers JSON
 //! `{"health":"true","reason":""}` (503 with a reason such as `RAFT NO LEADER` or `ALARM NOSPACE`
 //! when unhealthy); `/livez` and `/readyz` run named checks and answer `ok\n` (with
 //! `[+]<check> ok` lines first when `?verbose` is given), or 503 listing every check. Only GET
 //! (and HEAD) are served; other methods get 405.
+
+pub mod gateway;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -347,7 +347,8 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     for url in &config.listen_client_urls {
         let listener = bind(url).await?;
         let router = grpc_router(&config, &ctx, &metrics)
-            .merge(crate::http::router(ctx.clone(), metrics_text.clone()));
+            .merge(crate::http::router(ctx.clone(), metrics_text.clone()))
+            .merge(crate::http::gateway::router(ctx.clone()));
         // Clients are served once this member has published its name and client URLs (as
         // etcd does); until then their connections wait in the listen backlog.
         let mut published = published_rx.clone();

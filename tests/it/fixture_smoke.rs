@@ -145,30 +145,6 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
         "etcd 3.5 API version, plus oxetcd's own version",
     ),
     (
-        "gateway-range-min-mod-revision",
-        "the JSON gRPC gateway is not served yet",
-    ),
-    (
-        "gateway-range-max-mod-revision",
-        "the JSON gRPC gateway is not served yet",
-    ),
-    (
-        "gateway-range-min-create-revision",
-        "the JSON gRPC gateway is not served yet",
-    ),
-    (
-        "gateway-range-max-create-revision",
-        "the JSON gRPC gateway is not served yet",
-    ),
-    (
-        "gateway-range-count-only",
-        "the JSON gRPC gateway is not served yet",
-    ),
-    (
-        "gateway-range-mod-revision-window",
-        "the JSON gRPC gateway is not served yet",
-    ),
-    (
         "snapshot-status-table",
         "etcdctl snapshot status reads bbolt files; oxetcd snapshots are its own format",
     ),

@@ -27,6 +27,7 @@ mod durability;
 mod election_lock;
 mod export;
 mod fixture_smoke;
+mod gateway;
 mod kv;
 mod lease;
 mod logging;

@@ -49,6 +49,22 @@ pub fn http_post_json(
     )
 }
 
+/// `POST` of a JSON body with extra request headers (e.g. the gateway's `Authorization`).
+pub fn http_post_json_with(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, minreq::Error> {
+    let mut request = minreq::post(format!("http://{addr}{path}"))
+        .with_header("Content-Type", "application/json")
+        .with_body(body);
+    for (name, value) in headers {
+        request = request.with_header(*name, *value);
+    }
+    send(request)
+}
+
 fn send(request: minreq::Request) -> Result<HttpResponse, minreq::Error> {
     let response = request
         .with_timeout(HTTP_TIMEOUT_SECS)
