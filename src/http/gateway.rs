@@ -44,9 +44,11 @@ use tonic::{Code, Status, Streaming};
 use crate::api::ServerCtx;
 use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
+use crate::api::election::ElectionService;
 use crate::api::interceptor;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
+use crate::api::lock::LockService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::{GRPC_OVERHEAD_BYTES, WatchService};
 use crate::proto::etcdserverpb::auth_server::Auth;
@@ -76,7 +78,7 @@ macro_rules! call {
     }};
 }
 
-/// The gateway to the KV, Watch, Lease, Cluster, Maintenance and Auth services, with the paths
+/// The gateway to the KV, Watch, Lease, Cluster, Maintenance, Auth, Election and Lock services, with the paths
 /// etcd serves them under; an unknown path under `/v3/` answers 404.
 pub fn router(ctx: ServerCtx) -> Router {
     let kv = Arc::new(KvService::new(ctx.clone()));
@@ -85,6 +87,7 @@ pub fn router(ctx: ServerCtx) -> Router {
     let cluster = Arc::new(ClusterService::new(ctx.clone()));
     let maintenance = Arc::new(MaintenanceService::new(ctx.clone()));
     let auth = Arc::new(AuthService::new(ctx.clone()));
+    let ctx_for_recipes = ctx.clone();
     let mut routes = Routes::new(ctx)
         .unary("/kv/range", "/etcdserverpb.KV/Range", call!(kv, range))
         .unary("/kv/put", "/etcdserverpb.KV/Put", call!(kv, put))
@@ -281,12 +284,19 @@ pub fn router(ctx: ServerCtx) -> Router {
             call!(auth, role_revoke_permission),
         )
         .build()
+        .merge(election_router(
+            ctx_for_recipes.clone(),
+            ElectionService::new(ctx_for_recipes.clone()),
+        ))
+        .merge(lock_router(
+            ctx_for_recipes.clone(),
+            LockService::new(ctx_for_recipes),
+        ))
         .merge(not_found_routes())
 }
 
 /// The gateway to an Election service: `/v3/election/{campaign,proclaim,leader,observe,resign}`.
-/// Merge it with [`router`].
-pub fn election_router<E: Election>(ctx: ServerCtx, service: E) -> Router {
+fn election_router<E: Election>(ctx: ServerCtx, service: E) -> Router {
     let election = Arc::new(service);
     Routes::new(ctx)
         .unary(
@@ -317,8 +327,8 @@ pub fn election_router<E: Election>(ctx: ServerCtx, service: E) -> Router {
         .build()
 }
 
-/// The gateway to a Lock service: `/v3/lock/{lock,unlock}`. Merge it with [`router`].
-pub fn lock_router<L: Lock>(ctx: ServerCtx, service: L) -> Router {
+/// The gateway to a Lock service: `/v3/lock/{lock,unlock}`.
+fn lock_router<L: Lock>(ctx: ServerCtx, service: L) -> Router {
     let lock = Arc::new(service);
     Routes::new(ctx)
         .unary("/lock/lock", "/v3lockpb.Lock/Lock", call!(lock, lock))

@@ -16,10 +16,6 @@ use common::{HttpResponse, Normalizer, Server, http_get, http_post_json};
 /// Bound on one line of a stream arriving.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The election and lock services are wired into the gateway after h-elect's branch is merged;
-/// until then their test runs against etcd only. LEAD: set to true with that wiring.
-const ELECTION_LOCK_SERVED: bool = false;
-
 fn addr(server: &Server) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, server.client_port()))
 }
@@ -774,13 +770,9 @@ fn auth_takes_the_token_from_the_authorization_header() {
     );
 }
 
-/// Campaign, leader, proclaim, observe, resign, lock and unlock. Runs against etcd only until
-/// the election and lock services are wired in (see [`ELECTION_LOCK_SERVED`]).
+/// Campaign, leader, proclaim, observe, resign, lock and unlock.
 #[test]
 fn elections_and_locks_answer_as_etcd() {
-    if !common::running_real_etcd() && !ELECTION_LOCK_SERVED {
-        return;
-    }
     let server = Server::start();
     let grant = post(&server, "/v3/lease/grant", r#"{"TTL":60}"#);
     let lease = json_u64(&grant.text(), "ID");
