@@ -4,7 +4,8 @@
 //! at every retained revision, the same compaction, leases with their keys, users, roles and
 //! the auth-enabled flag, and the same HashKV. The same history also goes to a real etcd 3.4,
 //! whose own snapshot gives the revision and key count `snapshot status` must report for the
-//! export. A round trip etcd → oxetcd → etcd leaves the same history and HashKV.
+//! export. A round trip etcd → oxetcd → etcd leaves the same history and HashKV, from and to
+//! Debian's etcd 3.4 and etcd 3.5.1 (fetched by `.ci/setup`).
 //!
 //! oxetcd-only: the command is oxetcd's, and etcd is the reference here, so under
 //! `OXETCD_TEST_BIN=/usr/bin/etcd` the tests return at once.
@@ -513,14 +514,30 @@ fn restore_and_start(
 /// revision, the same compaction, leases, users and roles, and the same HashKV as the etcd the
 /// history was written to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_round_trip_from_etcd_through_oxetcd_leaves_hashkv_unchanged() {
+async fn a_round_trip_from_etcd_3_4_through_oxetcd_leaves_hashkv_unchanged() {
     if common::running_real_etcd() {
         return;
     }
+    round_trip(Path::new(ETCD_BIN), &common::etcdctl_bin()).await;
+}
+
+/// The same round trip from and back to etcd 3.5.1 (its snapshot restored with its `etcdutl`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_trip_from_etcd_3_5_through_oxetcd_leaves_hashkv_unchanged() {
+    if common::running_real_etcd() {
+        return;
+    }
+    let etcd35 = common::etcd35_dir();
+    round_trip(&etcd35.join("etcd"), &etcd35.join("etcdutl")).await;
+}
+
+/// History on `etcd`, its snapshot restored into oxetcd, oxetcd's snapshot exported and
+/// restored with `restore_tool` into `etcd` again, each compared with the source.
+async fn round_trip(etcd: &Path, restore_tool: &Path) {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path();
     let source = Member::start(
-        Path::new(ETCD_BIN),
+        etcd,
         &dir.join("source.etcd"),
         "source",
         common::free_port(),
@@ -547,8 +564,7 @@ async fn a_round_trip_from_etcd_through_oxetcd_leaves_hashkv_unchanged() {
         common::stdout_text(&output),
         common::stderr_text(&output)
     );
-    let etcdctl = common::etcdctl_bin();
-    let back = restore_and_start(&etcdctl, Path::new(ETCD_BIN), &exported, dir, "back");
+    let back = restore_and_start(restore_tool, etcd, &exported, dir, "back");
 
     let mut source_client = connect(&source.endpoint, true).await;
     let mut ox = connect(&oxetcd.endpoint, true).await;

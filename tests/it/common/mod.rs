@@ -76,6 +76,22 @@ pub fn etcdctl_bin() -> PathBuf {
     }
 }
 
+/// The directory holding etcd 3.5.1's `etcd`, `etcdctl` and `etcdutl`: `OXETCD_TEST_ETCD35_DIR`
+/// if set, else where `.ci/setup` puts them (`~/.cache/oxetcd/etcd-v3.5.1`).
+pub fn etcd35_dir() -> PathBuf {
+    let dir = match std::env::var_os("OXETCD_TEST_ETCD35_DIR") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/oxetcd/etcd-v3.5.1"),
+    };
+    assert!(
+        dir.join("etcd").is_file() && dir.join("etcdutl").is_file(),
+        "etcd 3.5.1 is not in {}: `bash .ci/setup` fetches it",
+        dir.display()
+    );
+    dir
+}
+
 /// True when the fixture runs real etcd rather than oxetcd (tests may skip oxetcd-only checks).
 pub fn running_real_etcd() -> bool {
     server_bin()
