@@ -235,10 +235,30 @@ impl Process {
     /// The tail of the log under a header naming `what` and the log file, for a failure report.
     pub fn log_report(&self, what: &str) -> String {
         format!(
-            "--- {what} log {} (last {LOG_TAIL_LINES} lines) ---\n{}",
+            "--- {what} log {} (last {LOG_TAIL_LINES} lines; {}) ---\n{}",
             self.log_path.display(),
+            self.process_state(),
             self.log_tail()
         )
+    }
+
+    /// What the kernel says of the process now, for a failure report: a member that died
+    /// without a word in its log shows up as exited rather than as a silent log.
+    fn process_state(&self) -> String {
+        let Some(pid) = self.pid() else {
+            return "not started".to_owned();
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        match stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+        {
+            Some('Z') => format!("pid {pid} has exited, not yet reaped"),
+            Some('T') => format!("pid {pid} is stopped"),
+            Some(state) => format!("pid {pid} is running, state {state}"),
+            None => format!("pid {pid} is gone"),
+        }
     }
 
     /// Whether a start failed because a port was taken between `free_port()` and bind.
