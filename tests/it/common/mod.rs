@@ -199,6 +199,11 @@ impl Server {
         self.process.log_path()
     }
 
+    /// The tail of the server's log with its process state, for a failure message.
+    pub fn log_report(&self) -> String {
+        self.process.log_report("server")
+    }
+
     /// A connected etcd-client.
     pub async fn client(&self) -> etcd_client::Client {
         let options = etcd_client::ConnectOptions::new()
