@@ -4,13 +4,17 @@
 //! Snapshot streams the state machine in the format documented in [`crate::snapshot`], produced
 //! on a thread owned by [`ServerCtx::streams`] from one consistent RocksDB view and handed to the
 //! gRPC stream through a bounded channel, so at most a few chunks are in memory whatever the
-//! database size; the thread gives up when the client streams are drained at shutdown.
+//! database size; the thread gives up when the client streams are drained at shutdown. At most
+//! [`SNAPSHOT_STREAMS_MAX`] snapshots stream at once per member (a stream counts until its
+//! thread has ended and the client has the last chunk or went away); further callers are
+//! refused with `etcdserver: too many requests` (ResourceExhausted) rather than queued. Nothing
+//! here holds a lock that raft or apply take: the thread reads its own RocksDB view.
 
 use std::io::{self, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -30,6 +34,13 @@ use crate::version::{ETCD_API_VERSION, ETCD_STORAGE_VERSION, OXETCD_VERSION};
 /// Snapshot chunks queued between the producing thread and the gRPC stream; when full the
 /// producer blocks until the client has taken more.
 const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
+
+/// Snapshot streams served at once by this member. Each reads the whole database from disk, so a
+/// few at a time keep the disk and the snapshot threads bounded.
+pub const SNAPSHOT_STREAMS_MAX: usize = 2;
+
+/// Admission to [`SNAPSHOT_STREAMS_MAX`]: shared by the gRPC service and the JSON gateway.
+static SNAPSHOT_STREAMS: Semaphore = Semaphore::const_new(SNAPSHOT_STREAMS_MAX);
 
 /// How often MoveLeader looks whether the target has become leader (an atomic load).
 const LEADER_TRANSFER_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -201,18 +212,29 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = SnapshotStream;
 
     async fn snapshot(
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.ctx.maintenance_admin(&request).await?;
+        let Ok(permit) = SNAPSHOT_STREAMS.try_acquire() else {
+            tracing::warn!(
+                streams_max = SNAPSHOT_STREAMS_MAX,
+                "database snapshot refused: too many snapshots streaming"
+            );
+            return Err(EtcdError::TooManyRequests.into());
+        };
+        // Held by the producing thread and the stream; freed when both are done.
+        let permit = std::sync::Arc::new(permit);
+        let thread_permit = permit.clone();
         let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
         let engine = self.ctx.engine.clone();
         let header = self.ctx.header_now();
         let stop = self.ctx.streams.stop_signal();
         let spawned = self.ctx.streams.spawn_thread("snapshot-send", move || {
+            let _permit = thread_permit;
             if let Err(e) = send_snapshot(&engine, header, &tx, &stop) {
                 match e {
                     _ if *stop.borrow() => {
@@ -233,7 +255,10 @@ impl Maintenance for MaintenanceService {
             }
         });
         match spawned {
-            Ok(()) => Ok(Response::new(ReceiverStream::new(rx))),
+            Ok(()) => Ok(Response::new(SnapshotStream {
+                chunks: ReceiverStream::new(rx),
+                _permit: permit,
+            })),
             Err(SpawnError::Stopping { .. }) => Err(EtcdError::Stopped.into()),
             Err(e) => Err(EtcdError::Other(e.to_string()).into()),
         }
@@ -303,6 +328,23 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented(
             "downgrade is not supported by oxetcd",
         ))
+    }
+}
+
+/// A snapshot stream to a client, holding its place among the [`SNAPSHOT_STREAMS_MAX`].
+pub struct SnapshotStream {
+    chunks: ReceiverStream<Result<SnapshotResponse, Status>>,
+    _permit: std::sync::Arc<SemaphorePermit<'static>>,
+}
+
+impl tokio_stream::Stream for SnapshotStream {
+    type Item = Result<SnapshotResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.chunks).poll_next(cx)
     }
 }
 

@@ -6,6 +6,7 @@
 //! consistent index so the state machine and its position can never disagree. A raft snapshot
 //! from the leader replaces the state machine through [`install`].
 
+mod compactor;
 pub mod install;
 
 use std::collections::HashMap;
@@ -143,8 +144,9 @@ pub struct Applier {
     traces: HashMap<u64, tracing::Span>,
     /// Configuration changes applied since raft last took them (raft must apply them too).
     conf_changes: Vec<ConfChange>,
-    /// Owns the compaction threads (a set of its own unless the server hands one in).
-    threads: crate::tasks::TaskSet,
+    /// Deletes compacted revisions from disk, one compaction at a time in apply order, on a
+    /// thread of a set of its own unless the server hands one in.
+    compactor: compactor::Compactor,
 }
 
 /// Where membership changes go: the shared member list, and a callback told about every new
@@ -176,13 +178,13 @@ impl Applier {
             metrics: None,
             traces: HashMap::new(),
             conf_changes: Vec::new(),
-            threads: crate::tasks::TaskSet::new("apply"),
+            compactor: compactor::Compactor::new(crate::tasks::TaskSet::new("apply")),
         })
     }
 
-    /// Runs compactions on threads owned by `threads`, which the server joins at shutdown.
+    /// Runs the compactor thread in `threads`, which the server joins at shutdown.
     pub fn with_threads(mut self, threads: crate::tasks::TaskSet) -> Applier {
-        self.threads = threads;
+        self.compactor = compactor::Compactor::new(threads);
         self
     }
 
@@ -776,7 +778,7 @@ enum Pending {
 }
 
 impl Pending {
-    fn finish(self, applier: &Applier) -> Reply {
+    fn finish(self, applier: &mut Applier) -> Reply {
         match self {
             Pending::Done(reply) => {
                 reply.map(|r| with_revision(r, applier.mvcc.current_revision()))
@@ -790,26 +792,9 @@ impl Pending {
                 let compact_rev = applier.mvcc.publish_compaction(&job);
                 applier.watch.compacted(compact_rev);
                 let (done_tx, done_rx) = oneshot::channel();
-                let engine = applier.engine.clone();
-                let metrics = applier.metrics.clone();
-                let spawned = applier.threads.spawn_thread("compaction", move || {
-                    match job.run(&engine) {
-                        Ok(stats) => {
-                            if let Some(metrics) = metrics {
-                                metrics.compaction_keys.inc_by(stats.deleted as u64);
-                            }
-                        }
-                        Err(e) => crate::fatal("compacting revisions", &e),
-                    }
-                    tracing::info!(
-                        compact_revision = compact_rev,
-                        "finished scheduled compaction"
-                    );
-                    let _ = done_tx.send(());
-                });
-                if let Err(e) = spawned {
-                    crate::fatal("starting the compaction thread", &e);
-                }
+                applier
+                    .compactor
+                    .submit(job, done_tx, &applier.engine, &applier.metrics);
                 Ok(Response::Compaction {
                     response: CompactionResponse {
                         header: Some(ResponseHeader {

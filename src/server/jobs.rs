@@ -108,32 +108,36 @@ pub(super) async fn sample_quota(ctx: ServerCtx, mut shutdown: watch::Receiver<b
 /// etcd's compactor: periodic mode keeps `retention` of history (checking every retention period,
 /// at most hourly); revision mode keeps the last `retention` revisions (checking every
 /// `--auto-compaction-check-interval`, etcd's fixed 5 minutes by default).
-/// Only the leader compacts; the compaction itself goes through raft.
+/// Only the leader compacts; the compaction itself goes through raft. Periodic mode samples the
+/// revision on every member (a follower that becomes leader needs the window it saw), holding
+/// only the [`RevisionSamples`] window; revision mode keeps no state.
 pub(super) async fn auto_compact(
     ctx: ServerCtx,
     config: Arc<Config>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (period, keep) = match config.auto_compaction {
-        AutoCompaction::Periodic(retention) => (
-            retention
+    let (period, mut samples) = match config.auto_compaction {
+        AutoCompaction::Periodic(retention) => {
+            let period = retention
                 .min(Duration::from_secs(3600))
-                .max(Duration::from_millis(100)),
-            retention,
-        ),
+                .max(Duration::from_millis(100));
+            (period, Some(RevisionSamples::new(retention, period)))
+        }
         AutoCompaction::Revision(_) => (
             config
                 .auto_compaction_check_interval
                 .max(Duration::from_millis(100)),
-            Duration::ZERO,
+            None,
         ),
         AutoCompaction::Disabled => return,
     };
-    // Periodic mode samples the revision every tenth of the period so it knows which revision
-    // was current `retention` ago.
-    let sample_every = (period / 10).max(Duration::from_millis(50));
-    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
-    let mut interval = tokio::time::interval(sample_every);
+    let tick_every = match &samples {
+        Some(samples) => samples.sample_every,
+        None => period,
+    };
+    let mut interval = tokio::time::interval(tick_every);
+    // A stalled runtime must not catch up with a burst of samples.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_run = Instant::now();
     loop {
         tokio::select! {
@@ -141,7 +145,9 @@ pub(super) async fn auto_compact(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let now = Instant::now();
-        samples.push_back((now, ctx.mvcc.current_revision()));
+        if let Some(samples) = &mut samples {
+            samples.record(now, ctx.mvcc.current_revision());
+        }
         if now.duration_since(last_run) < period {
             continue;
         }
@@ -149,17 +155,15 @@ pub(super) async fn auto_compact(
         if !ctx.node.status().is_leader {
             continue;
         }
-        let target = match config.auto_compaction {
-            AutoCompaction::Revision(keep_revs) => ctx.mvcc.current_revision() - keep_revs as i64,
-            _ => {
-                while samples.len() > 1 && now.duration_since(samples[1].0) >= keep {
-                    samples.pop_front();
-                }
-                match samples.front() {
-                    Some((at, rev)) if now.duration_since(*at) >= keep => *rev,
-                    _ => continue,
-                }
+        let target = match (config.auto_compaction, &samples) {
+            (AutoCompaction::Revision(keep_revs), _) => {
+                ctx.mvcc.current_revision() - keep_revs as i64
             }
+            (_, Some(samples)) => match samples.target(now) {
+                Some(rev) => rev,
+                None => continue,
+            },
+            (_, None) => continue,
         };
         if target <= ctx.mvcc.compact_revision() || target <= 0 {
             continue;
@@ -168,5 +172,107 @@ pub(super) async fn auto_compact(
             Ok(_) => tracing::info!(revision = target, "auto compaction completed"),
             Err(e) => tracing::warn!(revision = target, error = %e, "auto compaction failed"),
         }
+    }
+}
+
+/// Periodic auto compaction's memory: the revision sampled every tenth of the check period,
+/// oldest first, kept only as far back as the newest sample at least `retention` old (the
+/// compaction target). Holds at most [`RevisionSamples::max_len`] samples whatever the uptime.
+struct RevisionSamples {
+    retention: Duration,
+    sample_every: Duration,
+    samples: std::collections::VecDeque<(Instant, i64)>,
+}
+
+impl RevisionSamples {
+    fn new(retention: Duration, period: Duration) -> RevisionSamples {
+        RevisionSamples {
+            retention,
+            sample_every: (period / 10).max(Duration::from_millis(50)),
+            samples: Default::default(),
+        }
+    }
+
+    /// The window's size: the samples younger than `retention`, the one just older, and one
+    /// for rounding.
+    fn max_len(&self) -> usize {
+        let per_window = self.retention.as_nanos() / self.sample_every.as_nanos();
+        usize::try_from(per_window)
+            .unwrap_or(usize::MAX)
+            .saturating_add(2)
+    }
+
+    /// Records `rev` as current at `now` and forgets what no later target can be.
+    fn record(&mut self, now: Instant, rev: i64) {
+        self.samples.push_back((now, rev));
+        while self.samples.len() > 1 && now.duration_since(self.samples[1].0) >= self.retention {
+            self.samples.pop_front();
+        }
+        // Samples closer together than planned (a clock that jumped): thin the history after
+        // the oldest, which only makes later targets older, never newer.
+        while self.samples.len() > self.max_len() {
+            self.samples.remove(1);
+        }
+    }
+
+    /// The revision that was current `retention` ago, if the samples reach back that far.
+    fn target(&self, now: Instant) -> Option<i64> {
+        match self.samples.front() {
+            Some((at, rev)) if now.duration_since(*at) >= self.retention => Some(*rev),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over many retention periods the samples stay within the window, and the target is the
+    /// revision sampled a retention ago.
+    #[test]
+    fn revision_samples_hold_only_the_retention_window() {
+        let retention = Duration::from_secs(600);
+        let mut samples = RevisionSamples::new(retention, retention);
+        assert_eq!(samples.sample_every, Duration::from_secs(60));
+        let start = Instant::now();
+        let mut longest = 0;
+        for minute in 0..1000 {
+            let now = start + Duration::from_secs(60 * minute);
+            samples.record(now, 100 + minute as i64);
+            longest = longest.max(samples.samples.len());
+            let expected = (minute >= 10).then(|| 100 + minute as i64 - 10);
+            assert_eq!(samples.target(now), expected, "at minute {minute}");
+        }
+        assert!(longest <= samples.max_len(), "{longest} samples held");
+        assert_eq!(samples.max_len(), 12);
+    }
+
+    /// Samples arriving faster than planned are thinned, never grow past the bound, and never
+    /// give a target newer than the retention allows.
+    #[test]
+    fn revision_samples_stay_bounded_when_samples_bunch_up() {
+        let retention = Duration::from_secs(10);
+        let mut samples = RevisionSamples::new(retention, retention);
+        let start = Instant::now();
+        for i in 0..10_000u64 {
+            let now = start + Duration::from_millis(i);
+            samples.record(now, i as i64);
+            assert!(samples.samples.len() <= samples.max_len());
+        }
+        let now = start + Duration::from_millis(10_000);
+        samples.record(now, 10_000);
+        assert_eq!(
+            samples.target(now),
+            Some(0),
+            "the oldest sample is kept as the target"
+        );
+        let later = start + Duration::from_secs(20);
+        samples.record(later, 20_000);
+        let target = samples.target(later).expect("history reaches back 10 s");
+        assert!(
+            target <= 10_000,
+            "target {target} is at least the retention old"
+        );
     }
 }
