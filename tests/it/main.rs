@@ -35,6 +35,7 @@ mod maintenance;
 mod metrics;
 mod migrate;
 mod observability_live;
+mod peer_props;
 mod peer_tls;
 mod tls;
 mod tracing;
