@@ -746,14 +746,15 @@ mod tests {
                             }
                         }
                         let mut headers = b.headers.clone();
+                        // The model of the repair: a scheme's `://` and anything from the
+                        // first `/` after it go.
                         for (name, value) in &mut headers {
-                            if name == b":authority" {
-                                if let Some(at) = value.windows(3).position(|w| w == b"://") {
-                                    let host = &value[at + 3..];
-                                    let end =
-                                        host.iter().position(|c| *c == b'/').unwrap_or(host.len());
-                                    *value = host[..end].to_vec();
-                                }
+                            let at = value.windows(3).position(|w| w == b"://");
+                            if let (true, Some(at)) = (name == b":authority", at) {
+                                let host = &value[at + 3..];
+                                let end =
+                                    host.iter().position(|c| *c == b'/').unwrap_or(host.len());
+                                *value = host[..end].to_vec();
                             }
                         }
                         want.push(Event::Block(Block {
