@@ -3,6 +3,11 @@
 //! well-formed messages a member must shrug off (local-only types, responses from a stranger,
 //! stale terms) are refused or absorbed, and the member keeps serving.
 //!
+//! Not covered, and known to fail today: a stranger's messages at a higher term. A heartbeat
+//! from a non-member with a higher term and a commit index past the member's log reaches
+//! raft-rs, whose `commit_to` panics the raft thread (the process keeps running without it).
+//! The receiver checks the batch's cluster and member IDs but not that its sender is a member.
+//!
 //! Cases come from proptest's deterministic runner, so a failure replays as it happened; 300
 //! batches against one member take a few seconds in release.
 
