@@ -112,3 +112,31 @@ fn persist(engine: &Engine, batch: &mut Batch, active: &[(u64, i32)]) {
     };
     batch.put(engine, Cf::Meta, KEY_ALARMS, &list.encode_to_vec());
 }
+
+/// Properties of the persisted alarm list (256 cases each, milliseconds in release).
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn alarm_lists_round_trip(alarms in proptest::collection::vec((any::<u64>(), any::<i32>()), 0..8)) {
+            let list = AlarmList {
+                alarms: alarms
+                    .iter()
+                    .map(|(member_id, alarm)| AlarmRecord { member_id: *member_id, alarm: *alarm })
+                    .collect(),
+            };
+            prop_assert_eq!(decode(&list.encode_to_vec()).unwrap(), alarms);
+        }
+
+        #[test]
+        fn random_bytes_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

@@ -71,3 +71,31 @@ mod tests {
         assert!(decode(&[0u8; 17]).is_err());
     }
 }
+
+/// Properties of the consistent index encoding (256 cases each, milliseconds in release).
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn round_trips(index: u64, term: u64) {
+            prop_assert_eq!(decode(&encode(index, term)).unwrap(), (index, term));
+        }
+
+        #[test]
+        fn only_16_bytes_decode(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            match decode(&bytes) {
+                Ok((index, term)) => prop_assert_eq!(&encode(index, term)[..], &bytes[..]),
+                Err(e) => {
+                    prop_assert_ne!(bytes.len(), 16);
+                    prop_assert!(e.to_string().contains("consistent"), "{}", e);
+                }
+            }
+        }
+    }
+}

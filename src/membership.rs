@@ -209,3 +209,59 @@ mod tests {
         assert_eq!(decoded.len(), 2);
     }
 }
+
+/// Properties of the persisted member list (256 cases each, milliseconds in release).
+#[cfg(test)]
+mod props {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn member() -> impl Strategy<Value = Member> {
+        (
+            any::<u64>(),
+            ".{0,12}",
+            vec(".{0,24}", 0..3),
+            vec(".{0,24}", 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(id, name, peer_ur_ls, client_ur_ls, is_learner)| Member {
+                id,
+                name,
+                peer_ur_ls,
+                client_ur_ls,
+                is_learner,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn member_lists_round_trip(members in vec(member(), 0..5)) {
+            prop_assert_eq!(decode_members(&encode_members(members.clone())).unwrap(), members.clone());
+            let cs = conf_state_from(&members);
+            prop_assert_eq!(cs.voters.len() + cs.learners.len(), members.len());
+        }
+
+        #[test]
+        fn random_and_mutated_bytes_decode_or_fail(
+            members in vec(member(), 0..3),
+            flips in vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            tail in vec(any::<u8>(), 0..16),
+        ) {
+            let mut bytes = encode_members(members);
+            if !bytes.is_empty() {
+                for (at, byte) in flips {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+            }
+            bytes.extend(tail);
+            if let Ok(decoded) = decode_members(&bytes) {
+                let _ = conf_state_from(&decoded);
+            }
+        }
+    }
+}

@@ -690,3 +690,6 @@ fn join_urls(urls: &[Url]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

@@ -116,3 +116,39 @@ mod tests {
         assert_eq!(decode_rev_key(&key), None);
     }
 }
+
+/// Properties of the revision key encoding. 256 cases each; the module runs in well under a
+/// second in release.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn keys_round_trip(main in 0..=i64::MAX, sub in 0..=i64::MAX, tombstone: bool) {
+            let rev = Revision::new(main, sub);
+            prop_assert_eq!(decode_rev_key(&rev.to_key_vec(tombstone)), Some((rev, tombstone)));
+        }
+
+        #[test]
+        fn key_order_is_revision_order(
+            a in (0..=i64::MAX, 0..=i64::MAX),
+            b in (0..=i64::MAX, 0..=i64::MAX),
+        ) {
+            let (a, b) = (Revision::new(a.0, a.1), Revision::new(b.0, b.1));
+            prop_assert_eq!(a.to_key().cmp(&b.to_key()), a.cmp(&b));
+        }
+
+        /// Any bytes either are a revision key that encodes back to themselves or are refused.
+        #[test]
+        fn any_bytes_decode_or_are_refused(key in proptest::collection::vec(any::<u8>(), 0..24)) {
+            if let Some((rev, tombstone)) = decode_rev_key(&key) {
+                prop_assert_eq!(rev.to_key_vec(tombstone), key);
+            }
+        }
+    }
+}

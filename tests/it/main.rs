@@ -36,6 +36,7 @@ mod maintenance;
 mod metrics;
 mod migrate;
 mod observability_live;
+mod peer_props;
 mod peer_tls;
 mod snapshot_cap;
 mod tls;
