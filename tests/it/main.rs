@@ -36,6 +36,7 @@ mod metrics;
 mod migrate;
 mod observability_live;
 mod peer_tls;
+mod quota_exact;
 mod tls;
 mod tracing;
 mod unix_urls;
