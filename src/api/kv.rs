@@ -85,7 +85,7 @@ impl Kv for KvService {
         let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         txn::check_put(&req).map_err(EtcdError::from)?;
-        self.ctx.check_quota(req.encoded_len() as u64).await?;
+        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         let resp = self
             .ctx
             .node
@@ -129,7 +129,7 @@ impl Kv for KvService {
             resp.header = self.ctx.fill_header(resp.header);
             return Ok(Response::new(resp));
         }
-        self.ctx.check_quota(req.encoded_len() as u64).await?;
+        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         let resp = self
             .ctx
             .node

@@ -85,7 +85,7 @@ impl Lease for LeaseService {
         if req.ttl > MAX_LEASE_TTL_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
-        self.ctx.check_quota(req.encoded_len() as u64).await?;
+        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }

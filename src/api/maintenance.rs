@@ -164,7 +164,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.ctx.maintenance_admin(&request).await?;
         let engine = self.ctx.engine.clone();
-        let sizes = blocking(move || {
+        blocking(move || {
             let _one_at_a_time = DEFRAG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             let before = engine.sizes();
             tracing::info!(db_size_bytes = before.on_disk_bytes, "starting defragment");
@@ -177,10 +177,9 @@ impl Maintenance for MaintenanceService {
                 took_ms = started.elapsed().as_millis() as u64,
                 "finished defragment"
             );
-            Ok(after)
+            Ok(())
         })
         .await?;
-        self.ctx.quota.record_db_size(sizes.on_disk_bytes);
         Ok(Response::new(DefragmentResponse {
             header: Some(self.ctx.header_now()),
         }))

@@ -22,7 +22,7 @@ pub mod recipes;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -156,19 +156,30 @@ impl ServerCtx {
         Some(self.header(revision))
     }
 
-    /// Rejects a write while NOSPACE is raised; raises it when the backend plus this request's
-    /// `cost_bytes` would outgrow the quota (that request is rejected too, as etcd does).
-    pub async fn check_quota(&self, cost_bytes: u64) -> Result<(), EtcdError> {
+    /// Rejects a write while NOSPACE is raised, or when the bytes stored (see
+    /// [`MvccStore::stored_bytes`](crate::mvcc::MvccStore::stored_bytes)) plus the writes this
+    /// member admitted that are not applied yet plus this request's `cost_bytes` would outgrow
+    /// the quota (etcd's `backend size + cost > quota`); the first such refusal raises NOSPACE
+    /// for this member. Hold the returned grant until the write is applied or has failed: until
+    /// then its cost counts against the quota.
+    pub async fn check_quota(&self, cost_bytes: u64) -> Result<QuotaGrant, EtcdError> {
         if self.alarms.nospace_active() {
             return Err(EtcdError::NoSpace);
         }
-        if self.quota.admit(cost_bytes) {
-            return Ok(());
+        let stored_bytes = self.mvcc.stored_bytes();
+        if let Some(grant) = self.quota.admit(stored_bytes, cost_bytes) {
+            return Ok(grant);
         }
+        // One NOSPACE proposal per member at a time: concurrent refusals wait for none.
+        let Some(_raising) = self.quota.start_raising() else {
+            return Err(EtcdError::NoSpace);
+        };
         let member_id = self.node.status().member_id;
         tracing::warn!(
             quota_bytes = self.quota.quota_bytes,
-            db_size_bytes = self.quota.db_size_bytes(),
+            stored_bytes,
+            in_flight_bytes = self.quota.in_flight_bytes(),
+            cost_bytes,
             "database space exceeded; raising NOSPACE"
         );
         let alarm = crate::proto::etcdserverpb::AlarmRequest {
@@ -176,7 +187,9 @@ impl ServerCtx {
             member_id,
             alarm: crate::alarm::ALARM_NOSPACE,
         };
-        let _ = self.node.propose(alarm, Origin::Member).await;
+        if let Err(e) = self.node.propose(alarm, Origin::Member).await {
+            tracing::warn!(error = %e, "raising NOSPACE failed; the next refused write retries");
+        }
         Err(EtcdError::NoSpace)
     }
 
@@ -308,42 +321,74 @@ where
         .map_err(|e| EtcdError::Other(format!("internal task failed: {e}")))?
 }
 
-/// The backend quota, the database size last sampled (off the request path), and the bytes of
-/// writes admitted since that sample, so a burst between two samples is still counted.
+/// The backend quota and what counts against it besides the stored bytes: the cost of writes
+/// this member admitted that are not applied yet, so concurrent writes cannot all pass on the
+/// same stored size. Also the one-at-a-time guard of this member's NOSPACE proposal.
 pub struct Quota {
     pub quota_bytes: u64,
-    db_size_bytes: AtomicU64,
-    admitted_since_sample_bytes: AtomicU64,
+    in_flight_bytes: Arc<AtomicU64>,
+    raising: Arc<AtomicBool>,
+}
+
+/// An admitted write's cost, counted against the quota until dropped.
+#[must_use = "the cost counts against the quota only while the grant is held"]
+pub struct QuotaGrant {
+    in_flight_bytes: Arc<AtomicU64>,
+    cost_bytes: u64,
+}
+
+impl Drop for QuotaGrant {
+    fn drop(&mut self) {
+        self.in_flight_bytes
+            .fetch_sub(self.cost_bytes, Ordering::AcqRel);
+    }
+}
+
+/// Held while this member's NOSPACE proposal is in flight.
+pub struct RaisingNoSpace(Arc<AtomicBool>);
+
+impl Drop for RaisingNoSpace {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Quota {
     pub fn new(quota_bytes: u64) -> Quota {
         Quota {
             quota_bytes,
-            db_size_bytes: AtomicU64::new(0),
-            admitted_since_sample_bytes: AtomicU64::new(0),
+            in_flight_bytes: Arc::new(AtomicU64::new(0)),
+            raising: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// A new sample of the on-disk size; it includes the writes admitted before it.
-    pub fn record_db_size(&self, bytes: u64) {
-        self.db_size_bytes.store(bytes, Ordering::Relaxed);
-        self.admitted_since_sample_bytes.store(0, Ordering::Relaxed);
+    /// Bytes of admitted writes not applied yet.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_bytes.load(Ordering::Acquire)
     }
 
-    pub fn db_size_bytes(&self) -> u64 {
-        self.db_size_bytes.load(Ordering::Relaxed)
+    /// Admits a write of `cost_bytes` if it fits beside `stored_bytes` and the writes in flight.
+    pub fn admit(&self, stored_bytes: u64, cost_bytes: u64) -> Option<QuotaGrant> {
+        self.in_flight_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_flight| {
+                let used = stored_bytes
+                    .saturating_add(in_flight)
+                    .saturating_add(cost_bytes);
+                (used <= self.quota_bytes).then(|| in_flight + cost_bytes)
+            })
+            .ok()?;
+        Some(QuotaGrant {
+            in_flight_bytes: self.in_flight_bytes.clone(),
+            cost_bytes,
+        })
     }
 
-    /// Whether a write of `cost_bytes` fits; if it does it is counted until the next sample.
-    pub fn admit(&self, cost_bytes: u64) -> bool {
-        let pending = self.admitted_since_sample_bytes.load(Ordering::Relaxed);
-        if self.db_size_bytes() + pending + cost_bytes > self.quota_bytes {
-            return false;
-        }
-        self.admitted_since_sample_bytes
-            .fetch_add(cost_bytes, Ordering::Relaxed);
-        true
+    /// The right to propose NOSPACE, unless this member's proposal is already in flight.
+    pub fn start_raising(&self) -> Option<RaisingNoSpace> {
+        self.raising
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(RaisingNoSpace(self.raising.clone()))
     }
 }
 
@@ -352,13 +397,28 @@ mod tests {
     use super::Quota;
 
     #[test]
-    fn a_burst_between_samples_counts_against_the_quota() {
+    fn writes_in_flight_count_against_the_quota() {
         let quota = Quota::new(1000);
-        quota.record_db_size(400);
-        assert!(quota.admit(300));
-        assert!(quota.admit(300));
-        assert!(!quota.admit(300), "400 + 600 admitted + 300 exceeds 1000");
-        quota.record_db_size(500);
-        assert!(quota.admit(300));
+        let first = quota.admit(400, 300).expect("400 + 300 fits 1000");
+        let second = quota.admit(400, 300).expect("400 + 600 fits 1000");
+        assert!(
+            quota.admit(400, 300).is_none(),
+            "400 + 600 in flight + 300 exceeds 1000"
+        );
+        drop(first);
+        drop(second);
+        assert_eq!(quota.in_flight_bytes(), 0);
+        // Once applied, the writes are in the stored bytes instead.
+        assert!(quota.admit(1000, 1).is_none());
+        assert!(quota.admit(999, 1).is_some());
+    }
+
+    #[test]
+    fn one_nospace_proposal_at_a_time() {
+        let quota = Quota::new(1000);
+        let raising = quota.start_raising().expect("nobody is raising");
+        assert!(quota.start_raising().is_none());
+        drop(raising);
+        assert!(quota.start_raising().is_some());
     }
 }

@@ -205,7 +205,7 @@ impl Session {
             ttl: SESSION_TTL_SECS,
             id: 0,
         };
-        self.ctx.check_quota(req.encoded_len() as u64).await?;
+        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }
@@ -220,7 +220,7 @@ impl Session {
     /// A txn as the KV service runs one: checked, quota-checked, proposed through raft.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, EtcdError> {
         txn::check_txn(&req, self.ctx.config.txn_ops_max as usize)?;
-        self.ctx.check_quota(req.encoded_len() as u64).await?;
+        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         Ok(self
             .ctx
             .node

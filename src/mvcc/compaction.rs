@@ -2,8 +2,8 @@
 //! decides what to keep, and [`CompactJob`], which deletes obsolete revisions from RocksDB.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::revision::{Revision, decode_rev_key};
@@ -27,6 +27,8 @@ pub struct CompactJob {
     rev: i64,
     /// The revisions ≤ `rev` to keep; set by `publish_compaction`.
     keep: OnceLock<HashSet<Revision>>,
+    /// The store's count of stored bytes, lowered as revisions are deleted; set with `keep`.
+    stored_bytes: OnceLock<Arc<AtomicU64>>,
 }
 
 /// What a [`CompactJob`] did.
@@ -38,6 +40,8 @@ pub struct CompactStats {
     pub deleted: usize,
     /// RocksDB write batches used.
     pub batches: usize,
+    /// Bytes of the deleted revision records (keys plus values).
+    pub deleted_bytes: u64,
 }
 
 impl MvccStore {
@@ -93,6 +97,7 @@ impl MvccStore {
         tracing::debug!(compact_revision = rev, kept = keep.len(), "index compacted");
         // A second publish of the same job computes the same set; keep the first.
         let _ = job.keep.set(keep);
+        let _ = job.stored_bytes.set(self.stored_bytes.clone());
         rev
     }
 }
@@ -102,6 +107,7 @@ impl CompactJob {
         CompactJob {
             rev,
             keep: OnceLock::new(),
+            stored_bytes: OnceLock::new(),
         }
     }
 
@@ -129,6 +135,10 @@ impl CompactJob {
             .keep
             .get()
             .expect("MvccStore::publish_compaction runs before CompactJob::run");
+        let stored_bytes = self
+            .stored_bytes
+            .get()
+            .expect("MvccStore::publish_compaction sets the byte count with the kept set");
         let batch_limit = batch_limit.max(1);
         let end = Revision::key_of_main(self.rev + 1);
         let mut from: Vec<u8> = Vec::new();
@@ -138,9 +148,10 @@ impl CompactJob {
         loop {
             let mut batch = Batch::new();
             let mut scanned = 0;
+            let mut batch_deleted_bytes = 0u64;
             let mut last_key: Option<Box<[u8]>> = None;
             for item in engine.scan(Cf::Kv, &from, Some(&end)).take(batch_limit) {
-                let (k, _) = item?;
+                let (k, v) = item?;
                 scanned += 1;
                 let (rev, _) = decode_rev_key(&k).ok_or_else(|| {
                     MvccError::Corrupt(format!("kv column family holds a non-revision key {k:?}"))
@@ -148,6 +159,7 @@ impl CompactJob {
                 if !keep.contains(&rev) {
                     batch.delete(engine, Cf::Kv, &k);
                     stats.deleted += 1;
+                    batch_deleted_bytes += (k.len() + v.len()) as u64;
                     if first_deleted.is_none() {
                         first_deleted = Some(k.to_vec());
                     }
@@ -166,6 +178,11 @@ impl CompactJob {
                 );
             }
             engine.write(batch, false)?;
+            // Saturating: a reload (snapshot install) may have replaced the count meanwhile.
+            let _ = stored_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(batch_deleted_bytes))
+            });
+            stats.deleted_bytes += batch_deleted_bytes;
             stats.batches += 1;
             if done {
                 break;

@@ -1,6 +1,6 @@
 //! [`MvccStore`]: opening (index rebuild), the read paths, watch history and lease discovery.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use prost::Message;
@@ -26,6 +26,11 @@ pub struct MvccStore {
     /// Revision of the last published compaction (-1 = never compacted, as in etcd); changes
     /// only under the index write lock.
     pub(super) compact_rev: AtomicI64,
+    /// Bytes of every revision record in the `kv` column family (key plus value): grows when a
+    /// txn is published, shrinks as a compaction deletes revisions. Derived from applied state
+    /// only, so every member counts the same bytes at the same revision once its compactions
+    /// have finished; the backend quota is checked against it.
+    pub(super) stored_bytes: Arc<AtomicU64>,
     pub(super) writer: Mutex<WriterState>,
 }
 
@@ -48,8 +53,10 @@ impl MvccStore {
         let mut index = Index::default();
         let mut last_main = 1;
         let mut revisions = 0u64;
+        let mut stored_bytes = 0u64;
         for item in engine.scan(Cf::Kv, &[], None) {
             let (k, v) = item?;
+            stored_bytes += (k.len() + v.len()) as u64;
             let (rev, tombstone) = decode_rev_key(&k).ok_or_else(|| {
                 MvccError::Corrupt(format!("kv column family holds a non-revision key {k:?}"))
             })?;
@@ -69,12 +76,14 @@ impl MvccStore {
             index: RwLock::new(index),
             current_rev: AtomicI64::new(current),
             compact_rev: AtomicI64::new(compact),
+            stored_bytes: Arc::new(AtomicU64::new(stored_bytes)),
             writer: Mutex::new(WriterState::new(current, resume.unwrap_or(compact))),
         };
         tracing::info!(
             revision = current,
             compact_revision = compact,
             revisions,
+            stored_bytes,
             keys = store.read_index().len(),
             "mvcc store restored"
         );
@@ -91,6 +100,7 @@ impl MvccStore {
     /// snapshot was installed). Called by the single writer (the apply thread).
     pub fn reload(&self) -> Result<(), MvccError> {
         let fresh = MvccStore::open(self.engine.clone())?;
+        let stored_bytes = fresh.stored_bytes();
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = self.write_index();
         *index = fresh
@@ -105,6 +115,7 @@ impl MvccStore {
             .store(fresh.current_rev.load(Ordering::Acquire), Ordering::Release);
         self.compact_rev
             .store(fresh.compact_rev.load(Ordering::Acquire), Ordering::Release);
+        self.stored_bytes.store(stored_bytes, Ordering::Release);
         Ok(())
     }
 
@@ -121,6 +132,13 @@ impl MvccStore {
     /// Revision of the last published compaction; -1 if the store was never compacted.
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the revisions stored (keys plus values of the `kv` column family), as of the
+    /// last published txn and the compactions finished so far: the size the backend quota
+    /// counts. Unlike the on-disk size it does not depend on when RocksDB flushes or compacts.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Acquire)
     }
 
     /// Keys that exist at the current revision (etcd's `etcd_debugging_mvcc_keys_total`).

@@ -77,6 +77,8 @@ pub struct WriteTxn<'a> {
 pub struct Pending {
     rev: i64,
     changes: Vec<Change>,
+    /// Bytes of the revision records `finish` added to the batch.
+    stored_bytes: u64,
 }
 
 impl Pending {
@@ -161,6 +163,8 @@ impl MvccStore {
                     index.put(&c.kv.key, c.rev);
                 }
             }
+            self.stored_bytes
+                .fetch_add(pending.stored_bytes, Ordering::AcqRel);
             self.current_rev.store(pending.rev, Ordering::Release);
         }
         let events = pending
@@ -452,9 +456,11 @@ impl<'a> WriteTxn<'a> {
             return Pending {
                 rev: self.rev - 1,
                 changes: Vec::new(),
+                stored_bytes: 0,
             };
         }
         let engine = &self.store.engine;
+        let mut stored_bytes = 0u64;
         for c in &self.changes {
             let value = if c.tombstone {
                 // etcd stores a tombstone's value as the bare key.
@@ -466,7 +472,9 @@ impl<'a> WriteTxn<'a> {
             } else {
                 c.kv.encode_to_vec()
             };
-            batch.put(engine, Cf::Kv, &c.rev.to_key_vec(c.tombstone), &value);
+            let key = c.rev.to_key_vec(c.tombstone);
+            stored_bytes += (key.len() + value.len()) as u64;
+            batch.put(engine, Cf::Kv, &key, &value);
         }
         for (key, &i) in &self.latest {
             let c = &self.changes[i];
@@ -483,6 +491,7 @@ impl<'a> WriteTxn<'a> {
         Pending {
             rev: self.rev,
             changes: std::mem::take(&mut self.changes),
+            stored_bytes,
         }
     }
 }

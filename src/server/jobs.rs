@@ -1,5 +1,5 @@
-//! Background jobs: attribute publishing, SIGHUP log reopening, quota sampling and the
-//! auto-compactor. Each runs until its task set (`jobs`) stops.
+//! Background jobs: attribute publishing, SIGHUP log reopening and the auto-compactor. Each runs
+//! until its task set (`jobs`) stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +9,6 @@ use tokio::sync::watch;
 use crate::api::ServerCtx;
 use crate::config::{AutoCompaction, Config, etcd_url_string};
 use crate::proto::oxetcdpb::MemberAttributes;
-
-/// How often the database size is sampled for the quota check.
-const QUOTA_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Publishes this member's name and client URLs through raft (etcd's attribute publishing),
 /// retrying until it is applied, so every member lists them; then sets `published` (once a
@@ -89,19 +86,6 @@ pub(super) async fn reopen_log_on_hangup(mut shutdown: watch::Receiver<bool>) {
                 tracing::info!("received SIGHUP; reopened the log file");
             }
             _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
-}
-pub(super) async fn sample_quota(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(QUOTA_SAMPLE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let engine = ctx.engine.clone();
-        if let Ok(sizes) = tokio::task::spawn_blocking(move || engine.sizes()).await {
-            ctx.quota.record_db_size(sizes.on_disk_bytes);
         }
     }
 }

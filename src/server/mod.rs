@@ -35,7 +35,7 @@ use bootstrap::{
     create_private_dir, load_or_bootstrap_membership, min_lease_ttl_secs, peer_list,
     reconcile_raft_with_state,
 };
-use jobs::{auto_compact, publish_attributes, reopen_log_on_hangup, sample_quota};
+use jobs::{auto_compact, publish_attributes, reopen_log_on_hangup};
 use listeners::{bind, grpc_router, metrics_text, peer_router, serve, serve_tls};
 
 /// Why the server could not start or stopped abnormally.
@@ -125,7 +125,7 @@ fn tls_hosts(config: &Config, side: TlsSide) -> Vec<String> {
 ///    `etcdserver: server stopped`, Maintenance snapshot threads give up; then the client
 ///    connections, their in-flight unary calls answered, close;
 /// 3. **drain background jobs** (`jobs`): attribute publishing, watch catch-up, lease expiry,
-///    quota sampling, SIGHUP log reopening, auto compaction;
+///    SIGHUP log reopening, auto compaction;
 /// 4. **stop peer traffic** (`peers`): the peer listener and the raft streams it serves, the
 ///    per-peer sender tasks and snapshot sends;
 /// 5. **stop the node**: the raft thread stops after what it took in, the apply thread after
@@ -281,7 +281,6 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     let jobs = TaskSet::new("jobs");
     let peers = TaskSet::new("peers");
     let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
-    quota.record_db_size(engine.sizes().on_disk_bytes);
     let ctx = ServerCtx {
         config: Arc::new(api_config(&config, peer_dialer)),
         node,
@@ -491,10 +490,6 @@ fn start_jobs(
     jobs.spawn(
         "lease-expiry",
         api::lease::run_expiry(ctx.clone(), jobs.stop_signal()),
-    )?;
-    jobs.spawn(
-        "quota-sample",
-        sample_quota(ctx.clone(), jobs.stop_signal()),
     )?;
     jobs.spawn("log-reopen", reopen_log_on_hangup(jobs.stop_signal()))?;
     if config.auto_compaction != AutoCompaction::Disabled {

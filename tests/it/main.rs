@@ -38,6 +38,7 @@ mod migrate;
 mod observability_live;
 mod peer_props;
 mod peer_tls;
+mod quota_exact;
 mod snapshot_cap;
 mod tls;
 mod tracing;

@@ -529,8 +529,7 @@ async fn defragment_keeps_data_and_writes_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nospace_alarm_and_recovery() {
-    // 8 MiB: small enough to fill in a few dozen puts, large enough for an empty store (oxetcd
-    // counts the RocksDB files of its data dir).
+    // 8 MiB: small enough to fill in a few dozen puts, large enough for an empty store.
     let server = Server::start_with(&["--quota-backend-bytes", "8388608"]);
     let mut client = server.client().await;
     let (member_id, _) = ids(&mut client).await;
