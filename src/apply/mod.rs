@@ -429,6 +429,7 @@ impl Applier {
                 None => (None, None),
             };
             let started = std::time::Instant::now();
+            failpoint!("apply_write");
             if let Err(e) = self.engine.write(batch, false) {
                 crate::fatal("writing applied state", &e);
             }
@@ -793,6 +794,7 @@ impl Pending {
                 let engine = applier.engine.clone();
                 let metrics = applier.metrics.clone();
                 let spawned = applier.threads.spawn_thread("compaction", move || {
+                    failpoint!("compaction");
                     match job.run(&engine) {
                         Ok(stats) => {
                             if let Some(metrics) = metrics {
