@@ -108,9 +108,14 @@ impl Member {
     /// Waits for the member to exit by itself, running `poke` (something that makes it work)
     /// while it runs; fails the test with both logs if it does not exit in time.
     fn wait_exit_while(&mut self, mut poke: impl FnMut(&Member)) -> ExitStatus {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + EXIT_TIMEOUT;
         loop {
             if let Some(status) = self.process.exited() {
+                eprintln!(
+                    "member exited {:?} after the test began waiting",
+                    started.elapsed()
+                );
                 return status;
             }
             assert!(
@@ -166,7 +171,7 @@ fn a_raft_thread_panic_stops_the_member_and_is_in_the_log() {
     member.assert_logged(&[
         "injected raft panic",
         "panic in a thread that owns state; stopping the member",
-        "thread=\"raft\"",
+        "\"thread\":\"raft\"",
     ]);
 }
 
@@ -178,7 +183,7 @@ fn an_apply_thread_panic_stops_the_member_and_is_in_the_log() {
     let mut member = Member::start("apply_write=panic(injected apply panic)");
     let status = member.wait_exit_while(poke_with_put);
     assert_panic_exit(status, &member);
-    member.assert_logged(&["injected apply panic", "thread=\"apply\""]);
+    member.assert_logged(&["injected apply panic", "\"thread\":\"apply\""]);
 }
 
 #[test]
@@ -213,7 +218,7 @@ fn a_compaction_thread_panic_stops_the_member_and_is_in_the_log() {
     );
     let status = member.wait_exit_while(|_| {});
     assert_panic_exit(status, &member);
-    member.assert_logged(&["injected compaction panic", "thread=\"compaction\""]);
+    member.assert_logged(&["injected compaction panic", "\"thread\":\"compaction\""]);
 }
 
 /// The snapshot thread runs on the leader when a follower needs a snapshot: one is stopped
@@ -250,6 +255,7 @@ async fn a_snapshot_thread_panic_stops_the_member_and_is_in_the_log() {
         .wait_for_leader_among(&others, FAILOVER_DEADLINE)
         .await;
     cluster.start_member(lagging);
+    let restarted = Instant::now();
     let status = match cluster.wait_exit(leader, EXIT_TIMEOUT) {
         Ok(status) => status,
         Err(reason) => cluster.fail(&format!("the leader generating a snapshot: {reason}")),
@@ -259,9 +265,13 @@ async fn a_snapshot_thread_panic_stops_the_member_and_is_in_the_log() {
         Some(PANIC_EXIT_STATUS),
         "the leader ended with {status}"
     );
+    eprintln!(
+        "the leader exited {:?} after the lagging member restarted",
+        restarted.elapsed()
+    );
     let log = cluster.log_file(leader);
     assert!(
-        log.contains("injected snapshot panic") && log.contains("thread=\"snapshot\""),
+        log.contains("injected snapshot panic") && log.contains("\"thread\":\"snapshot\""),
         "the leader's log file lacks the panic:\n{log}"
     );
 }
@@ -287,7 +297,8 @@ fn a_fatal_error_is_in_the_log_file() {
 
 /// Polls `/livez?verbose` on the metrics URL until it fails; returns its body.
 fn wait_livez_failure(member: &mut Member) -> String {
-    let deadline = Instant::now() + LIVEZ_FAIL_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + LIVEZ_FAIL_TIMEOUT;
     loop {
         if let Some(status) = member.process.exited() {
             panic!(
@@ -298,6 +309,7 @@ fn wait_livez_failure(member: &mut Member) -> String {
         if let Some(livez) = member.metrics_get("/livez?verbose")
             && livez.status == 503
         {
+            eprintln!("/livez failed {:?} after start", started.elapsed());
             return livez.text();
         }
         assert!(
