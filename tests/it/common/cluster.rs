@@ -116,11 +116,14 @@ impl ClusterOptions {
         self
     }
 
+    // Used by panic_policy, compiled with `--features failpoints` only.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn env(mut self, name: &'static str, value: &str) -> ClusterOptions {
         self.env.push((name, value.to_string()));
         self
     }
 
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn log_file(mut self) -> ClusterOptions {
         self.log_file = true;
         self
@@ -477,6 +480,7 @@ impl Cluster {
     }
 
     /// Member `index`'s log file (with [`ClusterOptions::log_file`]).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn log_file(&self, index: usize) -> String {
         std::fs::read_to_string(self.members[index].dir.join("oxetcd.log")).unwrap_or_default()
     }
