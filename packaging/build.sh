@@ -19,6 +19,12 @@ out=${1:-$target_dir/packages}
 tools=${OXETCD_TOOLS:-$HOME/.cache/oxetcd/tools}
 binary=$target_dir/release/oxetcd
 [ -x "$binary" ] || { echo "no release build at $binary: run cargo build --release" >&2; exit 1; }
+# A binary built with `--features failpoints` (as CI's tests build it) must never be packaged:
+# only the build without it carries this warning text (src/main.rs).
+if ! grep -q "built without failpoints" "$binary"; then
+    echo "$binary was built with --features failpoints: run cargo build --release" >&2
+    exit 1
+fi
 
 # Tools: pinned versions, built in their own target directory so they never touch ours.
 tool_version() { "$tools/bin/$1" "${1#cargo-}" --version 2>/dev/null | awk '{print $2}'; }

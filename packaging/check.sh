@@ -18,6 +18,10 @@ sed "s#^ExecStart=/usr/bin/oxetcd #ExecStart=$bin #" systemd/oxetcd.service > "$
 out=$(systemd-analyze verify --man=no "$scratch/oxetcd.service" 2>&1) || true
 if [ -n "$out" ]; then echo "$out"; exit 1; fi
 
+echo "== the unit restarts a member that failed (fatal: 1, panic: 101), not a misconfigured one (2)"
+grep -qx 'Restart=on-failure' systemd/oxetcd.service
+grep -qx 'RestartPreventExitStatus=2' systemd/oxetcd.service
+
 echo "== systemd-analyze security (threshold 2.0)"
 systemd-analyze security --offline=true --threshold=20 systemd/oxetcd.service | tail -1
 

@@ -7,6 +7,10 @@
 //! raft transport between members) → `server` (wiring). `tasks` (the owners of every task and
 //! thread) is a leaf any layer may use. ARCHITECTURE.md is the map.
 
+// First: its `failpoint!` macro is used by the modules below.
+#[macro_use]
+mod failpoints;
+
 pub mod alarm;
 pub mod api;
 pub mod apply;
@@ -34,9 +38,11 @@ pub mod version;
 pub mod watch;
 
 /// Stops the process after an error that leaves this member unable to serve correct data
-/// (a failed fsync, a corrupt log entry). Serving on would risk acknowledging lost writes.
+/// (a failed fsync, a corrupt log entry). Serving on would risk acknowledging lost writes. The
+/// log file is flushed first, so the message is in it.
 pub fn fatal(what: &str, err: &dyn std::fmt::Display) -> ! {
     tracing::error!(error = %err, "fatal: {what}; stopping the member");
     eprintln!("oxetcd: fatal: {what}: {err}");
+    crate::telemetry::flush_log();
     std::process::exit(1)
 }

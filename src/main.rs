@@ -71,6 +71,13 @@ fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // Fault injection for tests (src/failpoints.rs): FAILPOINTS names failpoints and actions.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        tracing::warn!("FAILPOINTS is set, but this binary was built without failpoints");
+    }
     let outcome = match runtime.block_on(oxetcd::server::run(config, jwt)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

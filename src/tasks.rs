@@ -5,7 +5,13 @@
 //! A set holds its live tasks and threads only: finished ones are reaped at every spawn, so it
 //! grows with what runs at once, which whoever spawns bounds (connections × HTTP/2 streams for
 //! client streams, one per peer for peer senders, one at a time for snapshot generation).
+//!
+//! Threads that own state (the raft and apply threads, and the threads of a set made with
+//! [`TaskSet::owning_state`]) are marked with [`mark_thread_owns_state`]: a panic in one stops
+//! the whole process (the panic hook `telemetry::init` installs asks [`thread_owns_state`]),
+//! since the state it left half-changed cannot be trusted and nothing would redo its work.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +27,21 @@ use tokio::time::Instant;
 const THREAD_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// How long tasks aborted after the timeout get to unwind.
 const ABORT_GRACE: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// Whether the current thread owns state (see the module doc).
+    static OWNS_STATE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as owning state: a panic in it stops the process.
+pub fn mark_thread_owns_state() {
+    OWNS_STATE.with(|owns| owns.set(true));
+}
+
+/// Whether the current thread was marked with [`mark_thread_owns_state`].
+pub fn thread_owns_state() -> bool {
+    OWNS_STATE.with(Cell::get)
+}
 
 /// Why a task or thread was not started.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +74,8 @@ pub struct TaskSet {
 
 struct Inner {
     name: &'static str,
+    /// Threads of this set own state (see the module doc).
+    owns_state: bool,
     /// Where tasks run when spawned from outside the runtime (the raft and apply threads).
     runtime: Option<Handle>,
     stop: watch::Sender<bool>,
@@ -110,9 +133,20 @@ impl TaskSet {
     /// An empty set. Tasks run on the runtime current here, or (created outside one) on the
     /// runtime current where they are spawned.
     pub fn new(name: &'static str) -> TaskSet {
+        TaskSet::with_policy(name, false)
+    }
+
+    /// An empty set whose threads own state: each is marked with [`mark_thread_owns_state`],
+    /// so a panic in one stops the process.
+    pub fn owning_state(name: &'static str) -> TaskSet {
+        TaskSet::with_policy(name, true)
+    }
+
+    fn with_policy(name: &'static str, owns_state: bool) -> TaskSet {
         TaskSet {
             inner: Arc::new(Inner {
                 name,
+                owns_state,
                 runtime: Handle::try_current().ok(),
                 stop: watch::Sender::new(false),
                 running: Mutex::new(Running::default()),
@@ -163,9 +197,15 @@ impl TaskSet {
             return Err(SpawnError::Stopping { set, task });
         }
         running.reap(set);
+        let owns_state = self.inner.owns_state;
         let thread = std::thread::Builder::new()
             .name(task.into())
-            .spawn(f)
+            .spawn(move || {
+                if owns_state {
+                    mark_thread_owns_state();
+                }
+                f()
+            })
             .map_err(|source| SpawnError::Thread { task, source })?;
         running.threads.push((task, thread));
         Ok(())

@@ -3,6 +3,12 @@
 //! after [`request_log_reopen`] (the server calls it on SIGHUP), so logrotate's `create` mode
 //! works: the old file is renamed, the next line goes to a new file at the configured path.
 //!
+//! Panics: [`init`] installs a panic hook that writes every panic (thread, place, message) to
+//! the log at error. A panic in a thread that owns state (`tasks::thread_owns_state`) then
+//! stops the process with status [`PANIC_EXIT_STATUS`], after flushing the log file
+//! ([`flush_log`], which `fatal` uses too): the non-blocking file writer would otherwise lose
+//! the lines still queued when the process exits.
+//!
 //! Traces: with `--enable-distributed-tracing` the spans of target [`TRACE_TARGET`] (a client
 //! request and its propose, commit, apply and reply children) go to an OTLP/gRPC collector,
 //! sampled at `--distributed-tracing-sampling-per-million`. Without it no layer wants those
@@ -11,6 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
@@ -27,9 +34,55 @@ use crate::config::{Config, LogFormat};
 /// The target of the spans exported as traces (never written to the log).
 pub const TRACE_TARGET: &str = "oxetcd::trace";
 
-/// Keeps the log writer flushing, and the trace exporter exporting, until dropped (at exit).
+/// The exit status after a panic in a thread that owns state (Rust's own for a panic).
+pub const PANIC_EXIT_STATUS: i32 = 101;
+
+/// The log file writer's worker guard: dropping it writes out what is queued and flushes.
+/// Held here rather than in [`LogGuard`] so [`flush_log`] can reach it from any thread.
+static LOG_WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Writes out every log line queued so far and flushes the log file; call it right before the
+/// process exits without unwinding (`std::process::exit`). Lines logged afterwards are lost.
+/// Waits at most about a second (tracing-appender's bound). A no-op when logging to stderr.
+pub fn flush_log() {
+    let guard = LOG_WRITER.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(guard);
+}
+
+/// Logs every panic; stops the process on one in a thread that owns state (see the module doc).
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // The default hook prints the message (and a backtrace if asked) to stderr.
+        default_hook(info);
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        if crate::tasks::thread_owns_state() {
+            tracing::error!(
+                thread,
+                place,
+                "panic in a thread that owns state; stopping the member: {message}"
+            );
+            flush_log();
+            eprintln!("oxetcd: panic in the {thread} thread; stopping");
+            std::process::exit(PANIC_EXIT_STATUS);
+        }
+        tracing::error!(thread, place, "panic: {message}");
+    }));
+}
+
+/// Keeps the trace exporter exporting until dropped (at exit), then flushes the log.
 pub struct LogGuard {
-    _guard: Option<WorkerGuard>,
     tracer: Option<SdkTracerProvider>,
 }
 
@@ -39,6 +92,7 @@ impl Drop for LogGuard {
             // Sends what is still batched.
             let _ = provider.shutdown();
         }
+        flush_log();
     }
 }
 
@@ -123,10 +177,9 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
         .with(otel)
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
-    Ok(LogGuard {
-        _guard: guard,
-        tracer,
-    })
+    *LOG_WRITER.lock().unwrap_or_else(|p| p.into_inner()) = guard;
+    install_panic_hook();
+    Ok(LogGuard { tracer })
 }
 
 /// Set by [`request_log_reopen`], taken by the log file writer before its next write.

@@ -166,6 +166,7 @@ impl Maintenance for MaintenanceService {
         let engine = self.ctx.engine.clone();
         blocking(move || {
             let _one_at_a_time = DEFRAG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            failpoint!("defragment");
             let before = engine.sizes();
             tracing::info!(db_size_bytes = before.on_disk_bytes, "starting defragment");
             let started = Instant::now();

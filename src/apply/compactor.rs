@@ -100,6 +100,7 @@ impl Compactor {
         let threads = self.threads.clone();
         self.threads.spawn_thread("compactor", move || {
             run(&rx, &threads, |job| {
+                failpoint!("compaction");
                 match job.run(&engine) {
                     Ok(stats) => {
                         if let Some(metrics) = &metrics {

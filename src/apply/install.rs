@@ -25,6 +25,7 @@ pub fn install_into(
     file: &Path,
     expected: SnapshotPosition,
 ) -> Result<(), SnapshotError> {
+    failpoint!("snapshot_install");
     let member_id = engine.get(Cf::Meta, b"member_id")?;
     let mut batch = Batch::new();
     batch.put(

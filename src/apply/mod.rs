@@ -431,6 +431,7 @@ impl Applier {
                 None => (None, None),
             };
             let started = std::time::Instant::now();
+            failpoint!("apply_write");
             if let Err(e) = self.engine.write(batch, false) {
                 crate::fatal("writing applied state", &e);
             }

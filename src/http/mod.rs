@@ -6,12 +6,15 @@
 //! `{"health":"true","reason":""}` (503 with a reason such as `RAFT NO LEADER` or `ALARM NOSPACE`
 //! when unhealthy); `/livez` and `/readyz` run named checks and answer `ok\n` (with
 //! `[+]<check> ok` lines first when `?verbose` is given), or 503 listing every check. Only GET
-//! (and HEAD) are served; other methods get 405.
+//! (and HEAD) are served; other methods get 405. Beside etcd's `serializable_read`, `/livez`
+//! runs oxetcd's `loop_progress`: it fails while the raft or apply thread has been stuck in one
+//! step for [`LOOP_STALL_THRESHOLD`], so a wedged member gets restarted by its prober.
 
 pub mod gateway;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -159,11 +162,21 @@ async fn check_health(
 enum Check {
     DataCorruption,
     SerializableRead,
+    /// The raft and apply threads are not stuck in one step (oxetcd's own check).
+    LoopProgress,
     LinearizableRead,
     NonLearner,
 }
 
-const LIVEZ_CHECKS: &[Check] = &[Check::SerializableRead];
+/// How long the raft or apply thread may spend in one step of its loop before `/livez` fails.
+/// A step is one wake-up: a Ready (with its fsync) on the raft thread, one batch of entries or
+/// a snapshot install on the apply thread. etcd calls a 1 s WAL fsync slow and a 100 ms apply
+/// slow; 10 s is ten times the default election timeout, so a raft thread that long gone has
+/// lost its leadership anyway, yet a slow disk or a big batch does not get a working member
+/// restarted. Only installing a very large snapshot from the leader could take longer.
+const LOOP_STALL_THRESHOLD: Duration = Duration::from_secs(10);
+
+const LIVEZ_CHECKS: &[Check] = &[Check::SerializableRead, Check::LoopProgress];
 const READYZ_CHECKS: &[Check] = &[
     Check::DataCorruption,
     Check::SerializableRead,
@@ -176,6 +189,7 @@ impl Check {
         match self {
             Check::DataCorruption => "data_corruption",
             Check::SerializableRead => "serializable_read",
+            Check::LoopProgress => "loop_progress",
             Check::LinearizableRead => "linearizable_read",
             Check::NonLearner => "non_learner",
         }
@@ -191,6 +205,13 @@ impl Check {
                 }
             }
             Check::SerializableRead => probe_read(ctx, false).await.map_err(|e| e.to_string()),
+            Check::LoopProgress => match ctx.node.stalled_thread(LOOP_STALL_THRESHOLD) {
+                Some((thread, busy)) => Err(format!(
+                    "the {thread} thread has been stuck in one step for {}s",
+                    busy.as_secs()
+                )),
+                None => Ok(()),
+            },
             Check::LinearizableRead => probe_read(ctx, true).await.map_err(|e| e.to_string()),
             Check::NonLearner => {
                 let membership = ctx.membership.read().unwrap_or_else(|p| p.into_inner());

@@ -17,7 +17,10 @@ pub(super) fn run_apply(
     applied_tx: watch::Sender<u64>,
     wake: SyncSender<NodeMsg>,
 ) {
-    while let Ok(task) = rx.recv() {
+    loop {
+        shared.apply_busy.idle();
+        let Ok(task) = rx.recv() else { break };
+        shared.apply_busy.busy();
         let applied = match task {
             ApplyTask::Entries(entries, traces) => {
                 applier.trace(traces);

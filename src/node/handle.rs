@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use raft::SnapshotStatus;
@@ -103,6 +103,17 @@ impl NodeHandle {
     /// watch [`NodeHandle::status`] for the outcome.
     pub fn transfer_leader(&self, target: u64) -> Result<(), NodeError> {
         self.send(NodeMsg::TransferLeader(target))
+    }
+
+    /// The raft or apply thread, if one has been busy with a single step of its loop for at
+    /// least `threshold` (stuck on a disk, a lock, a bug), and for how long. Threads waiting
+    /// for work are not stalled.
+    pub fn stalled_thread(&self, threshold: Duration) -> Option<(&'static str, Duration)> {
+        let shared = &self.inner.shared;
+        [("raft", &shared.raft_busy), ("apply", &shared.apply_busy)]
+            .into_iter()
+            .filter_map(|(name, stamp)| stamp.busy_for().map(|busy| (name, busy)))
+            .find(|(_, busy)| *busy >= threshold)
     }
 
     /// On the leader: each member's replication progress (this member included).

@@ -135,8 +135,47 @@ impl Transport for NoPeers {
     }
 }
 
+/// Since when a thread has been busy with one step of its loop, for `/livez`: set when it wakes
+/// with work, cleared when it goes back to waiting, so an idle thread is never "stalled".
+#[derive(Default)]
+struct BusyStamp {
+    /// Milliseconds since [`busy_clock_origin`], plus one; 0 while waiting for work.
+    since_ms: AtomicU64,
+}
+
+/// The monotonic origin of every [`BusyStamp`].
+fn busy_clock_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl BusyStamp {
+    fn busy(&self) {
+        let ms = busy_clock_origin().elapsed().as_millis() as u64 + 1;
+        self.since_ms.store(ms, Ordering::Release);
+    }
+
+    fn idle(&self) {
+        self.since_ms.store(0, Ordering::Release);
+    }
+
+    /// How long the current step has taken so far; `None` while waiting for work.
+    fn busy_for(&self) -> Option<Duration> {
+        match self.since_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => {
+                let now = busy_clock_origin().elapsed().as_millis() as u64 + 1;
+                Some(Duration::from_millis(now.saturating_sub(ms)))
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
+    /// The raft and apply threads' current step, for [`NodeHandle::stalled_thread`].
+    raft_busy: BusyStamp,
+    apply_busy: BusyStamp,
     leader_id: AtomicU64,
     term: AtomicU64,
     commit: AtomicU64,
@@ -231,7 +270,10 @@ pub fn start(
     let wake = tx.clone();
     let apply = std::thread::Builder::new()
         .name("apply".into())
-        .spawn(move || apply_loop::run_apply(applier, apply_rx, apply_shared, applied_tx, wake))
+        .spawn(move || {
+            crate::tasks::mark_thread_owns_state();
+            apply_loop::run_apply(applier, apply_rx, apply_shared, applied_tx, wake)
+        })
         .expect("spawning the apply thread");
 
     let raft_shared = shared.clone();
@@ -241,6 +283,7 @@ pub fn start(
     let raft = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
+            crate::tasks::mark_thread_owns_state();
             RaftLoop {
                 raw,
                 engine,

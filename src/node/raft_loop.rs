@@ -21,7 +21,7 @@ use crate::apply::{ApplyError, Waiters};
 use crate::metrics::Metrics;
 use crate::proto::oxetcdpb::InternalRequest;
 use crate::raft::RaftLogStore;
-use crate::storage::{Batch, Engine};
+use crate::storage::{Batch, Engine, StorageError};
 
 /// Where a ReadIndex answer (the index to wait for) is sent.
 pub(super) type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
@@ -65,7 +65,10 @@ impl RaftLoop {
         let mut next_tick = Instant::now() + self.cfg.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(wait) {
+            self.shared.raft_busy.idle();
+            let received = self.inbox.recv_timeout(wait);
+            self.shared.raft_busy.busy();
+            match received {
                 Ok(msg) => {
                     let mut running = self.handle(msg);
                     for _ in 0..INBOX_CAPACITY {
@@ -357,6 +360,18 @@ impl LoopSink<'_> {
     }
 }
 
+/// The raft log and hard state write after a Ready, between its failpoints (see
+/// `failpoints.rs`): `raft_log_before_fsync` can return an injected I/O error.
+fn write_raft_log(engine: &Engine, batch: Batch, sync: bool) -> Result<(), StorageError> {
+    failpoint!("raft_log_before_fsync", |_| Err(StorageError::Io {
+        path: "raft log".into(),
+        source: std::io::Error::other("injected by failpoint raft_log_before_fsync"),
+    }));
+    engine.write(batch, sync)?;
+    failpoint!("raft_log_after_fsync");
+    Ok(())
+}
+
 impl crate::raft::ReadySink for LoopSink<'_> {
     fn send(&mut self, messages: Vec<Message>) {
         if !messages.is_empty() {
@@ -367,7 +382,7 @@ impl crate::raft::ReadySink for LoopSink<'_> {
 
     fn write(&mut self, batch: Batch, sync: bool) {
         let started = Instant::now();
-        if let Err(e) = self.engine.write(batch, sync) {
+        if let Err(e) = write_raft_log(self.engine, batch, sync) {
             crate::fatal("persisting raft state", &e);
         }
         if sync {

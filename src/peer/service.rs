@@ -74,6 +74,7 @@ impl PeerService {
         first: SnapshotChunk,
         stream: &mut Streaming<SnapshotChunk>,
     ) -> Result<Message, Status> {
+        failpoint!("snapshot_receive");
         self.check_cluster(first.cluster_id)?;
         let message: Message = decode(&first.message)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;

@@ -335,6 +335,7 @@ async fn stream_snapshot(
     message: &Message,
 ) -> Result<u64, String> {
     use tokio::io::AsyncReadExt as _;
+    failpoint!("snapshot_send");
     let meta = message.get_snapshot().get_metadata();
     let path = crate::raft::snapshots::snapshot_path(dir, meta.term, meta.index);
     let mut file = tokio::fs::File::open(&path)

@@ -186,6 +186,7 @@ impl SnapshotFiles {
 
 /// Writes a snapshot of the source's current applied state to `dir`.
 fn generate(source: &dyn SnapshotSource, dir: &Path) -> Result<Generated, SnapshotFileError> {
+    failpoint!("snapshot_write");
     let view = source.capture().map_err(SnapshotFileError::Source)?;
     let (index, term) = view.position();
     let conf_state = view.conf_state();

@@ -226,7 +226,7 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
             source: e,
         })?;
     let snap_dir = snapshot_files.dir().to_path_buf();
-    let node_threads = TaskSet::new("node-threads");
+    let node_threads = TaskSet::owning_state("node-threads");
     let store = store.with_snapshots(snapshot_files.with_threads(node_threads.clone()));
     let metrics = Arc::new(Metrics::with_identity(
         membership.member_id,

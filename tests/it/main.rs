@@ -36,6 +36,9 @@ mod maintenance;
 mod metrics;
 mod migrate;
 mod observability_live;
+// Needs the failpoints in the binary (`--features failpoints`, as CI builds it).
+#[cfg(feature = "failpoints")]
+mod panic_policy;
 mod peer_props;
 mod peer_tls;
 mod quota_exact;

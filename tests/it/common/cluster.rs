@@ -88,6 +88,11 @@ pub struct ClusterOptions {
     pub snapshot_count: Option<u64>,
     /// Flags appended to every member's command line.
     pub extra_args: Vec<String>,
+    /// Environment variables every member starts with (e.g. `FAILPOINTS`).
+    pub env: Vec<(&'static str, String)>,
+    /// Each member logs to `oxetcd.log` in its directory (`--log-outputs`), read with
+    /// [`Cluster::log_file`], instead of stderr.
+    pub log_file: bool,
 }
 
 impl ClusterOptions {
@@ -96,6 +101,8 @@ impl ClusterOptions {
             members,
             snapshot_count: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
+            log_file: false,
         }
     }
 
@@ -106,6 +113,19 @@ impl ClusterOptions {
 
     pub fn arg(mut self, arg: &str) -> ClusterOptions {
         self.extra_args.push(arg.to_string());
+        self
+    }
+
+    // Used by panic_policy, compiled with `--features failpoints` only.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn env(mut self, name: &'static str, value: &str) -> ClusterOptions {
+        self.env.push((name, value.to_string()));
+        self
+    }
+
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn log_file(mut self) -> ClusterOptions {
+        self.log_file = true;
         self
     }
 }
@@ -457,6 +477,12 @@ impl Cluster {
             self.proxy.set_pid(index, None);
         }
         exited
+    }
+
+    /// Member `index`'s log file (with [`ClusterOptions::log_file`]).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn log_file(&self, index: usize) -> String {
+        std::fs::read_to_string(self.members[index].dir.join("oxetcd.log")).unwrap_or_default()
     }
 
     /// Everything member `index` has logged so far.
@@ -925,6 +951,10 @@ impl Cluster {
             args.push("--snapshot-count".to_string());
             args.push(entries.to_string());
         }
+        if self.options.log_file {
+            args.push("--log-outputs".to_string());
+            args.push(member.dir.join("oxetcd.log").display().to_string());
+        }
         args.extend(self.options.extra_args.iter().cloned());
         args
     }
@@ -933,7 +963,7 @@ impl Cluster {
         let args = self.args(index);
         let member = &mut self.members[index];
         std::fs::create_dir_all(&member.dir).expect("creating a member dir should work");
-        member.process.spawn(&args);
+        member.process.spawn_with_env(&args, &self.options.env);
         self.proxy.set_pid(index, member.process.pid());
     }
 
