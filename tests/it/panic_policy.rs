@@ -218,7 +218,7 @@ fn a_compaction_thread_panic_stops_the_member_and_is_in_the_log() {
     );
     let status = member.wait_exit_while(|_| {});
     assert_panic_exit(status, &member);
-    member.assert_logged(&["injected compaction panic", "\"thread\":\"compaction\""]);
+    member.assert_logged(&["injected compaction panic", "\"thread\":\"compactor\""]);
 }
 
 /// The snapshot thread runs on the leader when a follower needs a snapshot: one is stopped
