@@ -25,6 +25,17 @@ pub fn install_into(
     file: &Path,
     expected: SnapshotPosition,
 ) -> Result<(), SnapshotError> {
+    install_reporting(engine, file, expected, &mut || {})
+}
+
+/// [`install_into`], calling `progress` after each batch it writes (the apply thread tells the
+/// liveness check it is moving).
+pub fn install_reporting(
+    engine: &Engine,
+    file: &Path,
+    expected: SnapshotPosition,
+    progress: &mut dyn FnMut(),
+) -> Result<(), SnapshotError> {
     failpoint!("snapshot_install");
     let member_id = engine.get(Cf::Meta, b"member_id")?;
     let mut batch = Batch::new();
@@ -63,6 +74,7 @@ pub fn install_into(
         batch.put(engine, record.cf, &record.key, &record.value);
         if batch.size_bytes() >= INSTALL_BATCH_BYTES {
             engine.write(std::mem::take(&mut batch), false)?;
+            progress();
         }
     }
     let pos = reader.finish()?;

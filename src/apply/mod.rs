@@ -217,11 +217,18 @@ impl Applier {
     }
 
     /// Replaces the state machine with the raft snapshot in `file` taken at (`index`, `term`)
-    /// and rebuilds everything held in memory from it.
-    pub fn install_snapshot(&mut self, file: &Path, index: u64, term: u64) {
+    /// and rebuilds everything held in memory from it; `progress` is called as the file's
+    /// batches are written.
+    pub fn install_snapshot(
+        &mut self,
+        file: &Path,
+        index: u64,
+        term: u64,
+        progress: &mut dyn FnMut(),
+    ) {
         let started = std::time::Instant::now();
         let expected = crate::snapshot::format::SnapshotPosition { index, term };
-        if let Err(e) = install::install_into(&self.engine, file, expected) {
+        if let Err(e) = install::install_reporting(&self.engine, file, expected, progress) {
             crate::fatal("installing a raft snapshot", &e);
         }
         if let Err(e) = self.mvcc.reload() {

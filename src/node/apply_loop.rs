@@ -1,5 +1,6 @@
 //! The apply thread: takes committed entries and snapshot installs from the raft thread in log
-//! order, runs them through the [`Applier`], and publishes the applied index.
+//! order, runs them through the [`Applier`], and publishes the applied index. A snapshot install
+//! runs here while the raft thread keeps ticking; older snapshot files go once it is done.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,14 +27,11 @@ pub(super) fn run_apply(
                 applier.trace(traces);
                 applier.apply_entries(entries)
             }
-            ApplyTask::Snapshot {
-                file,
-                index,
-                term,
-                done,
-            } => {
-                applier.install_snapshot(&file, index, term);
-                let _ = done.send(());
+            ApplyTask::Snapshot { file, index, term } => {
+                applier.install_snapshot(&file, index, term, &mut || shared.apply_busy.busy());
+                if let Some(dir) = file.parent() {
+                    crate::raft::snapshots::remove_files_before(dir, index);
+                }
                 index
             }
         };
@@ -49,6 +47,10 @@ pub(super) fn run_apply(
         }
         shared.applied.store(applied, Ordering::Release);
         applied_tx.send_replace(applied);
+        if shared.apply_backlogged.load(Ordering::Acquire) {
+            // The queue has room again for what the raft thread holds back.
+            let _ = wake.try_send(NodeMsg::Wake);
+        }
     }
     tracing::info!("apply thread stopped");
 }

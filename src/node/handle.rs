@@ -168,6 +168,11 @@ impl NodeHandle {
         if data.len() > self.inner.cfg.max_request_bytes {
             return Err(NodeError::RequestTooLarge.into());
         }
+        let shared = &self.inner.shared;
+        let committed = shared.commit.load(Ordering::Acquire);
+        if committed > shared.applied.load(Ordering::Acquire) + super::APPLY_GAP_MAX {
+            return Err(NodeError::TooManyRequests.into());
+        }
         let rx = self.inner.waiters.register(id);
         let propose_span = tracing::info_span!(target: TRACE_TARGET, "propose", request_id = id);
         let trace = (!propose_span.is_disabled()).then(|| {

@@ -16,7 +16,7 @@ mod raft_loop;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChange, Entry, Message};
@@ -42,6 +42,12 @@ const INBOX_CAPACITY: usize = 8192;
 const APPLY_QUEUE_CAPACITY: usize = 256;
 /// Entries kept behind the applied index when the log is truncated, for slow followers.
 const LOG_CATCHUP_ENTRIES: u64 = 5000;
+
+/// Proposals are refused with `TooManyRequests` while the entries committed but not yet applied
+/// on this member exceed this many (etcd's `maxGapBetweenApplyAndCommitIndex`): the raft thread
+/// keeps committing while the apply thread is busy, for example installing a snapshot, and this
+/// bounds what piles up for it.
+const APPLY_GAP_MAX: u64 = 5000;
 /// Ticks after which an unanswered ReadIndex is asked again (raft drops it silently when the
 /// leader has not yet committed an entry in its term).
 const READ_INDEX_RETRY_TICKS: u64 = 5;
@@ -180,6 +186,9 @@ struct Shared {
     term: AtomicU64,
     commit: AtomicU64,
     applied: AtomicU64,
+    /// The raft thread holds work the full apply queue could not take (the apply thread wakes
+    /// it after each task while this is set).
+    apply_backlogged: AtomicBool,
     leader_changes: AtomicU64,
     is_leader: AtomicBool,
     raft_first: AtomicU64,
@@ -212,12 +221,11 @@ struct Traced {
 enum ApplyTask {
     /// Committed entries, with the request spans of the traced ones by request ID.
     Entries(Vec<Entry>, Vec<(u64, tracing::Span)>),
-    /// Replace the state machine with a snapshot file; `done` is signalled once it is installed.
+    /// Replace the state machine with a snapshot file (the raft log already starts after it).
     Snapshot {
         file: std::path::PathBuf,
         index: u64,
         term: u64,
-        done: SyncSender<()>,
     },
 }
 
@@ -302,6 +310,8 @@ pub fn start(
                 leaderless_since: Some(Instant::now()),
                 election_started: None,
                 heartbeats: HashMap::new(),
+                apply_backlog: std::collections::VecDeque::new(),
+                longest_step: Duration::ZERO,
             }
             .run()
         })

@@ -2,11 +2,11 @@
 //! the inbox into one Ready, persists it, hands committed entries to the apply thread and
 //! applies the configuration changes the apply thread applied.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::time::Instant;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use raft::eraftpb::{Entry, Message};
@@ -58,7 +58,17 @@ pub(super) struct RaftLoop {
     pub(super) election_started: Option<Instant>,
     /// While leader: when a heartbeat last went to each peer.
     pub(super) heartbeats: HashMap<u64, Instant>,
+    /// Work for the apply thread that its full queue could not take yet, oldest first; the raft
+    /// thread never waits for the apply thread.
+    pub(super) apply_backlog: VecDeque<ApplyTask>,
+    /// The longest single step of this loop so far, logged when it grows past
+    /// [`STEP_WARN_AFTER`].
+    pub(super) longest_step: Duration,
 }
+
+/// A raft thread step longer than this is logged (with the longest so far): peers count this
+/// member as silent while it lasts.
+const STEP_WARN_AFTER: Duration = Duration::from_millis(500);
 
 impl RaftLoop {
     pub(super) fn run(mut self) {
@@ -68,6 +78,7 @@ impl RaftLoop {
             self.shared.raft_busy.idle();
             let received = self.inbox.recv_timeout(wait);
             self.shared.raft_busy.busy();
+            let step_started = Instant::now();
             match received {
                 Ok(msg) => {
                     let mut running = self.handle(msg);
@@ -106,6 +117,7 @@ impl RaftLoop {
             }
             self.issue_reads();
             self.follow_apply();
+            flush_apply_backlog(&self.apply_tx, &mut self.apply_backlog, &self.shared);
             let snap_dir = self.raw.store().snapshot_dir().map(|d| d.to_path_buf());
             let mut sink = LoopSink {
                 engine: &self.engine,
@@ -121,9 +133,11 @@ impl RaftLoop {
                 election_started: &mut self.election_started,
                 heartbeats: &mut self.heartbeats,
                 heartbeat_interval: self.cfg.tick,
+                apply_backlog: &mut self.apply_backlog,
             };
             crate::raft::handle_ready(&mut self.raw, &mut sink);
             self.publish_status();
+            self.observe_step(step_started.elapsed());
         }
         tracing::info!("raft thread stopped");
     }
@@ -189,6 +203,20 @@ impl RaftLoop {
         }
         self.write(batch, true, "persisting the raft configuration");
         !removed
+    }
+
+    /// Logs a step of this loop that took longer than [`STEP_WARN_AFTER`] and is the longest
+    /// yet: peers heard nothing from this member meanwhile.
+    fn observe_step(&mut self, took: Duration) {
+        if took > self.longest_step {
+            self.longest_step = took;
+            if took > STEP_WARN_AFTER {
+                tracing::warn!(
+                    took = ?took,
+                    "raft thread step took long; peers heard nothing from this member meanwhile"
+                );
+            }
+        }
     }
 
     /// On the leader, records each member's replication progress for the Cluster API checks.
@@ -333,9 +361,39 @@ struct LoopSink<'a> {
     election_started: &'a mut Option<Instant>,
     heartbeats: &'a mut HashMap<u64, Instant>,
     heartbeat_interval: std::time::Duration,
+    apply_backlog: &'a mut VecDeque<ApplyTask>,
+}
+
+/// Hands the held-back apply work to the apply thread as far as its queue has room, in order.
+fn flush_apply_backlog(
+    apply_tx: &SyncSender<ApplyTask>,
+    backlog: &mut VecDeque<ApplyTask>,
+    shared: &Shared,
+) {
+    while let Some(task) = backlog.pop_front() {
+        match apply_tx.try_send(task) {
+            Ok(()) => {}
+            Err(TrySendError::Full(task)) => {
+                backlog.push_front(task);
+                break;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                crate::fatal("handing work to the apply thread", &"apply thread stopped")
+            }
+        }
+    }
+    shared
+        .apply_backlogged
+        .store(!backlog.is_empty(), Ordering::Release);
 }
 
 impl LoopSink<'_> {
+    /// Queues `task` for the apply thread behind anything held back; never waits.
+    fn hand_to_apply(&mut self, task: ApplyTask) {
+        self.apply_backlog.push_back(task);
+        flush_apply_backlog(self.apply_tx, self.apply_backlog, self.shared);
+    }
+
     /// etcd's heartbeat check: a leader heartbeat to a peer more than twice the heartbeat
     /// interval after the previous one counts as a heartbeat send failure (the leader was too
     /// busy, usually waiting on a slow disk).
@@ -414,16 +472,7 @@ impl crate::raft::ReadySink for LoopSink<'_> {
                 }
             }
         }
-        if self
-            .apply_tx
-            .send(ApplyTask::Entries(entries, traces))
-            .is_err()
-        {
-            crate::fatal(
-                "handing entries to the apply thread",
-                &"apply thread stopped",
-            );
-        }
+        self.hand_to_apply(ApplyTask::Entries(entries, traces));
     }
 
     fn read_states(&mut self, states: Vec<raft::ReadState>) {
@@ -496,17 +545,11 @@ impl crate::raft::ReadySink for LoopSink<'_> {
             term = meta.term,
             "installing a snapshot from the leader"
         );
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let task = ApplyTask::Snapshot {
-            file: file.clone(),
+        self.hand_to_apply(ApplyTask::Snapshot {
+            file,
             index: meta.index,
             term: meta.term,
-            done: done_tx,
-        };
-        if self.apply_tx.send(task).is_err() || done_rx.recv().is_err() {
-            crate::fatal("installing a raft snapshot", &"apply thread stopped");
-        }
+        });
         self.shared.commit.fetch_max(meta.index, Ordering::AcqRel);
-        crate::raft::snapshots::remove_other_files(dir, &file);
     }
 }

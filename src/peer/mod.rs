@@ -86,6 +86,8 @@ pub enum PeerError {
     MemberMismatch { local: u64, to: u64, from: u64 },
     #[error("undecodable raft message from member {from:x}: {reason}")]
     BadMessage { from: u64, reason: String },
+    #[error("raft messages from {from:x}, which is not in this member's member list")]
+    UnknownSender { from: u64 },
     #[error("server stopped")]
     Stopped,
 }
@@ -100,6 +102,7 @@ impl From<PeerError> for tonic::Status {
                 tonic::Status::failed_precondition("etcdserver: member ID mismatch")
             }
             PeerError::BadMessage { .. } => tonic::Status::invalid_argument(e.to_string()),
+            PeerError::UnknownSender { .. } => tonic::Status::permission_denied(e.to_string()),
             PeerError::Stopped => tonic::Status::unavailable("etcdserver: server stopped"),
         }
     }
@@ -110,6 +113,16 @@ impl From<PeerError> for tonic::Status {
 /// most `request_bytes_max` of request.
 pub fn batch_bytes_limit(request_bytes_max: usize) -> usize {
     BATCH_BYTES_MAX + (1 << 20) + request_bytes_max + (64 << 10)
+}
+
+/// The largest snapshot file a member accepts from a peer: twice the backend quota (the
+/// state a snapshot carries is what the quota bounds, plus its revisions' framing) and 1 GiB of
+/// slack for leases, users and members. A larger stream is refused and its partial file removed,
+/// so a confused or hostile sender cannot fill the data directory's disk.
+pub fn snapshot_bytes_limit(quota_backend_bytes: u64) -> u64 {
+    quota_backend_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 30)
 }
 
 /// Short form of a member ID for logs, as etcd prints them.

@@ -32,17 +32,19 @@ pub struct PeerService {
     shutdown: watch::Receiver<bool>,
     handlers: Arc<dyn PeerHandlers>,
     snap_dir: PathBuf,
+    snapshot_bytes_max: u64,
     metrics: Arc<Metrics>,
 }
 
 impl PeerService {
     /// A service stepping into `node`; open streams end when `shutdown` turns true. Received
-    /// snapshots go to `snap_dir`.
+    /// snapshots go to `snap_dir`, each at most `snapshot_bytes_max` bytes long.
     pub fn new(
         node: NodeHandle,
         shutdown: watch::Receiver<bool>,
         handlers: Arc<dyn PeerHandlers>,
         snap_dir: PathBuf,
+        snapshot_bytes_max: u64,
         metrics: Arc<Metrics>,
     ) -> PeerService {
         PeerService {
@@ -50,8 +52,19 @@ impl PeerService {
             shutdown,
             handlers,
             snap_dir,
+            snapshot_bytes_max,
             metrics,
         }
+    }
+
+    /// Refuses a sender that is not in this member's member list: a removed member, or one of
+    /// another cluster's that shares its ID space. Raft steps messages from any ID it is given,
+    /// and a stranger's heartbeat with a commit index beyond this member's log would stop it.
+    fn check_sender(&self, from: u64) -> Result<(), PeerError> {
+        if self.handlers.peer_urls(from).is_empty() {
+            return Err(PeerError::UnknownSender { from });
+        }
+        Ok(())
     }
 
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
@@ -87,17 +100,28 @@ impl PeerService {
                 hex(message.to)
             )));
         }
+        self.check_sender(message.from)?;
         let meta = message.get_snapshot().get_metadata();
         let (index, term) = (meta.index, meta.term);
         let path = snapshots::snapshot_path(&self.snap_dir, term, index);
         let part = snapshots::part_path(&path);
         let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
         let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-        let mut bytes = first.data.len() as u64;
-        file.write_all(&first.data).await.map_err(io)?;
-        while let Some(chunk) = stream.message().await? {
-            bytes += chunk.data.len() as u64;
-            file.write_all(&chunk.data).await.map_err(io)?;
+        let mut bytes = 0u64;
+        let mut chunk = Some(first.data);
+        while let Some(data) = chunk {
+            bytes += data.len() as u64;
+            if bytes > self.snapshot_bytes_max {
+                drop(file);
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot from {} is larger than this member accepts ({} bytes)",
+                    hex(message.from),
+                    self.snapshot_bytes_max
+                )));
+            }
+            file.write_all(&data).await.map_err(io)?;
+            chunk = stream.message().await?.map(|c| c.data);
         }
         file.sync_all().await.map_err(io)?;
         drop(file);
@@ -126,7 +150,7 @@ impl PeerService {
         Ok(message)
     }
 
-    /// Refuses a batch meant for another cluster or another member.
+    /// Refuses a batch meant for another cluster or another member, or sent by a stranger.
     fn check(&self, batch: &RaftBatch) -> Result<(), PeerError> {
         let cfg = self.node.config();
         if batch.cluster_id != cfg.cluster_id {
@@ -143,7 +167,7 @@ impl PeerService {
                 from: batch.from,
             });
         }
-        Ok(())
+        self.check_sender(batch.from)
     }
 
     /// Steps every message of an accepted batch. A full raft inbox drops the rest of the batch

@@ -5,7 +5,8 @@
 //! hard state are written in one batch, synced when raft says so; messages that acknowledge
 //! persisted state leave only after that write; committed entries are handed to apply only after
 //! the commit index covering them has been written, so a restarted member never finds its applied
-//! index ahead of its commit index.
+//! index ahead of its commit index. A snapshot from the leader replaces the log in that same
+//! synced write and is handed to apply right after it, ahead of the Ready's committed entries.
 
 use raft::eraftpb::{Entry, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
@@ -26,8 +27,11 @@ pub trait ReadySink {
     fn read_states(&mut self, states: Vec<ReadState>);
     /// Leadership as raft now sees it (only called when it changed).
     fn soft_state(&mut self, leader_id: u64, role: StateRole);
-    /// A snapshot from the leader: install it in the state machine before this returns (the raft
-    /// log is replaced right after, in the same synced write as the Ready's entries).
+    /// A snapshot from the leader, whose position already replaced the raft log in a synced
+    /// write: have it installed in the state machine after the entries handed to `apply` so
+    /// far and before any handed later. It need not be installed when this returns (the raft
+    /// thread keeps going meanwhile); a member that stops first installs it when it starts
+    /// again, finding its applied index behind the log's start.
     fn snapshot(&mut self, snapshot: &Snapshot);
 }
 
@@ -41,7 +45,6 @@ pub fn handle_ready(raw: &mut RawNode<RaftLogStore>, sink: &mut impl ReadySink) 
     let mut batch = Batch::new();
     let has_snapshot = !rd.snapshot().is_empty();
     if has_snapshot {
-        sink.snapshot(rd.snapshot());
         let meta = rd.snapshot().get_metadata();
         raw.mut_store().apply_snapshot(
             &mut batch,
@@ -57,6 +60,9 @@ pub fn handle_ready(raw: &mut RawNode<RaftLogStore>, sink: &mut impl ReadySink) 
     raw.mut_store().append(&mut batch, rd.entries(), rd.hs());
     if !batch.is_empty() {
         sink.write(batch, rd.must_sync() || has_snapshot);
+    }
+    if has_snapshot {
+        sink.snapshot(rd.snapshot());
     }
     sink.send(rd.take_persisted_messages());
     let read_states = rd.take_read_states();

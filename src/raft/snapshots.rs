@@ -167,7 +167,7 @@ impl SnapshotFiles {
                         took = ?started.elapsed(),
                         "saved a snapshot for peers"
                     );
-                    remove_other_files(&dir, &snapshot_path(&dir, g.term, g.index));
+                    remove_files_before(&dir, g.index);
                     *state = GenState::Ready(g);
                 }
                 Err(e) => {
@@ -212,17 +212,27 @@ fn generate(source: &dyn SnapshotSource, dir: &Path) -> Result<Generated, Snapsh
     })
 }
 
-/// Removes every snapshot file in `dir` except `keep`.
-pub fn remove_other_files(dir: &Path, keep: &Path) {
+/// Removes the snapshot files in `dir` taken before raft index `index`. Newer ones stay: a
+/// snapshot received from the leader may be waiting for its install while this member generates
+/// one for peers, or the other way round.
+pub fn remove_files_before(dir: &Path, index: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path != keep && path.extension().is_some_and(|e| e == "snap") {
+        if file_index(&path).is_some_and(|i| i < index) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// The raft index in a snapshot file's name (see [`snapshot_path`]); `None` for other files.
+fn file_index(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".snap")?;
+    let (term, index) = name.split_once('-')?;
+    u64::from_str_radix(term, 16).ok()?;
+    u64::from_str_radix(index, 16).ok()
 }
 
 /// Makes renames inside `dir` durable.

@@ -38,6 +38,24 @@ pub struct RaftLogStore {
     snapshots: Option<super::snapshots::SnapshotFiles>,
 }
 
+/// Where the stored raft log starts: the (index, term) just before its first entry, which is
+/// the position of the last snapshot installed from the leader or of the last truncation; (0, 0)
+/// for a log never truncated.
+pub fn read_truncated(engine: &Engine) -> Result<(u64, u64), StorageError> {
+    match engine.get(Cf::RaftState, KEY_TRUNCATED)? {
+        Some(bytes) if bytes.len() == 16 => Ok((
+            u64::from_be_bytes(bytes[..8].try_into().expect("length checked")),
+            u64::from_be_bytes(bytes[8..].try_into().expect("length checked")),
+        )),
+        Some(_) => Err(StorageError::Corrupt {
+            cf: Cf::RaftState.name(),
+            key: KEY_TRUNCATED.to_vec(),
+            reason: "truncation marker is not 16 bytes".into(),
+        }),
+        None => Ok((0, 0)),
+    }
+}
+
 impl RaftLogStore {
     /// Loads the raft state from `engine`. A fresh store of a new cluster (`initial_voters` not
     /// empty) starts as if from a snapshot at index 1, term 1 holding that configuration, so the
@@ -65,20 +83,7 @@ impl RaftLogStore {
                 cs
             }
         };
-        let truncated = match engine.get(Cf::RaftState, KEY_TRUNCATED)? {
-            Some(bytes) if bytes.len() == 16 => (
-                u64::from_be_bytes(bytes[..8].try_into().expect("length checked")),
-                u64::from_be_bytes(bytes[8..].try_into().expect("length checked")),
-            ),
-            Some(_) => {
-                return Err(StorageError::Corrupt {
-                    cf: Cf::RaftState.name(),
-                    key: KEY_TRUNCATED.to_vec(),
-                    reason: "truncation marker is not 16 bytes".into(),
-                });
-            }
-            None => (0, 0),
-        };
+        let truncated = read_truncated(&engine)?;
         let mut last_index = truncated.0;
         for item in engine.scan(Cf::RaftLog, &(truncated.0 + 1).to_be_bytes(), None) {
             let (key, _) = item?;

@@ -10,6 +10,38 @@ use crate::storage::{Batch, Engine, StorageError};
 
 use super::ServerError;
 
+/// Installs the snapshot a member received from its leader but stopped before installing: the
+/// raft log already starts after it (the raft thread does not wait for installs), so the applied
+/// state is behind the log's start. The file stays in the snapshot directory until an install
+/// of it or of a newer one completes.
+pub(super) fn install_pending_snapshot(
+    engine: &Engine,
+    data_dir: &std::path::Path,
+) -> Result<(), ServerError> {
+    let (index, term) = crate::raft::storage::read_truncated(engine)?;
+    let applied = crate::consistent_index::read_index(engine)?;
+    if applied >= index {
+        return Ok(());
+    }
+    let dir = data_dir.join(crate::raft::snapshots::SNAP_DIR);
+    let file = crate::raft::snapshots::snapshot_path(&dir, term, index);
+    tracing::warn!(
+        file = %file.display(),
+        applied,
+        index,
+        "installing the snapshot received before the last stop"
+    );
+    let position = crate::snapshot::format::SnapshotPosition { index, term };
+    crate::apply::install::install_into(engine, &file, position).map_err(|e| {
+        ServerError::Bootstrap(format!(
+            "installing the received snapshot {}: {e}",
+            file.display()
+        ))
+    })?;
+    crate::raft::snapshots::remove_files_before(&dir, index);
+    Ok(())
+}
+
 /// Creates the data directory readable by this user only (etcd's 0700), and warns when an
 /// existing one is more open than that.
 pub(super) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {

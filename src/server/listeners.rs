@@ -153,6 +153,7 @@ pub(super) fn peer_router(
         stop,
         Arc::new(api::peer::PeerHandlersImpl::new(ctx.clone())),
         snap_dir,
+        crate::peer::snapshot_bytes_limit(ctx.quota.quota_bytes),
         metrics,
     );
     tonic::service::Routes::new(PeerServer::new(service).max_decoding_message_size(decode_max))

@@ -166,6 +166,7 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     tracing::info!(path = %config.data_dir.display(), "opened backend db");
     crate::apply::install::finish_interrupted_install(&engine)
         .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
+    bootstrap::install_pending_snapshot(&engine, &config.data_dir)?;
 
     // A member with data of its own (a restart) is checked against its peers when asked to;
     // a new one has nothing to compare yet (as in etcd).

@@ -11,7 +11,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use common::cluster::{Cluster, ClusterOptions, FAILOVER_DEADLINE, exclusive};
+use common::cluster::{CONVERGE_TIMEOUT, Cluster, ClusterOptions, FAILOVER_DEADLINE, exclusive};
 use common::http::{HttpResponse, http_get};
 use common::process::{POLL_INTERVAL, Process};
 
@@ -273,6 +273,74 @@ async fn a_snapshot_thread_panic_stops_the_member_and_is_in_the_log() {
     assert!(
         log.contains("injected snapshot panic") && log.contains("\"thread\":\"snapshot\""),
         "the leader's log file lacks the panic:\n{log}"
+    );
+}
+
+/// The raft thread does not wait for a snapshot install: a member that stops after raft
+/// took the leader's snapshot into its log but before the snapshot was installed (here: a panic
+/// as the install starts) installs it when it starts again, and holds every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_snapshot_not_yet_installed_is_installed_at_the_next_start() {
+    if common::running_real_etcd() {
+        return;
+    }
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::start_with(
+        ClusterOptions::new(3)
+            .snapshot_count(SNAPSHOT_COUNT)
+            .env(
+                "FAILPOINTS",
+                "snapshot_install=panic(injected install panic)",
+            )
+            .log_file(),
+    );
+    let leader = cluster.wait_for_leader(FAILOVER_DEADLINE).await;
+    let lagging = (leader + 1) % 3;
+    cluster.stop(lagging);
+    let others: Vec<usize> = (0..3).filter(|&index| index != lagging).collect();
+    let load = cluster.start_load(&others, 8, "load/");
+    if let Err(reason) = load.wait_for_acks(
+        LOG_CATCHUP_ENTRIES + 10 * SNAPSHOT_COUNT,
+        Duration::from_secs(120),
+    ) {
+        cluster.fail(&format!("writing while one member is down: {reason}"));
+    }
+    let report = load.stop();
+    cluster.start_member(lagging);
+    let status = match cluster.wait_exit(lagging, EXIT_TIMEOUT) {
+        Ok(status) => status,
+        Err(reason) => cluster.fail(&format!("the member installing a snapshot: {reason}")),
+    };
+    assert_eq!(
+        status.code(),
+        Some(PANIC_EXIT_STATUS),
+        "the member installing a snapshot ended with {status}"
+    );
+    let log = cluster.log_file(lagging);
+    assert!(
+        log.contains("received a snapshot") && log.contains("injected install panic"),
+        "the member's log file lacks the received snapshot or the panic:\n{log}"
+    );
+
+    cluster.clear_env();
+    cluster.start_member(lagging);
+    if let Err(reason) = cluster.wait_healthy(lagging, EXIT_TIMEOUT) {
+        cluster.fail(&format!(
+            "restarting after the interrupted install: {reason}"
+        ));
+    }
+    let log = cluster.log_file(lagging);
+    assert!(
+        log.contains("installing the snapshot received before the last stop"),
+        "the member did not install the pending snapshot at start:\n{log}"
+    );
+    let converged = cluster.wait_converged(CONVERGE_TIMEOUT).await;
+    for index in cluster.members() {
+        cluster.assert_acked_present(index, &report).await;
+    }
+    eprintln!(
+        "{} acknowledged puts present on every member after the pending install; {converged:?}",
+        report.acks.len()
     );
 }
 

@@ -464,6 +464,13 @@ impl Cluster {
         self.wait_healthy_until(index, Instant::now() + timeout)
     }
 
+    /// Members started from now on start without the environment variables of
+    /// [`ClusterOptions::env`] (a failpoint that fired once is not armed again).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn clear_env(&mut self) {
+        self.options.env.clear();
+    }
+
     /// Member `index`'s data directory (the `--data-dir` it runs with).
     pub fn data_dir(&self, index: usize) -> PathBuf {
         self.members[index].data_dir()
