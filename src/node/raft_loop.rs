@@ -215,6 +215,8 @@ impl RaftLoop {
                     took = ?took,
                     "raft thread step took long; peers heard nothing from this member meanwhile"
                 );
+            } else {
+                tracing::debug!(took = ?took, "longest raft thread step so far");
             }
         }
     }
