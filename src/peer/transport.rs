@@ -288,13 +288,15 @@ impl PeerTransport {
             let (index, term) = (meta.index, meta.term);
             let started = Instant::now();
             let label: PeerLabel = [("To", hex(to))];
-            let inflight = metrics.snapshot_send_inflights.get_or_create_owned(&label);
-            inflight.inc();
+            let outcome = SendOutcome::new(
+                node,
+                to,
+                metrics.snapshot_send_inflights.get_or_create_owned(&label),
+            );
             let mut last_error = String::new();
             for url in &urls {
                 match stream_snapshot(&dialer, url, cluster_id, &dir, &message).await {
                     Ok(bytes) => {
-                        inflight.dec();
                         metrics.snapshot_send_success.get_or_create(&label).inc();
                         metrics
                             .snapshot_send_seconds
@@ -308,20 +310,55 @@ impl PeerTransport {
                             took = ?started.elapsed(),
                             "sent a snapshot"
                         );
-                        node.report_snapshot(to, SnapshotStatus::Finish);
+                        outcome.finished();
                         return;
                     }
                     Err(e) => last_error = e,
                 }
             }
-            inflight.dec();
             metrics.snapshot_send_failures.get_or_create(&label).inc();
             tracing::warn!(peer = %hex(to), index, error = %last_error, "sending a snapshot failed");
-            node.report_snapshot(to, SnapshotStatus::Failure);
+            // Dropping `outcome` reports the failure.
         };
         // Refused only once the member is stopping: raft no longer waits for the outcome.
         if let Err(e) = tasks.spawn("peer-snapshot-send", send) {
             tracing::debug!(peer = %hex(to), error = %e, "snapshot not sent");
+        }
+    }
+}
+
+/// One snapshot send's report to raft and its in-flight count. Unless [`SendOutcome::finished`]
+/// is called, dropping it reports a failure, so a send task that panics or is cancelled still
+/// lets raft send the snapshot again instead of leaving the follower waiting for it forever.
+struct SendOutcome {
+    node: NodeHandle,
+    to: u64,
+    inflight: prometheus_client::metrics::gauge::Gauge,
+    finished: bool,
+}
+
+impl SendOutcome {
+    fn new(node: NodeHandle, to: u64, inflight: prometheus_client::metrics::gauge::Gauge) -> Self {
+        inflight.inc();
+        SendOutcome {
+            node,
+            to,
+            inflight,
+            finished: false,
+        }
+    }
+
+    fn finished(mut self) {
+        self.finished = true;
+        self.node.report_snapshot(self.to, SnapshotStatus::Finish);
+    }
+}
+
+impl Drop for SendOutcome {
+    fn drop(&mut self) {
+        self.inflight.dec();
+        if !self.finished {
+            self.node.report_snapshot(self.to, SnapshotStatus::Failure);
         }
     }
 }

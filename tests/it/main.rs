@@ -23,6 +23,9 @@ mod cluster_sim;
 mod compaction_order;
 mod config_cli;
 mod corrupt_check;
+// Needs the failpoints in the binary (`--features failpoints`, as CI builds it).
+#[cfg(feature = "failpoints")]
+mod crash_points;
 mod dashboards;
 mod durability;
 mod election_lock;
