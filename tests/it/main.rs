@@ -24,6 +24,7 @@ mod compaction_order;
 mod config_cli;
 mod corrupt_check;
 mod dashboards;
+mod disk_full;
 mod durability;
 mod election_lock;
 mod export;
