@@ -352,8 +352,9 @@ pub struct Quota {
 }
 
 /// The smallest free space kept on the data dir's filesystem: enough on a 128 MiB filesystem for
-/// the writes that free space (deletes, a compaction, a defragment) and the alarm's own entries.
-pub const DISK_RESERVE_BYTES_MIN: u64 = 4 << 20;
+/// the writes that free space (deletes, a compaction, a defragment), the alarm's own entries and
+/// what RocksDB writes besides its data (its info log, a new WAL or MANIFEST preallocated).
+pub const DISK_RESERVE_BYTES_MIN: u64 = 8 << 20;
 /// The largest: one percent of a big filesystem is more than those writes need.
 pub const DISK_RESERVE_BYTES_MAX: u64 = 1 << 30;
 /// What one admitted byte costs on disk until RocksDB has flushed it: the raft log entry and the

@@ -34,8 +34,10 @@ const VALUE_BYTES: usize = 4096;
 /// Puts a writer makes at most before the test gives up on the disk filling.
 const PUTS_PER_WRITER_MAX: usize = 20_000;
 /// The server's reserve on a 128 MiB filesystem (`api::DISK_RESERVE_BYTES_MIN`: 1% is less).
-const RESERVE_BYTES: u64 = 4 << 20;
+const RESERVE_BYTES: u64 = 8 << 20;
 const PREFIX: &str = "fill/";
+/// Each writer's newest keys kept when making room again.
+const KEPT_PER_WRITER: usize = 32;
 /// Keys read per range request: 256 values of 4 KiB stay under the client's 4 MiB message limit.
 const PAGE_KEYS: i64 = 256;
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,12 +130,12 @@ impl Fill {
         self.acked.iter().sum()
     }
 
-    /// Every acknowledged key with its value; with `older_half_deleted`, only each writer's
-    /// newer half.
-    fn expected(&self, older_half_deleted: bool) -> BTreeMap<String, Vec<u8>> {
+    /// Every acknowledged key with its value; with `kept_newest`, only that many of each
+    /// writer's newest.
+    fn expected(&self, kept_newest: Option<usize>) -> BTreeMap<String, Vec<u8>> {
         let mut expected = BTreeMap::new();
         for (writer, &count) in self.acked.iter().enumerate() {
-            let first = if older_half_deleted { count / 2 } else { 0 };
+            let first = kept_newest.map_or(0, |kept| count.saturating_sub(kept));
             for n in first..count {
                 expected.insert(key_of(writer, n), value_of(writer, n));
             }
@@ -349,16 +351,16 @@ async fn a_full_data_dir_refuses_writes_keeps_every_acknowledged_key_and_recover
     let listed = wait_nospace_listed(&server);
     eprintln!("alarm list: {}", listed.trim());
     assert!(server.etcdctl(&["put", "k", "v"]).status.code() != Some(0));
-    let all = fill.expected(false);
+    let all = fill.expected(None);
     assert_holds(&server, &all, "while full").await;
 
-    // Make room: delete each writer's older half (the older half of the revisions, so
-    // RocksDB's compaction rewrites little), compact, defragment, disarm; then writes are taken
-    // again.
+    // Make room: delete all but each writer's newest keys, compact, defragment, disarm; then
+    // writes are taken again. (RocksDB's compaction of the deleted span writes what it keeps
+    // before it frees what it drops, so what is kept must fit in the space left.)
     let recovering = Instant::now();
     let mut revision = 0;
     for (writer, &count) in fill.acked.iter().enumerate() {
-        let end = key_of(writer, count / 2);
+        let end = key_of(writer, count.saturating_sub(KEPT_PER_WRITER));
         let deleted = client
             .delete(
                 key_of(writer, 0),
@@ -391,7 +393,7 @@ async fn a_full_data_dir_refuses_writes_keeps_every_acknowledged_key_and_recover
     assert!(server.is_running(), "the member kept running throughout");
 
     // A clean restart finds every acknowledged key, and the same hash.
-    let mut expected = fill.expected(true);
+    let mut expected = fill.expected(Some(KEPT_PER_WRITER));
     assert_holds(&server, &expected, "after recovery").await;
     let hash_before = hashkv(&server);
     server.restart();
