@@ -331,7 +331,7 @@ async fn a_full_data_dir_refuses_writes_keeps_every_acknowledged_key_and_recover
          ({} MiB of values), {free_at_refusal} bytes free at refusal",
         fill.elapsed,
         fill.acked_keys(),
-        fill.acked_keys() * VALUE_BYTES >> 20,
+        (fill.acked_keys() * VALUE_BYTES) >> 20,
     );
     assert!(
         fill.acked_keys() * VALUE_BYTES > 16 << 20,
