@@ -176,6 +176,10 @@ impl ServerCtx {
         {
             return Ok(grant);
         }
+        // One NOSPACE proposal per member at a time: concurrent refusals wait for none.
+        let Some(raising) = self.quota.start_raising() else {
+            return Err(EtcdError::NoSpace);
+        };
         match shortage {
             Some(shortage) => tracing::warn!(
                 free_bytes = shortage.free_bytes,
@@ -192,16 +196,13 @@ impl ServerCtx {
                 "database space exceeded; raising NOSPACE"
             ),
         }
-        self.raise_nospace().await;
+        self.propose_nospace(raising).await;
         Err(EtcdError::NoSpace)
     }
 
-    /// Proposes NOSPACE for this member, unless its proposal is already in flight (concurrent
-    /// refusals wait for none); a failed proposal is logged, and the next refusal retries.
-    pub async fn raise_nospace(&self) {
-        let Some(_raising) = self.quota.start_raising() else {
-            return;
-        };
+    /// Proposes NOSPACE for this member, holding the right to (see [`Quota::start_raising`]);
+    /// a failed proposal is logged, and the next refusal retries.
+    pub async fn propose_nospace(&self, _raising: RaisingNoSpace) {
         let alarm = crate::proto::etcdserverpb::AlarmRequest {
             action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
             member_id: self.node.status().member_id,

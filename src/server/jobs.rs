@@ -98,14 +98,16 @@ pub(super) async fn guard_disk_space(ctx: ServerCtx, mut shutdown: watch::Receiv
         if ctx.alarms.nospace_active() {
             continue;
         }
-        if let Some(shortage) = ctx.quota.disk_shortage(0) {
+        if let Some(shortage) = ctx.quota.disk_shortage(0)
+            && let Some(raising) = ctx.quota.start_raising()
+        {
             tracing::warn!(
                 free_bytes = shortage.free_bytes,
                 unflushed_bytes = shortage.unflushed_bytes,
                 reserve_bytes = shortage.reserve_bytes,
                 "data dir filesystem within its reserve; raising NOSPACE"
             );
-            ctx.raise_nospace().await;
+            ctx.propose_nospace(raising).await;
         }
     }
 }
