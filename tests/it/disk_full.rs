@@ -4,8 +4,9 @@
 //! and `alarm disarm` bring writes back without a restart; a restart finds every acknowledged key
 //! and the same `hashkv`. A filler file taking the last byte either leaves the member refusing
 //! writes or stops it with its log flushed; with the filler gone a restart is clean. While full,
-//! the disk metrics make `oxetcdDataDirLowSpace` fire (promtool, on the scraped values). A full
-//! log filesystem does not stop the server.
+//! the disk metrics make `oxetcdDataDirLowSpace` fire (promtool, on the scraped values). In a
+//! cluster, a follower whose disk fills raises NOSPACE for it, so every member refuses writes. A
+//! full log filesystem does not stop the server.
 //!
 //! Mounting needs root (CI runs the tests as root); without it each test says so and returns.
 //! oxetcd only: etcd 3.4 has no free-space guard.
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::cluster::Cluster;
 use etcd_client::{Client, CompactionOptions, DeleteOptions, Error, GetOptions};
 use tonic::Code;
 
@@ -85,6 +87,62 @@ impl Tmpfs {
     }
 }
 
+/// A tmpfs mounted over an existing directory, its files copied in first; unmounted (lazily,
+/// if still busy) when dropped.
+struct TmpfsOver {
+    path: PathBuf,
+}
+
+impl TmpfsOver {
+    /// Moves `dir`'s files aside, mounts a tmpfs of `size` on it and copies them back; `None`
+    /// (having said why) when mount is refused.
+    fn mount(dir: &Path, size: &str) -> Option<TmpfsOver> {
+        let aside = dir.with_extension("aside");
+        std::fs::rename(dir, &aside).expect("moving the data dir aside");
+        std::fs::create_dir(dir).expect("creating the mount point");
+        let output = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        if !output.status.success() {
+            eprintln!(
+                "skipped: cannot mount a tmpfs (the disk-full tests need root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return None;
+        }
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", aside.display()))
+            .arg(dir)
+            .status()
+            .expect("running cp");
+        assert!(copied.success(), "copying the data dir onto the tmpfs");
+        Some(TmpfsOver {
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for TmpfsOver {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let unmounted = Command::new("umount")
@@ -147,10 +205,24 @@ impl Fill {
 /// Puts from [`WRITERS`] concurrent writers until each is refused; asserts every refusal is
 /// NOSPACE (ResourceExhausted) and the member is still running.
 async fn fill(server: &mut Server) -> Fill {
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(server.client().await);
+    }
+    let fill = fill_through(clients)
+        .await
+        .unwrap_or_else(|reason| server.fail(&format!("filling the disk: {reason}")));
+    if !server.is_running() {
+        server.fail("the member exited while the disk filled");
+    }
+    fill
+}
+
+/// Puts through `clients`, one writer each, until each is refused with NOSPACE.
+async fn fill_through(clients: Vec<Client>) -> Result<Fill, String> {
     let started = Instant::now();
     let mut writers = Vec::new();
-    for writer in 0..WRITERS {
-        let mut client = server.client().await;
+    for (writer, mut client) in clients.into_iter().enumerate() {
         writers.push(tokio::spawn(async move {
             for n in 0..PUTS_PER_WRITER_MAX {
                 match client
@@ -174,18 +246,12 @@ async fn fill(server: &mut Server) -> Fill {
     }
     let mut acked = Vec::new();
     for writer in writers {
-        match writer.await.unwrap() {
-            Ok(count) => acked.push(count),
-            Err(reason) => server.fail(&format!("filling the disk: {reason}")),
-        }
+        acked.push(writer.await.unwrap()?);
     }
-    if !server.is_running() {
-        server.fail("the member exited while the disk filled");
-    }
-    Fill {
+    Ok(Fill {
         acked,
         elapsed: started.elapsed(),
-    }
+    })
 }
 
 /// Every key under [`PREFIX`] with its value, read in pages.
@@ -578,5 +644,99 @@ async fn a_full_log_filesystem_does_not_stop_the_server() {
     assert!(server.is_healthy(), "healthy with the log filesystem full");
     std::fs::remove_file(&filler).expect("removing the filler");
     drop(server);
+    drop(tmpfs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_stops_the_clusters_writes() {
+    if common::running_real_etcd() {
+        eprintln!("oxetcd's free-space guard; skipped against etcd");
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT_TIMEOUT).await;
+    let follower = (leader + 1) % 3;
+    cluster.stop(follower);
+    let Some(tmpfs) = TmpfsOver::mount(&cluster.data_dir(follower), TMPFS_SIZE) else {
+        return;
+    };
+    cluster.restart(follower);
+    let follower_id = cluster.member_id(follower).await;
+
+    // Writes go to the leader, whose disk has room: the follower's guard raises NOSPACE.
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(cluster.client(leader).await);
+    }
+    let fill = fill_through(clients)
+        .await
+        .unwrap_or_else(|reason| cluster.fail(&format!("filling the follower's disk: {reason}")));
+    eprintln!(
+        "the follower's {TMPFS_SIZE} tmpfs filled in {:.1?} with {} keys acknowledged by the \
+         leader; {} bytes left",
+        fill.elapsed,
+        fill.acked_keys(),
+        free_bytes(&cluster.data_dir(follower))
+    );
+    assert!(
+        cluster.is_running(follower),
+        "the follower kept running:\n{}",
+        cluster.log(follower)
+    );
+    let listed = cluster.etcdctl_ok(leader, &["alarm", "list"]);
+    assert!(
+        listed.contains(&format!("memberID:{follower_id} alarm:NOSPACE")),
+        "the follower's NOSPACE is listed: {listed:?}"
+    );
+    for member in cluster.members() {
+        let mut client = cluster.client(member).await;
+        match client.put("probe", "x", None).await {
+            Err(Error::GRpcStatus(status)) => assert_eq!(
+                (status.code(), status.message()),
+                (Code::ResourceExhausted, NO_SPACE),
+                "member {member}"
+            ),
+            other => panic!("member {member} took a write: {other:?}"),
+        }
+    }
+    let mut client = cluster.client(follower).await;
+    assert_eq!(
+        read_all(&mut client).await,
+        fill.expected(None),
+        "the follower serves every acknowledged key"
+    );
+
+    // Room again on every member: writes are taken.
+    for (writer, &count) in fill.acked.iter().enumerate() {
+        let end = key_of(writer, count.saturating_sub(KEPT_PER_WRITER));
+        client
+            .delete(
+                key_of(writer, 0),
+                Some(DeleteOptions::new().with_range(end.as_str())),
+            )
+            .await
+            .unwrap_or_else(|err| cluster.fail(&format!("deletes work while full: {err}")));
+    }
+    let revision = client
+        .get("probe", None)
+        .await
+        .expect("a read")
+        .header()
+        .expect("a header")
+        .revision();
+    client
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap_or_else(|err| cluster.fail(&format!("compaction works while full: {err}")));
+    cluster.etcdctl_all_ok(&["defrag"]);
+    cluster.etcdctl_ok(leader, &["alarm", "disarm"]);
+    cluster
+        .client(follower)
+        .await
+        .put("after-recovery", "x", None)
+        .await
+        .unwrap_or_else(|err| cluster.fail(&format!("a put after making room: {err}")));
+    assert!(cluster.is_running(follower), "the follower kept running");
+    drop(cluster);
     drop(tmpfs);
 }
