@@ -74,7 +74,7 @@ pub(super) async fn publish_attributes(
     }
 }
 /// How often the `disk-space` job looks at the data dir's filesystem.
-const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Samples what RocksDB will still write (for the write admission in `check_quota`) and raises
 /// NOSPACE when the data dir's filesystem is within its reserve even though this member admits no
