@@ -162,35 +162,55 @@ impl ServerCtx {
     /// the quota (etcd's `backend size + cost > quota`); the first such refusal raises NOSPACE
     /// for this member. Hold the returned grant until the write is applied or has failed: until
     /// then its cost counts against the quota.
+    ///
+    /// The same refusal comes when the data dir's filesystem is short of space (see
+    /// [`Quota::disk_shortage`]), before RocksDB would fail a write (which stops the member).
     pub async fn check_quota(&self, cost_bytes: u64) -> Result<QuotaGrant, EtcdError> {
         if self.alarms.nospace_active() {
             return Err(EtcdError::NoSpace);
         }
         let stored_bytes = self.mvcc.stored_bytes();
-        if let Some(grant) = self.quota.admit(stored_bytes, cost_bytes) {
+        let shortage = self.quota.disk_shortage(cost_bytes);
+        if shortage.is_none()
+            && let Some(grant) = self.quota.admit(stored_bytes, cost_bytes)
+        {
             return Ok(grant);
         }
         // One NOSPACE proposal per member at a time: concurrent refusals wait for none.
-        let Some(_raising) = self.quota.start_raising() else {
+        let Some(raising) = self.quota.start_raising() else {
             return Err(EtcdError::NoSpace);
         };
-        let member_id = self.node.status().member_id;
-        tracing::warn!(
-            quota_bytes = self.quota.quota_bytes,
-            stored_bytes,
-            in_flight_bytes = self.quota.in_flight_bytes(),
-            cost_bytes,
-            "database space exceeded; raising NOSPACE"
-        );
+        match shortage {
+            Some(shortage) => tracing::warn!(
+                free_bytes = shortage.free_bytes,
+                unflushed_bytes = shortage.unflushed_bytes,
+                reserve_bytes = shortage.reserve_bytes,
+                cost_bytes,
+                "data dir filesystem within its reserve; raising NOSPACE"
+            ),
+            None => tracing::warn!(
+                quota_bytes = self.quota.quota_bytes,
+                stored_bytes,
+                in_flight_bytes = self.quota.in_flight_bytes(),
+                cost_bytes,
+                "database space exceeded; raising NOSPACE"
+            ),
+        }
+        self.propose_nospace(raising).await;
+        Err(EtcdError::NoSpace)
+    }
+
+    /// Proposes NOSPACE for this member, holding the right to (see [`Quota::start_raising`]);
+    /// a failed proposal is logged, and the next refusal retries.
+    pub async fn propose_nospace(&self, _raising: RaisingNoSpace) {
         let alarm = crate::proto::etcdserverpb::AlarmRequest {
             action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
-            member_id,
+            member_id: self.node.status().member_id,
             alarm: crate::alarm::ALARM_NOSPACE,
         };
         if let Err(e) = self.node.propose(alarm, Origin::Member).await {
             tracing::warn!(error = %e, "raising NOSPACE failed; the next refused write retries");
         }
-        Err(EtcdError::NoSpace)
     }
 
     /// Completes once the member starts draining client streams.
@@ -323,11 +343,47 @@ where
 
 /// The backend quota and what counts against it besides the stored bytes: the cost of writes
 /// this member admitted that are not applied yet, so concurrent writes cannot all pass on the
-/// same stored size. Also the one-at-a-time guard of this member's NOSPACE proposal.
+/// same stored size. Also the data dir's free-space guard and the one-at-a-time guard of this
+/// member's NOSPACE proposal.
 pub struct Quota {
     pub quota_bytes: u64,
     in_flight_bytes: Arc<AtomicU64>,
     raising: Arc<AtomicBool>,
+    disk: Option<DiskGuard>,
+}
+
+/// The smallest free space kept on the data dir's filesystem: enough on a 128 MiB filesystem for
+/// the writes that free space (deletes, a compaction, a defragment), the alarm's own entries and
+/// what RocksDB writes besides its data (its info log, a new WAL or MANIFEST preallocated).
+pub const DISK_RESERVE_BYTES_MIN: u64 = 8 << 20;
+/// The largest: one percent of a big filesystem is more than those writes need.
+pub const DISK_RESERVE_BYTES_MAX: u64 = 1 << 30;
+/// What one admitted byte costs on disk until RocksDB has flushed it: the raft log entry and the
+/// MVCC record, each first in the WAL and then in a table file.
+const DISK_BYTES_PER_WRITE_BYTE: u64 = 4;
+
+/// The free space kept on a filesystem of `total_bytes`: one percent of it, between
+/// [`DISK_RESERVE_BYTES_MIN`] and [`DISK_RESERVE_BYTES_MAX`].
+pub fn disk_reserve_bytes(total_bytes: u64) -> u64 {
+    (total_bytes / 100).clamp(DISK_RESERVE_BYTES_MIN, DISK_RESERVE_BYTES_MAX)
+}
+
+/// The data dir's filesystem, and what RocksDB will write on it before it frees anything.
+struct DiskGuard {
+    data_dir: std::path::PathBuf,
+    /// [`Engine::unflushed_bytes`], sampled by the server's `disk-space` job.
+    unflushed_bytes: AtomicU64,
+}
+
+/// Why the data dir's filesystem cannot take a write: its free bytes are below the reserve plus
+/// what is still to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskShortage {
+    pub free_bytes: u64,
+    /// RocksDB's unflushed memtables and compaction backlog, plus the admitted writes not applied
+    /// yet and this one, at [`DISK_BYTES_PER_WRITE_BYTE`] each.
+    pub unflushed_bytes: u64,
+    pub reserve_bytes: u64,
 }
 
 /// An admitted write's cost, counted against the quota until dropped.
@@ -359,7 +415,46 @@ impl Quota {
             quota_bytes,
             in_flight_bytes: Arc::new(AtomicU64::new(0)),
             raising: Arc::new(AtomicBool::new(false)),
+            disk: None,
         }
+    }
+
+    /// Also refuses writes when the filesystem holding `data_dir` is short of space.
+    pub fn guarding_disk(mut self, data_dir: std::path::PathBuf) -> Quota {
+        self.disk = Some(DiskGuard {
+            data_dir,
+            unflushed_bytes: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// Records RocksDB's [`Engine::unflushed_bytes`].
+    pub fn set_unflushed_bytes(&self, bytes: u64) {
+        if let Some(disk) = &self.disk {
+            disk.unflushed_bytes.store(bytes, Ordering::Release);
+        }
+    }
+
+    /// Whether the data dir's filesystem is too full for a write of `cost_bytes` (0: for none):
+    /// its free bytes minus what RocksDB and the admitted writes will still write fall below
+    /// [`disk_reserve_bytes`]. `None` when not guarding, or when the filesystem cannot be read.
+    pub fn disk_shortage(&self, cost_bytes: u64) -> Option<DiskShortage> {
+        let disk = self.disk.as_ref()?;
+        let space = crate::metrics::DiskSpace::of(&disk.data_dir);
+        if space.total_bytes == 0 {
+            return None;
+        }
+        let writes = self.in_flight_bytes().saturating_add(cost_bytes);
+        let unflushed_bytes = disk
+            .unflushed_bytes
+            .load(Ordering::Acquire)
+            .saturating_add(writes.saturating_mul(DISK_BYTES_PER_WRITE_BYTE));
+        let reserve_bytes = disk_reserve_bytes(space.total_bytes);
+        (space.free_bytes < reserve_bytes.saturating_add(unflushed_bytes)).then_some(DiskShortage {
+            free_bytes: space.free_bytes,
+            unflushed_bytes,
+            reserve_bytes,
+        })
     }
 
     /// Bytes of admitted writes not applied yet.
@@ -411,6 +506,20 @@ mod tests {
         // Once applied, the writes are in the stored bytes instead.
         assert!(quota.admit(1000, 1).is_none());
         assert!(quota.admit(999, 1).is_some());
+    }
+
+    #[test]
+    fn the_disk_reserve_is_one_percent_within_bounds() {
+        use super::{DISK_RESERVE_BYTES_MAX, DISK_RESERVE_BYTES_MIN, disk_reserve_bytes};
+        assert_eq!(disk_reserve_bytes(128 << 20), DISK_RESERVE_BYTES_MIN);
+        assert_eq!(disk_reserve_bytes(10 << 30), (10 << 30) / 100);
+        assert_eq!(disk_reserve_bytes(1 << 50), DISK_RESERVE_BYTES_MAX);
+    }
+
+    #[test]
+    fn an_unreadable_data_dir_guards_nothing() {
+        let quota = Quota::new(1000).guarding_disk("/no/such/dir".into());
+        assert_eq!(quota.disk_shortage(1 << 40), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Background jobs: attribute publishing, SIGHUP log reopening and the auto-compactor. Each runs
+//! Background jobs: attribute publishing, SIGHUP log reopening, the data dir's free-space
+//! guard and the auto-compactor. Each runs
 //! until its task set (`jobs`) stops.
 
 use std::sync::Arc;
@@ -72,6 +73,45 @@ pub(super) async fn publish_attributes(
         }
     }
 }
+/// How often the `disk-space` job looks at the data dir's filesystem.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Samples what RocksDB will still write (for the write admission in `check_quota`) and raises
+/// NOSPACE when the data dir's filesystem is within its reserve even though this member admits no
+/// writes (a follower's disk filling with the leader's entries), so the cluster stops taking
+/// writes before this member's raft log write fails.
+pub(super) async fn guard_disk_space(ctx: ServerCtx, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(DISK_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let engine = ctx.engine.clone();
+        let Ok(unflushed_bytes) =
+            tokio::task::spawn_blocking(move || engine.unflushed_bytes()).await
+        else {
+            continue;
+        };
+        ctx.quota.set_unflushed_bytes(unflushed_bytes);
+        if ctx.alarms.nospace_active() {
+            continue;
+        }
+        if let Some(shortage) = ctx.quota.disk_shortage(0)
+            && let Some(raising) = ctx.quota.start_raising()
+        {
+            tracing::warn!(
+                free_bytes = shortage.free_bytes,
+                unflushed_bytes = shortage.unflushed_bytes,
+                reserve_bytes = shortage.reserve_bytes,
+                "data dir filesystem within its reserve; raising NOSPACE"
+            );
+            ctx.propose_nospace(raising).await;
+        }
+    }
+}
+
 /// SIGHUP (systemd's reload, logrotate's postrotate) reopens the log file.
 pub(super) async fn reopen_log_on_hangup(mut shutdown: watch::Receiver<bool>) {
     use tokio::signal::unix::{SignalKind, signal};

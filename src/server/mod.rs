@@ -35,7 +35,7 @@ use bootstrap::{
     create_private_dir, load_or_bootstrap_membership, min_lease_ttl_secs, peer_list,
     reconcile_raft_with_state,
 };
-use jobs::{auto_compact, publish_attributes, reopen_log_on_hangup};
+use jobs::{auto_compact, guard_disk_space, publish_attributes, reopen_log_on_hangup};
 use listeners::{bind, grpc_router, metrics_text, peer_router, serve, serve_tls};
 
 /// Why the server could not start or stopped abnormally.
@@ -281,7 +281,9 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     let streams = TaskSet::new("client-streams");
     let jobs = TaskSet::new("jobs");
     let peers = TaskSet::new("peers");
-    let quota = Arc::new(Quota::new(config.quota_backend_bytes_effective()));
+    let quota = Arc::new(
+        Quota::new(config.quota_backend_bytes_effective()).guarding_disk(engine.path().into()),
+    );
     let ctx = ServerCtx {
         config: Arc::new(api_config(&config, peer_dialer)),
         node,
@@ -493,6 +495,10 @@ fn start_jobs(
         api::lease::run_expiry(ctx.clone(), jobs.stop_signal()),
     )?;
     jobs.spawn("log-reopen", reopen_log_on_hangup(jobs.stop_signal()))?;
+    jobs.spawn(
+        "disk-space",
+        guard_disk_space(ctx.clone(), jobs.stop_signal()),
+    )?;
     if config.auto_compaction != AutoCompaction::Disabled {
         jobs.spawn(
             "auto-compact",

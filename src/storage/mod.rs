@@ -113,15 +113,18 @@ impl Engine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        opts.set_max_total_wal_size(64 << 20);
+        let buffers = BufferSizes::for_filesystem(filesystem_bytes(path));
+        opts.set_max_total_wal_size(buffers.wal_bytes_max);
         opts.set_wal_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(4);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&table);
-            if *cf == Cf::RaftLog {
-                cf_opts.set_write_buffer_size(16 << 20);
-            }
+            cf_opts.set_write_buffer_size(if *cf == Cf::RaftLog {
+                buffers.raft_log_memtable_bytes
+            } else {
+                buffers.memtable_bytes
+            });
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
@@ -191,7 +194,9 @@ impl Engine {
     /// Compacts every column family fully (the `defragment` operation). Reads and writes continue
     /// while it runs; only the calling thread waits.
     pub fn compact_all(&self) {
-        for cf in Cf::ALL {
+        // `kv` first: after deletes and an MVCC compaction it shrinks, which makes room for
+        // rewriting the raft log when the filesystem is nearly full.
+        for cf in [Cf::Kv, Cf::Lease, Cf::Meta, Cf::RaftState, Cf::RaftLog] {
             self.db
                 .compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);
         }
@@ -203,15 +208,31 @@ impl Engine {
             .compact_range_cf(self.handle(cf), Some(from), Some(to));
     }
 
+    /// One integer property of a column family (0 when RocksDB does not have it).
+    fn property(&self, cf: Cf, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.handle(cf), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Bytes RocksDB will write before it can free any: the memtables not flushed yet (a flush
+    /// writes their table file before it deletes the WAL that held them) and its estimate of the
+    /// compaction backlog (a compaction writes its output before it deletes its inputs).
+    pub fn unflushed_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .map(|&cf| {
+                self.property(cf, "rocksdb.cur-size-all-mem-tables")
+                    + self.property(cf, "rocksdb.estimate-pending-compaction-bytes")
+            })
+            .sum()
+    }
+
     /// On-disk and live sizes.
     pub fn sizes(&self) -> SizeInfo {
-        let prop = |cf: Cf, name: &str| {
-            self.db
-                .property_int_value_cf(self.handle(cf), name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
+        let prop = |cf: Cf, name: &str| self.property(cf, name);
         let mut info = SizeInfo {
             on_disk_bytes: dir_size_bytes(&self.path),
             ..SizeInfo::default()
@@ -313,6 +334,48 @@ impl Iterator for Scan<'_> {
 
 /// Bytes of the database's own files: table files, write-ahead logs and manifests. RocksDB's
 /// informational `LOG` files, `OPTIONS` and lock files are not data and are not counted.
+/// RocksDB's buffer sizes: its defaults on a filesystem of 4 GiB or more, smaller on a smaller
+/// one, so that flushing every memtable (which writes their table files before the WAL that
+/// held them is deleted) needs a small part of the filesystem: each memtable at most 1/128 of
+/// it, the WAL at most 1/64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BufferSizes {
+    memtable_bytes: usize,
+    raft_log_memtable_bytes: usize,
+    wal_bytes_max: u64,
+}
+
+impl BufferSizes {
+    const MEMTABLE_BYTES_DEFAULT: usize = 64 << 20;
+    const RAFT_LOG_MEMTABLE_BYTES_DEFAULT: usize = 16 << 20;
+    const WAL_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+
+    /// For a filesystem of `total_bytes` (`None` when unknown: the defaults).
+    fn for_filesystem(total_bytes: Option<u64>) -> BufferSizes {
+        let Some(total_bytes) = total_bytes.filter(|&t| t > 0) else {
+            return BufferSizes {
+                memtable_bytes: Self::MEMTABLE_BYTES_DEFAULT,
+                raft_log_memtable_bytes: Self::RAFT_LOG_MEMTABLE_BYTES_DEFAULT,
+                wal_bytes_max: Self::WAL_BYTES_MAX_DEFAULT,
+            };
+        };
+        let memtable_max = usize::try_from(total_bytes / 128)
+            .unwrap_or(usize::MAX)
+            .max(1 << 20);
+        BufferSizes {
+            memtable_bytes: Self::MEMTABLE_BYTES_DEFAULT.min(memtable_max),
+            raft_log_memtable_bytes: Self::RAFT_LOG_MEMTABLE_BYTES_DEFAULT.min(memtable_max),
+            wal_bytes_max: Self::WAL_BYTES_MAX_DEFAULT.min((total_bytes / 64).max(2 << 20)),
+        }
+    }
+}
+
+/// The size of the filesystem holding `path` (`None` when it cannot be read).
+fn filesystem_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_blocks * st.f_frsize)
+}
+
 fn dir_size_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -333,6 +396,18 @@ fn dir_size_bytes(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_shrink_only_on_small_filesystems() {
+        let defaults = BufferSizes::for_filesystem(None);
+        assert_eq!(defaults, BufferSizes::for_filesystem(Some(0)));
+        assert_eq!(defaults, BufferSizes::for_filesystem(Some(8 << 30)));
+        assert_eq!(defaults.memtable_bytes, 64 << 20);
+        let small = BufferSizes::for_filesystem(Some(128 << 20));
+        assert_eq!(small.memtable_bytes, 1 << 20);
+        assert_eq!(small.raft_log_memtable_bytes, 1 << 20);
+        assert_eq!(small.wal_bytes_max, 2 << 20);
+    }
 
     #[test]
     fn batch_is_atomic_and_scans_are_ordered() {

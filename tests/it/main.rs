@@ -27,6 +27,7 @@ mod corrupt_check;
 #[cfg(feature = "failpoints")]
 mod crash_points;
 mod dashboards;
+mod disk_full;
 mod durability;
 mod election_lock;
 mod export;

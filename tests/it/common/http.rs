@@ -83,8 +83,13 @@ fn send(request: minreq::Request) -> Result<HttpResponse, minreq::Error> {
 
 /// True when `GET /health` on the loopback `client_port` answers 200 with `"health":"true"`.
 pub fn is_healthy(client_port: u16) -> bool {
+    is_healthy_at(client_port, "/health")
+}
+
+/// Like [`is_healthy`], asking `health_path` (e.g. `/health?exclude=NOSPACE`).
+pub fn is_healthy_at(client_port: u16, health_path: &str) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, client_port));
-    http_get(addr, "/health").is_ok_and(|response| {
+    http_get(addr, health_path).is_ok_and(|response| {
         response.status == 200 && response.text().contains(r#""health":"true""#)
     })
 }

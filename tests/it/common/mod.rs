@@ -132,13 +132,23 @@ impl Server {
         Server::start_listening(extra_args, true)
     }
 
+    /// Like [`Server::start_with`], with the data dir at `data_dir` (e.g. on a filesystem the
+    /// test mounted) instead of in the server's temp dir, which still holds the log.
+    pub fn start_on(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_in(Some(data_dir.to_path_buf()), extra_args, false)
+    }
+
     fn start_listening(extra_args: &[&str], https: bool) -> Server {
+        Server::start_in(None, extra_args, https)
+    }
+
+    fn start_in(data_dir: Option<PathBuf>, extra_args: &[&str], https: bool) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("oxetcd-test-")
             .tempdir()
             .expect("creating a temp dir should work");
         let mut server = Server {
-            data_dir: dir.path().join("data"),
+            data_dir: data_dir.unwrap_or_else(|| dir.path().join("data")),
             process: Process::new("server", server_bin(), dir.path().join("server.log")),
             dir,
             client_port: 0,
@@ -289,6 +299,22 @@ impl Server {
         }
         self.spawn();
         if let Err(reason) = self.wait_ready() {
+            self.fail(&reason);
+        }
+    }
+
+    /// Like [`Server::restart`], but waits only until the member serves reads: its `/health`
+    /// may report NOSPACE (`/health?exclude=NOSPACE` leaves that out).
+    pub fn restart_under_nospace(&mut self) {
+        if self.process.is_spawned() {
+            self.stop();
+        }
+        self.spawn();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        if let Err(reason) =
+            self.process
+                .wait_healthy_at(self.client_port, "/health?exclude=NOSPACE", deadline)
+        {
             self.fail(&reason);
         }
     }

@@ -103,6 +103,16 @@ impl Process {
     /// Waits until `GET /health` on `client_port` says healthy; an error if the process exits first
     /// or `deadline` passes.
     pub fn wait_healthy(&mut self, client_port: u16, deadline: Instant) -> Result<(), String> {
+        self.wait_healthy_at(client_port, "/health", deadline)
+    }
+
+    /// Like [`Process::wait_healthy`], asking `health_path` (e.g. `/health?exclude=NOSPACE`).
+    pub fn wait_healthy_at(
+        &mut self,
+        client_port: u16,
+        health_path: &str,
+        deadline: Instant,
+    ) -> Result<(), String> {
         loop {
             if !self.is_spawned() {
                 return Err(format!("{} is not running", self.label));
@@ -113,7 +123,7 @@ impl Process {
                     self.label
                 ));
             }
-            if super::http::is_healthy(client_port) {
+            if super::http::is_healthy_at(client_port, health_path) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
