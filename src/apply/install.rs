@@ -28,6 +28,16 @@ pub fn install_into(
     install_reporting(engine, file, expected, &mut || {})
 }
 
+/// [`install_into`] of a snapshot raft placed at (`index`, `term`).
+pub fn install_at(
+    engine: &Engine,
+    file: &Path,
+    index: u64,
+    term: u64,
+) -> Result<(), SnapshotError> {
+    install_into(engine, file, SnapshotPosition { index, term })
+}
+
 /// [`install_into`], calling `progress` after each batch it writes (the apply thread tells the
 /// liveness check it is moving).
 pub fn install_reporting(

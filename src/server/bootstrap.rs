@@ -31,8 +31,7 @@ pub(super) fn install_pending_snapshot(
         index,
         "installing the snapshot received before the last stop"
     );
-    let position = crate::snapshot::format::SnapshotPosition { index, term };
-    crate::apply::install::install_into(engine, &file, position).map_err(|e| {
+    crate::apply::install::install_at(engine, &file, index, term).map_err(|e| {
         ServerError::Bootstrap(format!(
             "installing the received snapshot {}: {e}",
             file.display()

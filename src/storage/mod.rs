@@ -332,9 +332,7 @@ impl Iterator for Scan<'_> {
     }
 }
 
-/// Bytes of the database's own files: table files, write-ahead logs and manifests. RocksDB's
-/// informational `LOG` files, `OPTIONS` and lock files are not data and are not counted.
-/// RocksDB's buffer sizes: its defaults on a filesystem of 4 GiB or more, smaller on a smaller
+/// RocksDB's buffer sizes: its defaults on a filesystem of 8 GiB or more, smaller on a smaller
 /// one, so that flushing every memtable (which writes their table files before the WAL that
 /// held them is deleted) needs a small part of the filesystem: each memtable at most 1/128 of
 /// it, the WAL at most 1/64.
@@ -376,6 +374,8 @@ fn filesystem_bytes(path: &Path) -> Option<u64> {
     Some(st.f_blocks * st.f_frsize)
 }
 
+/// Bytes of the database's own files: table files, write-ahead logs and manifests. RocksDB's
+/// informational `LOG` files, `OPTIONS` and lock files are not data and are not counted.
 fn dir_size_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;

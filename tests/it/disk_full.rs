@@ -548,7 +548,8 @@ fn low_space_test(rules: &Path, free: u64, total: u64) -> String {
     let instance = "127.0.0.1:2379";
     let description = format!(
         "oxetcd cluster \"oxetcd\": the filesystem holding the data directory of instance \
-         {instance} has {} of its space left; the member stops when it cannot write.",
+         {instance} has {} of its space left; the member refuses writes with NOSPACE once 1% \
+         of the filesystem (at least 8 MiB) is left.",
         humanize_percentage(free as f64 / total as f64)
     );
     format!(
