@@ -116,14 +116,18 @@ pub fn batch_bytes_limit(request_bytes_max: usize) -> usize {
 }
 
 /// The largest snapshot file a member accepts from a peer: twice the backend quota (the
-/// state a snapshot carries is what the quota bounds, plus its revisions' framing) and 1 GiB of
-/// slack for leases, users and members. A larger stream is refused and its partial file removed,
-/// so a confused or hostile sender cannot fill the data directory's disk.
+/// revisions a snapshot carries are what the quota bounds, plus their framing) and 64 MiB of
+/// slack for leases, users and members (a million leases take about 40 MB). A larger stream is
+/// refused and its partial file removed, so a confused or hostile sender cannot fill the data
+/// directory's disk.
 pub fn snapshot_bytes_limit(quota_backend_bytes: u64) -> u64 {
     quota_backend_bytes
         .saturating_mul(2)
-        .saturating_add(1 << 30)
+        .saturating_add(SNAPSHOT_SLACK_BYTES)
 }
+
+/// See [`snapshot_bytes_limit`].
+pub const SNAPSHOT_SLACK_BYTES: u64 = 64 << 20;
 
 /// Short form of a member ID for logs, as etcd prints them.
 fn hex(id: u64) -> String {

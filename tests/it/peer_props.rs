@@ -3,6 +3,7 @@
 //! refused before raft sees them; every message from a stranger (a sender not in the member
 //! list) is refused too, among them a heartbeat at a higher term whose commit index lies past the
 //! member's log, which would stop raft-rs's thread if it were stepped. The member keeps serving.
+//! Snapshot streams from a stranger, or longer than the member accepts, are refused too.
 //!
 //! Cases come from proptest's deterministic runner, so a failure replays as it happened; 300
 //! batches against one member take a few seconds in release.
@@ -321,6 +322,78 @@ async fn a_snapshot_from_a_stranger_is_refused() {
     assert!(server.is_running());
     client
         .put("after-the-stranger", "v", None)
+        .await
+        .expect("a put after the refused snapshot");
+}
+
+/// A snapshot stream longer than the member accepts (twice its quota plus 64 MiB) is refused
+/// with ResourceExhausted as it passes the limit, and its partial file is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_the_limit_is_refused_and_removed() {
+    if common::running_real_etcd() {
+        eprintln!("the oxetcdpb.Peer service is oxetcd's own; skipped against etcd");
+        return;
+    }
+    const QUOTA_BYTES: u64 = 1 << 20;
+    const CHUNK_BYTES: usize = 1 << 20;
+    let limit = oxetcd::peer::snapshot_bytes_limit(QUOTA_BYTES);
+    let server = Server::start_with(&[&format!("--quota-backend-bytes={QUOTA_BYTES}")]);
+    let mut client = server.client().await;
+    let status = client.status().await.expect("status");
+    let header = status.header().expect("status has a header");
+    let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
+    let mut peer = PeerClient::connect(server.peer_url())
+        .await
+        .unwrap_or_else(|err| server.fail(&format!("connecting to the peer URL: {err}")));
+    // In the member's own name, so only the size is wrong.
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgSnapshot);
+    message.from = member_id;
+    message.to = member_id;
+    message.term = status.raft_term();
+    let meta = message.mut_snapshot().mut_metadata();
+    meta.index = 1 << 30;
+    meta.term = status.raft_term();
+    let chunks = limit / CHUNK_BYTES as u64 + 2;
+    let first = SnapshotChunk {
+        cluster_id,
+        message: encode(&message),
+        data: vec![0; CHUNK_BYTES],
+    };
+    let rest = (1..chunks).map(|_| SnapshotChunk {
+        cluster_id: 0,
+        message: Vec::new(),
+        data: vec![0; CHUNK_BYTES],
+    });
+    let refused = peer
+        .snapshot(tokio_stream::iter(std::iter::once(first).chain(rest)))
+        .await
+        .expect_err("an oversized snapshot is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains(&format!("larger than this member accepts ({limit} bytes)")),
+        "{refused:?}"
+    );
+    let snap_dir = server
+        .dir()
+        .join("data")
+        .join(oxetcd::raft::snapshots::SNAP_DIR);
+    let files: Vec<_> = std::fs::read_dir(&snap_dir)
+        .map(|dir| dir.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        files.is_empty(),
+        "{} holds {files:?} after a refused snapshot",
+        snap_dir.display()
+    );
+    client
+        .put("after-the-oversized-snapshot", "v", None)
         .await
         .expect("a put after the refused snapshot");
 }
