@@ -11,11 +11,14 @@
 
 use crate::common;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, WatchOptions,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -41,6 +44,8 @@ const CLIENT_PACE: Duration = Duration::from_millis(15);
 /// How long a fault lasts, and the quiet time after the cluster has a leader again.
 const FAULT_MS: std::ops::Range<u64> = 1000..2000;
 const QUIET_MS: std::ops::Range<u64> = 500..1500;
+/// Wait before re-opening a broken watch (the member may still be down).
+const WATCH_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Operations that must have been answered for the run to count (the cluster was not just down).
 const ANSWERED_MIN: usize = 200;
 
@@ -61,6 +66,18 @@ async fn linearizable_under_faults_3_members() {
     let keys: Vec<String> = (0..KEYS).map(|index| format!("history/k{index}")).collect();
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
+    // Watchers stop once they have seen this revision (set when the writes are over).
+    let watch_until = Arc::new(AtomicI64::new(i64::MAX));
+    let mut watchers = Vec::new();
+    for member in cluster.members() {
+        watchers.push((
+            member,
+            tokio::spawn(watch_member(
+                cluster.endpoint(member),
+                Arc::clone(&watch_until),
+            )),
+        ));
+    }
 
     let mut clients = Vec::new();
     let mut id = 0;
@@ -102,6 +119,18 @@ async fn linearizable_under_faults_3_members() {
     cluster.heal();
     cluster.wait_for_leader(FAILOVER_DEADLINE).await;
     let converged = cluster.wait_converged(CONVERGE_TIMEOUT).await;
+    watch_until.store(converged.revision, Ordering::Relaxed);
+    let mut watch_logs = Vec::new();
+    for (member, watcher) in watchers {
+        match tokio::time::timeout(CONVERGE_TIMEOUT, watcher).await {
+            Ok(log) => watch_logs.push((member, log.expect("watch task"))),
+            Err(_) => cluster.fail(&format!(
+                "the watch on member {member} did not reach revision {} within \
+                 {CONVERGE_TIMEOUT:?}",
+                converged.revision
+            )),
+        }
+    }
 
     // Final linearizable reads from every member: an acknowledged write lost in a failover shows
     // up here, if no read during the run caught it.
@@ -137,6 +166,18 @@ async fn linearizable_under_faults_3_members() {
         .filter(|op| op.outcome == Outcome::Indeterminate)
         .count();
     let failed = ops.iter().filter(|op| op.outcome == Outcome::Failed).count();
+    for (member, log) in &watch_logs {
+        if let Err(violation) = check_watch(log, &ops, converged.revision) {
+            cluster.fail(&format!("seed {seed}: watch on member {member}: {violation}"));
+        }
+        if log.events != watch_logs[0].1.events {
+            cluster.fail(&format!(
+                "seed {seed}: the watches on members {member} and {} saw different events",
+                watch_logs[0].0
+            ));
+        }
+    }
+    let reconnects: Vec<usize> = watch_logs.iter().map(|(_, log)| log.reconnects).collect();
     let started = Instant::now();
     let verdict = tokio::task::spawn_blocking(move || linearizability::check(&ops))
         .await
@@ -156,7 +197,8 @@ async fn linearizable_under_faults_3_members() {
     eprintln!(
         "RESULT history seed {seed}: {answered} answered, {indeterminate} indeterminate, {failed} \
          refused operations on {KEYS} keys, checked in {checked_in:?}; faults {faults}; \
-         {converged:?}"
+         watches: {} events each, re-opened {reconnects:?} times; {converged:?}",
+        watch_logs[0].1.events.len()
     );
     assert!(
         answered >= ANSWERED_MIN,
@@ -333,6 +375,169 @@ impl Worker {
 /// may come after the member proposed the request, so it is indeterminate.
 fn refused_before_sending(err: &etcd_client::Error) -> bool {
     format!("{err:?}").contains("Connection refused")
+}
+
+/// One watch event as a user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    revision: i64,
+    key: String,
+    /// The value and version written, `None` for a delete.
+    put: Option<(String, i64)>,
+    /// prev_kv: the value and version before.
+    prev: Option<(String, i64)>,
+}
+
+/// What one member's watch delivered, over all its re-openings.
+#[derive(Debug, Default)]
+struct WatchLog {
+    events: Vec<Seen>,
+    reconnects: usize,
+    /// Cancellations and other answers a watch without compaction must not give.
+    problems: Vec<String>,
+}
+
+/// Watches the keys' prefix on one member from revision 1 with prev_kv; when the stream breaks
+/// (member killed, connection reset) opens it again from the revision after the last one seen.
+/// Returns once it has seen `until`.
+async fn watch_member(endpoint: String, until: Arc<AtomicI64>) -> WatchLog {
+    // No request timeout: it would end the stream.
+    let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT);
+    let mut client = Client::connect([endpoint], Some(options))
+        .await
+        .expect("lazy connect");
+    let mut log = WatchLog::default();
+    let mut last = 1;
+    let mut opened = false;
+    while last < until.load(Ordering::Relaxed) {
+        if opened {
+            log.reconnects += 1;
+            tokio::time::sleep(WATCH_RETRY_INTERVAL).await;
+        }
+        opened = true;
+        let watch_options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(last + 1);
+        let Ok(mut stream) = client.watch("history/", Some(watch_options)).await else {
+            continue;
+        };
+        // Wake up now and then to notice `until` while nothing happens.
+        while last < until.load(Ordering::Relaxed) {
+            let response = match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(response))) => response,
+                Ok(Ok(None) | Err(_)) => break,
+            };
+            if response.canceled() {
+                log.problems.push(format!(
+                    "canceled after revision {last}: {:?} (compact revision {})",
+                    response.cancel_reason(),
+                    response.compact_revision()
+                ));
+                break;
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else {
+                    log.problems.push(format!("an event without kv after revision {last}"));
+                    continue;
+                };
+                let put = (event.event_type() == EventType::Put)
+                    .then(|| (lossy(kv.value()), kv.version()));
+                let prev = event
+                    .prev_kv()
+                    .map(|prev| (lossy(prev.value()), prev.version()));
+                last = kv.mod_revision();
+                log.events.push(Seen {
+                    revision: kv.mod_revision(),
+                    key: lossy(kv.key()),
+                    put,
+                    prev,
+                });
+            }
+        }
+    }
+    log
+}
+
+/// etcd's watch guarantees on one member's log, against the recorded operations: revisions
+/// strictly increasing (ordered, no duplicates) and every revision from 2 to `last_revision`
+/// present (nothing but the test writes, so every revision changed a watched key); prev_kv equal
+/// to the key's previous event and versions counting up from 1 after each delete; every put
+/// value one a client sent (never one refused before sending), each at most once, and every
+/// acknowledged put and successful compare-and-set among them.
+fn check_watch(log: &WatchLog, ops: &[Op], last_revision: i64) -> Result<(), String> {
+    if let Some(problem) = log.problems.first() {
+        return Err(problem.clone());
+    }
+    let mut expected_revision = 2;
+    let mut current: HashMap<&str, (String, i64)> = HashMap::new();
+    let mut written: BTreeMap<&str, &Op> = BTreeMap::new();
+    for op in ops {
+        if let Call::Put(value) | Call::Cas { new: value, .. } = &op.call {
+            written.insert(value, op);
+        }
+    }
+    let mut applied: HashSet<&str> = HashSet::new();
+    for event in &log.events {
+        if event.revision != expected_revision {
+            return Err(format!(
+                "revision {} arrived where {expected_revision} was due (ordered, no duplicates, \
+                 no gaps): {event:?}",
+                event.revision
+            ));
+        }
+        expected_revision += 1;
+        let before = current.get(event.key.as_str()).cloned();
+        if event.prev != before {
+            return Err(format!(
+                "prev_kv {:?} but the previous event on the key left {before:?}: {event:?}",
+                event.prev
+            ));
+        }
+        match &event.put {
+            Some((value, version)) => {
+                let due = before.as_ref().map_or(1, |(_, version)| version + 1);
+                if *version != due {
+                    return Err(format!("version {version} where {due} was due: {event:?}"));
+                }
+                match written.get(value.as_str()) {
+                    Some(op) if op.key == event.key && op.outcome != Outcome::Failed => {}
+                    Some(op) => return Err(format!("{event:?} is the write of {op}")),
+                    None => return Err(format!("{event:?} writes a value nobody sent")),
+                }
+                if !applied.insert(value.as_str()) {
+                    return Err(format!("value {value} applied twice: {event:?}"));
+                }
+                current.insert(&event.key, (value.clone(), *version));
+            }
+            None => {
+                if before.is_none() {
+                    return Err(format!("a delete of an absent key: {event:?}"));
+                }
+                current.remove(event.key.as_str());
+            }
+        }
+    }
+    if expected_revision != last_revision + 1 {
+        return Err(format!(
+            "the last event has revision {}, the cluster is at {last_revision}",
+            expected_revision - 1
+        ));
+    }
+    for (value, op) in written {
+        let acknowledged = matches!(
+            op.outcome,
+            Outcome::Ok {
+                ret: Ret::Put | Ret::Cas(true),
+                ..
+            }
+        );
+        if acknowledged && !applied.contains(value) {
+            return Err(format!("the acknowledged {op} never appeared"));
+        }
+    }
+    Ok(())
 }
 
 fn lossy(bytes: &[u8]) -> String {
