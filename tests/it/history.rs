@@ -165,10 +165,15 @@ async fn linearizable_under_faults_3_members() {
         .iter()
         .filter(|op| op.outcome == Outcome::Indeterminate)
         .count();
-    let failed = ops.iter().filter(|op| op.outcome == Outcome::Failed).count();
+    let failed = ops
+        .iter()
+        .filter(|op| op.outcome == Outcome::Failed)
+        .count();
     for (member, log) in &watch_logs {
         if let Err(violation) = check_watch(log, &ops, converged.revision) {
-            cluster.fail(&format!("seed {seed}: watch on member {member}: {violation}"));
+            cluster.fail(&format!(
+                "seed {seed}: watch on member {member}: {violation}"
+            ));
         }
         if log.events != watch_logs[0].1.events {
             cluster.fail(&format!(
@@ -351,9 +356,7 @@ impl Worker {
             }
             Call::Get => {
                 let response = self.client.get(key, None).await?;
-                Ok(Ret::Get(
-                    response.kvs().first().map(|kv| lossy(kv.value())),
-                ))
+                Ok(Ret::Get(response.kvs().first().map(|kv| lossy(kv.value()))))
             }
             Call::Delete => {
                 let response = self.client.delete(key, None).await?;
@@ -439,7 +442,8 @@ async fn watch_member(endpoint: String, until: Arc<AtomicI64>) -> WatchLog {
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else {
-                    log.problems.push(format!("an event without kv after revision {last}"));
+                    log.problems
+                        .push(format!("an event without kv after revision {last}"));
                     continue;
                 };
                 let put = (event.event_type() == EventType::Put)

@@ -41,7 +41,10 @@ pub enum Call {
     Get,
     Delete,
     /// `txn if value(key) == expect then put(key, new)`.
-    Cas { expect: String, new: String },
+    Cas {
+        expect: String,
+        new: String,
+    },
 }
 
 /// The answer to a [`Call`].
@@ -152,6 +155,9 @@ pub fn check(ops: &[Op]) -> Result<Vec<KeyReport>, String> {
         .collect()
 }
 
+/// Operations of the deepest order shown in a violation.
+const PATH_SHOWN: usize = 8;
+
 /// The register's value: absent, an interned value, or [`UNSEEN`].
 type Value = Option<u32>;
 /// The value of an indeterminate put that nothing observed.
@@ -247,12 +253,15 @@ fn check_key(key: &str, ops: &[&Op]) -> Result<KeyReport, String> {
             Outcome::Indeterminate if op.call == Call::Get => continue,
             Outcome::Indeterminate => (OPEN, Expect::Any),
             Outcome::Ok { complete, ret } => {
-                assert!(*complete > op.invoke, "{op}: completes after its invocation");
+                assert!(
+                    *complete > op.invoke,
+                    "{op}: completes after its invocation"
+                );
                 let expect = match (&op.call, ret) {
                     (Call::Put(_), Ret::Put) => Expect::Put,
                     (Call::Get, Ret::Get(read)) => {
                         Expect::Get(read.as_deref().map(|value| intern(&mut interned, value)))
-                    },
+                    }
                     (Call::Delete, Ret::Delete(deleted)) => Expect::Delete(*deleted),
                     (Call::Cas { .. }, Ret::Cas(succeeded)) => Expect::Cas(*succeeded),
                     _ => panic!("{op}: the result does not fit the call"),
@@ -297,6 +306,7 @@ fn check_key(key: &str, ops: &[&Op]) -> Result<KeyReport, String> {
         let Stuck {
             placed,
             value,
+            path,
             pending,
             reason,
         } = stuck;
@@ -310,9 +320,12 @@ fn check_key(key: &str, ops: &[&Op]) -> Result<KeyReport, String> {
         };
         let mut text = format!(
             "key {key} is not linearizable ({reason}): at best {placed} of {determinate} answered \
-             operations could be ordered, leaving the value {value}; none of the next possible \
-             operations fits:"
+             operations could be ordered, leaving the value {value}; that order ends with:"
         );
+        for &index in path.iter().skip(path.len().saturating_sub(PATH_SHOWN)) {
+            text.push_str(&format!("\n  {}", ops[entries[index].source]));
+        }
+        text.push_str("\nand none of the operations that could go next fits:");
         for index in pending {
             text.push_str(&format!("\n  {}", ops[entries[index].source]));
         }
@@ -324,13 +337,17 @@ fn check_key(key: &str, ops: &[&Op]) -> Result<KeyReport, String> {
 struct Stuck {
     placed: usize,
     value: Value,
-    /// Entries pending at that point, invoked before the earliest pending completion (and the
-    /// operation completing first), in invocation order.
+    /// The order up to that point (entries), and the entries that could have gone next.
+    path: Vec<usize>,
     pending: Vec<usize>,
     reason: &'static str,
 }
 
-fn search(entries: &[Entry], determinate: usize, mut report: KeyReport) -> Result<KeyReport, Stuck> {
+fn search(
+    entries: &[Entry],
+    determinate: usize,
+    mut report: KeyReport,
+) -> Result<KeyReport, Stuck> {
     let words = entries.len().div_ceil(64);
     let root = Frame {
         linearized: vec![0; words],
@@ -339,17 +356,32 @@ fn search(entries: &[Entry], determinate: usize, mut report: KeyReport) -> Resul
         candidates: Vec::new(),
         next: 0,
     };
-    let mut deepest = (0, Vec::new(), None);
+    let mut deepest = Stuck {
+        placed: 0,
+        value: None,
+        path: Vec::new(),
+        pending: Vec::new(),
+        reason: "every order fails",
+    };
     let mut stack = vec![with_candidates(entries, root)];
     let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
-    while let Some(frame) = stack.last_mut() {
-        if frame.placed == determinate {
+    while let Some(top) = stack.last() {
+        if top.placed == determinate {
             report.states = seen.len();
             return Ok(report);
         }
-        if frame.placed >= deepest.0 && frame.next == 0 {
-            deepest = (frame.placed, frame.candidates.clone(), frame.value);
+        if top.next == 0 && (top.placed > deepest.placed || stack.len() == 1) {
+            deepest.placed = top.placed;
+            deepest.value = top.value;
+            deepest.pending = top.candidates.clone();
+            deepest.path = stack[..stack.len() - 1]
+                .iter()
+                .map(|frame| frame.candidates[frame.next - 1])
+                .collect();
         }
+        let frame = stack
+            .last_mut()
+            .expect("the loop checked the stack is not empty");
         let Some(&index) = frame.candidates.get(frame.next) else {
             stack.pop();
             continue;
@@ -366,12 +398,8 @@ fn search(entries: &[Entry], determinate: usize, mut report: KeyReport) -> Resul
             continue;
         }
         if seen.len() > STATES_MAX {
-            return Err(Stuck {
-                placed: deepest.0,
-                value: deepest.2,
-                pending: deepest.1,
-                reason: "undecided: the search bound was reached",
-            });
+            deepest.reason = "undecided: the search bound was reached";
+            return Err(deepest);
         }
         let child = Frame {
             linearized,
@@ -382,12 +410,7 @@ fn search(entries: &[Entry], determinate: usize, mut report: KeyReport) -> Resul
         };
         stack.push(with_candidates(entries, child));
     }
-    Err(Stuck {
-        placed: deepest.0,
-        value: deepest.2,
-        pending: deepest.1,
-        reason: "every order fails",
-    })
+    Err(deepest)
 }
 
 /// Fills in the operations that may be linearized next from `frame`: pending, invoked before the
@@ -494,7 +517,14 @@ mod tests {
         ]);
         let err = check(&ops).unwrap_err();
         assert!(err.contains("key k is not linearizable"), "{err}");
-        assert!(err.contains("client 1 k get [4, 5] -> a"), "{err}");
+        assert!(err.contains("at best 2 of 3 answered operations"), "{err}");
+        assert!(
+            err.contains(
+                "ends with:\n  client 0 k put a [0, 1] -> ok\n  client 0 k put b [2, 3] -> ok\n"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("fits:\n  client 1 k get [4, 5] -> a"), "{err}");
     }
 
     #[test]
@@ -586,7 +616,12 @@ mod tests {
         let mut clock = 0;
         for round in 0..300 {
             let value = format!("v{round}");
-            ops.push((1, put(&format!("lost{round}")), clock, Outcome::Indeterminate));
+            ops.push((
+                1,
+                put(&format!("lost{round}")),
+                clock,
+                Outcome::Indeterminate,
+            ));
             ops.push((2, Call::Delete, clock + 1, Outcome::Indeterminate));
             ops.push((0, put(&value), clock + 2, ok(clock + 3, Ret::Put)));
             ops.push((3, Call::Get, clock + 4, read(clock + 5, Some(&value))));
