@@ -556,3 +556,91 @@ fn env_number(name: &str) -> Option<u64> {
             .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
     )
 }
+
+/// The watch check on hand-made logs: it must catch what it claims to.
+mod watch_check {
+    use super::*;
+
+    fn put_op(value: &str, invoke: u64, outcome: Outcome) -> Op {
+        Op {
+            client: 0,
+            key: "history/k0".to_string(),
+            call: Call::Put(value.to_string()),
+            invoke,
+            outcome,
+        }
+    }
+
+    fn acked(value: &str, invoke: u64) -> Op {
+        put_op(
+            value,
+            invoke,
+            Outcome::Ok {
+                complete: invoke + 1,
+                ret: Ret::Put,
+            },
+        )
+    }
+
+    fn seen(revision: i64, put: Option<(&str, i64)>, prev: Option<(&str, i64)>) -> Seen {
+        let owned = |(value, version): (&str, i64)| (value.to_string(), version);
+        Seen {
+            revision,
+            key: "history/k0".to_string(),
+            put: put.map(owned),
+            prev: prev.map(owned),
+        }
+    }
+
+    fn log(events: Vec<Seen>) -> WatchLog {
+        WatchLog {
+            events,
+            ..WatchLog::default()
+        }
+    }
+
+    #[test]
+    fn a_faithful_log_passes() {
+        let ops = [
+            acked("a", 0),
+            acked("b", 2),
+            put_op("c", 4, Outcome::Indeterminate),
+        ];
+        let events = vec![
+            seen(2, Some(("a", 1)), None),
+            seen(3, Some(("b", 2)), Some(("a", 1))),
+            seen(4, None, Some(("b", 2))),
+            seen(5, Some(("c", 1)), None),
+        ];
+        check_watch(&log(events), &ops, 5).unwrap();
+    }
+
+    #[test]
+    fn gaps_duplicates_and_wrong_prev_kv_fail() {
+        let ops = [acked("a", 0), acked("b", 2)];
+        let gap = vec![seen(2, Some(("a", 1)), None)];
+        let err = check_watch(&log(gap), &ops, 3).unwrap_err();
+        assert!(err.contains("cluster is at 3"), "{err}");
+        let duplicate = vec![seen(2, Some(("a", 1)), None), seen(2, Some(("a", 1)), None)];
+        let err = check_watch(&log(duplicate), &ops, 3).unwrap_err();
+        assert!(err.contains("revision 2 arrived where 3 was due"), "{err}");
+        let wrong_prev = vec![seen(2, Some(("a", 1)), None), seen(3, Some(("b", 2)), None)];
+        let err = check_watch(&log(wrong_prev), &ops, 3).unwrap_err();
+        assert!(err.contains("prev_kv None"), "{err}");
+    }
+
+    #[test]
+    fn lost_and_refused_writes_fail() {
+        let ops = [acked("a", 0), acked("b", 2)];
+        let lost = vec![seen(2, Some(("a", 1)), None)];
+        let err = check_watch(&log(lost), &ops, 2).unwrap_err();
+        assert!(err.contains("never appeared"), "{err}");
+        let ops = [acked("a", 0), put_op("b", 2, Outcome::Failed)];
+        let refused = vec![
+            seen(2, Some(("a", 1)), None),
+            seen(3, Some(("b", 2)), Some(("a", 1))),
+        ];
+        let err = check_watch(&log(refused), &ops, 3).unwrap_err();
+        assert!(err.contains("is the write of"), "{err}");
+    }
+}
