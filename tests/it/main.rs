@@ -33,6 +33,7 @@ mod election_lock;
 mod export;
 mod fixture_smoke;
 mod gateway;
+mod history;
 mod kv;
 mod lease;
 mod logging;

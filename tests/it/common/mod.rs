@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod linearizability;
 pub mod metric_names;
 pub mod process;
 pub mod promql;
