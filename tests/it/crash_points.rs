@@ -378,23 +378,11 @@ async fn compact_latest(cluster: &mut Cluster, watch: &mut Supervisor) -> Option
     out.status.success().then_some(current)
 }
 
-/// The current revision as member `index` serves it (serializable).
+/// The current revision as member `index` serves it (serializable); the member must answer.
 async fn revision(cluster: &Cluster, index: usize) -> i64 {
-    let mut client = cluster.client(index).await;
-    let got = client
-        .get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_all_keys()
-                    .with_serializable()
-                    .with_keys_only()
-                    .with_limit(1),
-            ),
-        )
+    try_revision(cluster, index)
         .await
-        .unwrap_or_else(|err| cluster.fail(&format!("reading member {index}'s revision: {err}")));
-    got.header().map_or(0, |h| h.revision())
+        .unwrap_or_else(|| cluster.fail(&format!("member {index} did not answer a read")))
 }
 
 /// The revision member `index` serves (serializable), `None` while it does not answer.

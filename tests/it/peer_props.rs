@@ -172,6 +172,32 @@ fn case(term: u64) -> impl Strategy<Value = Case> {
     ]
 }
 
+/// What a test needs to speak to a member's peer service: a KV client, the member's cluster and
+/// member IDs and raft term as Status reports them, and a client of the peer service.
+struct PeerSide {
+    client: etcd_client::Client,
+    cluster_id: u64,
+    member_id: u64,
+    term: u64,
+    peer: PeerClient<tonic::transport::Channel>,
+}
+
+async fn peer_side(server: &Server) -> PeerSide {
+    let mut client = server.client().await;
+    let status = client.status().await.expect("status");
+    let header = status.header().expect("status has a header");
+    let peer = PeerClient::connect(server.peer_url())
+        .await
+        .unwrap_or_else(|err| server.fail(&format!("connecting to the peer URL: {err}")));
+    PeerSide {
+        cluster_id: header.cluster_id(),
+        member_id: header.member_id(),
+        term: status.raft_term(),
+        client,
+        peer,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_damaged_raft_messages_never_stop_a_member() {
     if common::running_real_etcd() {
@@ -179,14 +205,13 @@ async fn random_and_damaged_raft_messages_never_stop_a_member() {
         return;
     }
     let mut server = Server::start();
-    let mut client = server.client().await;
-    let status = client.status().await.expect("status");
-    let header = status.header().expect("status has a header");
-    let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
-    let term = status.raft_term();
-    let mut peer = PeerClient::connect(server.peer_url())
-        .await
-        .unwrap_or_else(|err| server.fail(&format!("connecting to the peer URL: {err}")));
+    let PeerSide {
+        mut client,
+        cluster_id,
+        member_id,
+        term,
+        mut peer,
+    } = peer_side(&server).await;
     let strategy = case(term);
     let mut runner = TestRunner::deterministic();
     for n in 0..CASES {
@@ -275,21 +300,21 @@ async fn a_snapshot_from_a_stranger_is_refused() {
         return;
     }
     let mut server = Server::start();
-    let mut client = server.client().await;
-    let status = client.status().await.expect("status");
-    let header = status.header().expect("status has a header");
-    let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
-    let mut peer = PeerClient::connect(server.peer_url())
-        .await
-        .unwrap_or_else(|err| server.fail(&format!("connecting to the peer URL: {err}")));
+    let PeerSide {
+        mut client,
+        cluster_id,
+        member_id,
+        term,
+        mut peer,
+    } = peer_side(&server).await;
     let mut message = Message::default();
     message.set_msg_type(MessageType::MsgSnapshot);
     message.from = STRANGER;
     message.to = member_id;
-    message.term = status.raft_term() + 1;
+    message.term = term + 1;
     let meta = message.mut_snapshot().mut_metadata();
     meta.index = 1 << 30;
-    meta.term = status.raft_term() + 1;
+    meta.term = term + 1;
     let chunks = [
         SnapshotChunk {
             cluster_id,
@@ -338,22 +363,22 @@ async fn a_snapshot_larger_than_the_limit_is_refused_and_removed() {
     const CHUNK_BYTES: usize = 1 << 20;
     let limit = oxetcd::peer::snapshot_bytes_limit(QUOTA_BYTES);
     let server = Server::start_with(&[&format!("--quota-backend-bytes={QUOTA_BYTES}")]);
-    let mut client = server.client().await;
-    let status = client.status().await.expect("status");
-    let header = status.header().expect("status has a header");
-    let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
-    let mut peer = PeerClient::connect(server.peer_url())
-        .await
-        .unwrap_or_else(|err| server.fail(&format!("connecting to the peer URL: {err}")));
+    let PeerSide {
+        mut client,
+        cluster_id,
+        member_id,
+        term,
+        mut peer,
+    } = peer_side(&server).await;
     // In the member's own name, so only the size is wrong.
     let mut message = Message::default();
     message.set_msg_type(MessageType::MsgSnapshot);
     message.from = member_id;
     message.to = member_id;
-    message.term = status.raft_term();
+    message.term = term;
     let meta = message.mut_snapshot().mut_metadata();
     meta.index = 1 << 30;
-    meta.term = status.raft_term();
+    meta.term = term;
     let chunks = limit / CHUNK_BYTES as u64 + 2;
     let first = SnapshotChunk {
         cluster_id,
