@@ -86,6 +86,8 @@ pub struct SnapshotFiles {
     state: Arc<Mutex<GenState>>,
     /// Owns the generating thread (a set of its own unless the server hands one in).
     threads: crate::tasks::TaskSet,
+    /// Generate on the thread that asks instead (see [`SnapshotFiles::generating_inline`]).
+    inline: bool,
 }
 
 impl SnapshotFiles {
@@ -108,7 +110,19 @@ impl SnapshotFiles {
             source,
             state: Arc::new(Mutex::new(GenState::Idle)),
             threads: crate::tasks::TaskSet::new("raft-snapshots"),
+            inline: false,
         })
+    }
+
+    /// Generates each snapshot on the thread that asks for it, before [`ready_or_start`]
+    /// returns (still `None`: raft takes it when it asks again). For the deterministic cluster
+    /// simulation, where a snapshot must capture the applied state at a point of the schedule
+    /// rather than wherever a generating thread happened to be; the server never sets it.
+    ///
+    /// [`ready_or_start`]: SnapshotFiles::ready_or_start
+    pub fn generating_inline(mut self) -> SnapshotFiles {
+        self.inline = true;
+        self
     }
 
     /// Generates snapshots on threads owned by `threads`, which the server joins at shutdown.
@@ -155,7 +169,7 @@ impl SnapshotFiles {
         let source = self.source.clone();
         let dir = self.dir.clone();
         let shared = self.state.clone();
-        let spawned = self.threads.spawn_thread("snapshot", move || {
+        let job = move || {
             let started = std::time::Instant::now();
             let outcome = generate(source.as_ref(), &dir);
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -175,8 +189,12 @@ impl SnapshotFiles {
                     *state = GenState::Idle;
                 }
             }
-        });
-        if let Err(e) = spawned {
+        };
+        if self.inline {
+            job();
+            return None;
+        }
+        if let Err(e) = self.threads.spawn_thread("snapshot", job) {
             tracing::error!(error = %e, "cannot start the snapshot thread");
             *self.lock() = GenState::Idle;
         }

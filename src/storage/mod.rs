@@ -70,7 +70,14 @@ pub struct Engine {
     db: DB,
     path: PathBuf,
     sync_enabled: bool,
+    observer: Option<WriteObserver>,
 }
+
+/// Told of every batch [`Engine::write`] commits, in commit order, with the batch's encoded
+/// bytes ([`Batch::from_bytes`]) and whether the write was synced. The deterministic cluster
+/// simulation uses it to keep the image a power loss would leave (everything up to the last
+/// synced write); the server never sets one.
+pub type WriteObserver = Arc<dyn Fn(&[u8], bool) + Send + Sync>;
 
 /// A set of writes applied atomically by [`Engine::write`].
 #[derive(Default)]
@@ -101,6 +108,15 @@ impl Engine {
     /// Opens (creating if missing) the database in `path`. `sync_enabled = false` is the
     /// `--unsafe-no-fsync` escape hatch: synced writes become plain writes.
     pub fn open(path: &Path, sync_enabled: bool) -> Result<Arc<Engine>> {
+        Engine::open_observed(path, sync_enabled, None)
+    }
+
+    /// [`Engine::open`], telling `observer` (if any) of every write.
+    pub fn open_observed(
+        path: &Path,
+        sync_enabled: bool,
+        observer: Option<WriteObserver>,
+    ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
             path: path.to_path_buf(),
             source,
@@ -132,6 +148,7 @@ impl Engine {
             db,
             path: path.to_path_buf(),
             sync_enabled,
+            observer,
         }))
     }
 
@@ -155,6 +172,9 @@ impl Engine {
     pub fn write(&self, batch: Batch, sync: bool) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync && self.sync_enabled);
+        if let Some(observer) = &self.observer {
+            observer(batch.inner.data(), sync);
+        }
         self.db.write_opt(batch.inner, &opts)?;
         Ok(())
     }
@@ -277,6 +297,14 @@ impl Batch {
     /// Bytes of the encoded batch.
     pub fn size_bytes(&self) -> usize {
         self.inner.size_in_bytes()
+    }
+
+    /// A batch from the encoded bytes a [`WriteObserver`] saw, for an engine whose column
+    /// families were created in the same order (every engine opened by [`Engine::open`]).
+    pub fn from_bytes(bytes: &[u8]) -> Batch {
+        Batch {
+            inner: rocksdb::WriteBatch::from_data(bytes),
+        }
     }
 }
 
