@@ -14,13 +14,16 @@ use super::ServerError;
 /// raft log already starts after it (the raft thread does not wait for installs), so the applied
 /// state is behind the log's start. The file stays in the snapshot directory until an install
 /// of it or of a newer one completes.
-pub(super) fn install_pending_snapshot(
+pub fn install_pending_snapshot(
     engine: &Engine,
     data_dir: &std::path::Path,
 ) -> Result<(), ServerError> {
     let (index, term) = crate::raft::storage::read_truncated(engine)?;
     let applied = crate::consistent_index::read_index(engine)?;
-    if applied >= index {
+    // A new cluster's log starts after the bootstrap position, index 1 (`RaftLogStore::open`):
+    // it stands for the initial configuration, not for a file, and there is nothing to install
+    // for a member that stopped before applying (or durably applying) anything.
+    if applied >= index || index <= 1 {
         return Ok(());
     }
     let dir = data_dir.join(crate::raft::snapshots::SNAP_DIR);
@@ -78,7 +81,7 @@ pub(super) fn peer_list(membership: &Membership) -> Vec<(u64, Vec<String>)> {
 /// After a crash the raft log may lag the state machine: a snapshot install finished but the
 /// raft log was not yet replaced, or a configuration change was applied but raft's copy of the
 /// configuration not yet written. The state machine is the authority at its applied index.
-pub(super) fn reconcile_raft_with_state(
+pub fn reconcile_raft_with_state(
     engine: &Engine,
     store: &mut RaftLogStore,
     membership: &Membership,

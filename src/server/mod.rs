@@ -31,10 +31,10 @@ use crate::storage::{Engine, StorageError};
 use crate::tasks::{SpawnError, TaskSet};
 use crate::watch::WatchHub;
 
-use bootstrap::{
-    create_private_dir, load_or_bootstrap_membership, min_lease_ttl_secs, peer_list,
-    reconcile_raft_with_state,
-};
+use bootstrap::{create_private_dir, load_or_bootstrap_membership, min_lease_ttl_secs, peer_list};
+/// The restart steps that make raft's log and the applied state agree after a crash (the
+/// deterministic cluster simulation restarts its members with them too).
+pub use bootstrap::{install_pending_snapshot, reconcile_raft_with_state};
 use jobs::{auto_compact, guard_disk_space, publish_attributes, reopen_log_on_hangup};
 use listeners::{bind, grpc_router, metrics_text, peer_router, serve, serve_tls};
 
