@@ -1,6 +1,8 @@
-//! Deterministic cluster simulation (issue 3, point 7): 3 and 5 members built from the production
-//! raft and apply code, driven step by step from a seed under drops, delays, duplicates,
-//! partitions and crashes, with the safety invariants checked after every step.
+//! Deterministic cluster simulation (issue 3, point 7; issue 13, point 7): 3 and 5 members built
+//! from the production raft and apply code, driven step by step from a seed under drops, delays,
+//! duplicates, partitions and crashes (which lose unsynced raft and applied state), with log
+//! truncation and snapshot installs, membership changes (learner added, promoted, a voter
+//! removed), and the safety invariants checked after every step.
 //!
 //! CI runs the fixed seeds below. To replay a failure, or to search more widely:
 //!
@@ -81,9 +83,41 @@ fn run_one(members: usize, seed: u64, steps: u64, sabotage: Sabotage) -> Result<
     )
 }
 
+/// What the CI seeds of one cluster size must have done between them, so that a change that
+/// quietly stops the schedule from reaching snapshots, membership changes or lost applied state
+/// fails instead of passing vacuously.
+fn assert_coverage(test: &str, summaries: &[Summary]) {
+    let total = |f: fn(&Summary) -> u64| summaries.iter().map(f).sum::<u64>();
+    let covered = [
+        ("snapshots sent", total(|s| s.snapshots_sent)),
+        (
+            "snapshots installed",
+            total(|s| s.snapshots_installed + s.snapshots_installed_at_start),
+        ),
+        ("log truncations", total(|s| s.log_truncations)),
+        ("learners added", total(|s| s.learners_added)),
+        ("promotions", total(|s| s.promotions)),
+        ("removals", total(|s| s.removals)),
+        (
+            "applied entries lost to crashes",
+            total(|s| s.applied_entries_lost),
+        ),
+    ];
+    eprintln!(
+        "{test}: coverage over {} seeds: {covered:?}",
+        summaries.len()
+    );
+    for (what, count) in covered {
+        assert!(count > 0, "{test}: the CI seeds had no {what}: {covered:?}");
+    }
+}
+
 /// Runs `seeds` spread over the machine's cores; panics with the replay command on a failure.
 fn run_seeds(test: &str, members: usize) {
     let (seeds, steps) = plan();
+    let ci_plan = std::env::var_os("OXETCD_SIM_SEED").is_none()
+        && std::env::var_os("OXETCD_SIM_SEEDS").is_none()
+        && std::env::var_os("OXETCD_SIM_STEPS").is_none();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(seeds.len())
@@ -92,36 +126,43 @@ fn run_seeds(test: &str, members: usize) {
     let chunks: Vec<Vec<u64>> = (0..workers)
         .map(|w| seeds.iter().copied().skip(w).step_by(workers).collect())
         .collect();
-    let mut failures: Vec<Failure> = std::thread::scope(|scope| {
+    let (mut failures, summaries): (Vec<Failure>, Vec<Summary>) = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
                 scope.spawn(move || {
                     let mut failures = Vec::new();
+                    let mut summaries = Vec::new();
                     for seed in chunk {
                         let t = Instant::now();
                         match run_one(members, seed, steps, Sabotage::None) {
-                            Ok(summary) => eprintln!(
-                                "{test}: seed {seed} ok in {:.1}s: {summary}",
-                                t.elapsed().as_secs_f64()
-                            ),
+                            Ok(summary) => {
+                                eprintln!(
+                                    "{test}: seed {seed} ok in {:.1}s: {summary}",
+                                    t.elapsed().as_secs_f64()
+                                );
+                                summaries.push(summary);
+                            }
                             Err(failure) => {
                                 eprintln!("{test}: FAILED {failure}");
                                 failures.push(failure);
                             }
                         }
                     }
-                    failures
+                    (failures, summaries)
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .expect("a simulation worker panicked outside a run")
-            })
-            .collect()
+        let mut failures = Vec::new();
+        let mut summaries = Vec::new();
+        for h in handles {
+            let (f, s) = h
+                .join()
+                .expect("a simulation worker panicked outside a run");
+            failures.extend(f);
+            summaries.extend(s);
+        }
+        (failures, summaries)
     });
     eprintln!(
         "{test}: {} seeds × {steps} steps in {:.1}s",
@@ -138,6 +179,9 @@ fn run_seeds(test: &str, members: usize) {
             seeds.len(),
             first.seed
         );
+    }
+    if ci_plan {
+        assert_coverage(test, &summaries);
     }
 }
 
@@ -223,8 +267,8 @@ fn put_entry(index: u64, key: &str, value: &str) -> Entry {
 
 /// A member running on its own (nothing drives its raft), whose applier the test feeds.
 fn standalone_member(id: u64, dir: &std::path::Path) -> Member {
-    let mut m = Member::new(id, dir.join(format!("member-{id}")));
-    m.start(&[id], Sabotage::None).unwrap();
+    let mut m = Member::new(id, dir.join(format!("member-{id}")), &[id]);
+    m.start(Sabotage::None).unwrap();
     m
 }
 
@@ -241,13 +285,13 @@ fn election_safety_check_fires() {
 #[test]
 fn log_matching_checks_fire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Member::new(1, dir.path().join("a"));
-    let mut b = Member::new(2, dir.path().join("b"));
+    let mut a = Member::new(1, dir.path().join("a"), &[1]);
+    let mut b = Member::new(2, dir.path().join("b"), &[2]);
     a.mirror = vec![(1, 10), (1, 11), (2, 12)];
     b.mirror = vec![(1, 10), (1, 11), (2, 12), (2, 13)];
     check::check_log_matching(&[a, b]).unwrap();
-    let mut a = Member::new(1, dir.path().join("a"));
-    let mut b = Member::new(2, dir.path().join("b"));
+    let mut a = Member::new(1, dir.path().join("a"), &[1]);
+    let mut b = Member::new(2, dir.path().join("b"), &[2]);
     a.mirror = vec![(1, 10), (1, 99), (2, 12)];
     b.mirror = vec![(1, 10), (1, 11), (2, 12), (3, 13)];
     let err = check::check_log_matching(&[a, b]).unwrap_err();

@@ -4,7 +4,9 @@
 //! Each member's persisted log is read back through `raft::Storage` on its `RaftLogStore`. To keep
 //! a step cheap the checker keeps a mirror of every log (`Member::mirror`) and re-reads only the
 //! part a Ready may have rewritten; every `FULL_CHECK_STEPS` steps, and after every restart, the
-//! whole log is re-read and compared with the mirror.
+//! whole log is re-read and compared with the mirror. Entries below a log's start (truncated
+//! after a snapshot, or replaced by an installed one) are committed ones: the mirror holds the
+//! committed record there, and the log must never start past what anyone committed.
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -149,6 +151,13 @@ impl History {
         Ok(())
     }
 
+    /// Starts the committed record with the bootstrap position every log begins after.
+    pub fn start_record(&mut self) {
+        if self.committed.is_empty() {
+            self.committed.push(BOOTSTRAP_ENTRY);
+        }
+    }
+
     /// Committed entries never change; the record grows one index at a time.
     pub fn check_committed(
         &mut self,
@@ -156,9 +165,7 @@ impl History {
         index: u64,
         entry: (u64, u64),
     ) -> Result<(), String> {
-        if self.committed.is_empty() {
-            self.committed.push(BOOTSTRAP_ENTRY);
-        }
+        self.start_record();
         let pos = (index - 1) as usize;
         match self.committed.get(pos) {
             Some(&c) if c != entry => Err(format!(
@@ -188,17 +195,30 @@ pub fn sync_log(m: &mut Member, history: &mut History, from: u64) -> Result<(), 
         .first_index()
         .map_err(|e| format!("first_index: {e}"))?;
     let last = store.last_index().map_err(|e| format!("last_index: {e}"))?;
-    if first != BOOTSTRAP_INDEX + 1 {
-        return Err(format!(
-            "member {} log starts at {first}, but the simulation never truncates (logs start \
-             after the bootstrap snapshot at index {BOOTSTRAP_INDEX})",
-            m.id
-        ));
+    // Below the log's start (the bootstrap snapshot, a truncation, or an installed snapshot)
+    // every entry is committed, and the mirror holds what was committed there.
+    if first != m.mirror_first {
+        let base = (first - 1) as usize;
+        history.start_record();
+        // A member may truncate entries it committed in this very step, before the record
+        // grows from its commit index (`check_commit`): its mirror still holds those.
+        let known = history.committed.len().min(base);
+        if m.mirror.len() < base && known < base {
+            return Err(format!(
+                "member {}: its log starts after index {base}, beyond the committed record (which \
+                 ends at {}) and beyond what the checker saw of its log: it truncated or \
+                 installed a snapshot of entries nobody committed",
+                m.id,
+                history.committed.len()
+            ));
+        }
+        if m.mirror.len() < base {
+            m.mirror.resize(base, (0, 0));
+        }
+        m.mirror[..known].copy_from_slice(&history.committed[..known]);
+        m.mirror_first = first;
     }
-    let from = from
-        .max(BOOTSTRAP_INDEX + 1)
-        .min(last + 1)
-        .min(m.mirror.len() as u64 + 1);
+    let from = from.max(first).min(last + 1).min(m.mirror.len() as u64 + 1);
     let entries = if from <= last {
         store
             .entries(from, last + 1, None, GetEntriesContext::empty(false))
@@ -267,7 +287,9 @@ pub fn verify_full_log(m: &mut Member, history: &mut History) -> Result<(), Stri
         .expect("only a live member's log is read")
         .raw
         .store();
-    for (i, &(term, _)) in m.mirror.iter().enumerate() {
+    // Terms are kept from the entry before the log's start on (the truncation marker).
+    let from = store.first().saturating_sub(1).max(1);
+    for (i, &(term, _)) in m.mirror.iter().enumerate().skip((from - 1) as usize) {
         let index = i as u64 + 1;
         let got = store
             .term(index)

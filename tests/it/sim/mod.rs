@@ -1,7 +1,11 @@
 //! A deterministic in-process cluster: several members built from the production raft and apply
-//! code (`RaftLogStore`, `handle_ready`, `Applier`, RocksDB per member), driven step by step in one
-//! thread from one seed, over a simulated network with drops, delays, duplicates and partitions,
-//! with crashes that lose unsynced writes. The invariants in `check` run after every step.
+//! code (`RaftLogStore`, `handle_ready`, `Applier`, snapshot files and installs, the restart
+//! recovery of `server`, RocksDB per member), driven step by step in one thread from one seed,
+//! over a simulated network with drops, delays, duplicates and partitions, with crashes that lose
+//! unsynced writes (raft's and the applier's). Members truncate their logs after a few applied
+//! entries, so a member left behind catches up from a snapshot; the schedule also changes the
+//! membership through raft (add a learner, promote it, remove a voter). The invariants in `check`
+//! run after every step.
 //!
 //! A run is a pure function of its configuration: the same seed replays the same schedule.
 
@@ -13,17 +17,21 @@ pub mod rng;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use oxetcd::apply::{Reply, Response};
 use oxetcd::proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
-use oxetcd::proto::oxetcdpb::{InternalRequest, internal_request::Request};
+use oxetcd::proto::oxetcdpb::{InternalRequest, MemberChange, internal_request::Request};
+use oxetcd::raft::snapshots::{part_path, snapshot_path};
 use prost::Message as _;
-use raft::StateRole;
+use raft::eraftpb::{ConfChange, ConfChangeType, MessageType};
+use raft::{SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use check::{Acked, History};
 use member::{ELECTION_TICKS, Member, Sabotage};
-use net::{Network, Weather};
+use net::{Network, Packet, Weather};
 use rng::Rng;
 
 /// Ticks a proposal may wait for its outcome before the proposer gives up on it (the request
@@ -33,6 +41,8 @@ const PROPOSAL_TIMEOUT_TICKS: u64 = 100;
 const KEYS: u64 = 48;
 /// After the faults stop: steps allowed for the cluster to elect a leader and converge.
 const SETTLE_STEPS_MAX: u64 = 4000;
+/// Member IDs beyond the initial ones that the schedule may add (IDs are never reused).
+const SPARE_MEMBERS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -80,6 +90,21 @@ pub struct Summary {
     pub overwritten: u64,
     pub revision: i64,
     pub net: net::NetStats,
+    /// Snapshot messages that left a leader with their file.
+    pub snapshots_sent: u64,
+    /// Snapshots installed by running members, and when starting (received or half-installed
+    /// before a crash).
+    pub snapshots_installed: u64,
+    pub snapshots_installed_at_start: u64,
+    pub log_truncations: u64,
+    /// Crashes that lost unsynced writes, and the applied entries they lost (re-applied from
+    /// the log after the restart).
+    pub crashes_losing_writes: u64,
+    pub applied_entries_lost: u64,
+    pub conf_changes_proposed: u64,
+    pub learners_added: u64,
+    pub promotions: u64,
+    pub removals: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -89,7 +114,10 @@ impl std::fmt::Display for Summary {
             "{} steps ({} with a leader), {} ticks, {} leaders (last term {}), {} proposed ({} refused), {} acked, \
              {} crashes ({} inside a Ready), {} partitions, commit index {}, {} entries \
              overwritten, revision {}, \
-             messages sent {} delivered {} dropped {} duplicated {} cut {}",
+             messages sent {} delivered {} dropped {} duplicated {} cut {}; \
+             snapshots sent {} installed {} (+{} at start), {} log truncations; \
+             {} crashes lost writes ({} applied entries); \
+             membership: {} proposed, {} learners added, {} promoted, {} removed",
             self.steps,
             self.steps_led,
             self.ticks,
@@ -108,7 +136,17 @@ impl std::fmt::Display for Summary {
             self.net.delivered,
             self.net.dropped,
             self.net.duplicated,
-            self.net.cut
+            self.net.cut,
+            self.snapshots_sent,
+            self.snapshots_installed,
+            self.snapshots_installed_at_start,
+            self.log_truncations,
+            self.crashes_losing_writes,
+            self.applied_entries_lost,
+            self.conf_changes_proposed,
+            self.learners_added,
+            self.promotions,
+            self.removals
         )
     }
 }
@@ -168,8 +206,9 @@ struct Sim {
     rng: Rng,
     step: u64,
     now_tick: u64,
+    /// Every member slot: the initial members, then the spare IDs the schedule may add.
     members: Vec<Member>,
-    voters: Vec<u64>,
+    initial_members: usize,
     net: Network,
     history: History,
     proposals: Vec<Proposal>,
@@ -180,12 +219,19 @@ struct Sim {
 impl Sim {
     fn new(cfg: &SimConfig, dir: &Path) -> Result<Sim, String> {
         let voters: Vec<u64> = (1..=cfg.members as u64).collect();
-        let mut members: Vec<Member> = voters
-            .iter()
-            .map(|&id| Member::new(id, dir.join(format!("member-{id}"))))
+        let slots = cfg.members + SPARE_MEMBERS;
+        let mut members: Vec<Member> = (1..=slots as u64)
+            .map(|id| {
+                let dir = dir.join(format!("member-{id}"));
+                if voters.contains(&id) {
+                    Member::new(id, dir, &voters)
+                } else {
+                    Member::spare(id, dir)
+                }
+            })
             .collect();
-        for m in &mut members {
-            m.start(&voters, cfg.sabotage)?;
+        for m in &mut members[..cfg.members] {
+            m.start(cfg.sabotage)?;
         }
         Ok(Sim {
             sabotage: cfg.sabotage,
@@ -194,8 +240,8 @@ impl Sim {
             step: 0,
             now_tick: 0,
             members,
-            voters,
-            net: Network::new(cfg.members),
+            initial_members: cfg.members,
+            net: Network::new(slots),
             history: History::default(),
             proposals: Vec::new(),
             next_request_id: 1,
@@ -214,9 +260,13 @@ impl Sim {
                 self.deliver()?;
                 "deliver"
             }
-            750..940 => {
+            750..934 => {
                 self.propose()?;
                 "propose"
+            }
+            934..940 => {
+                self.reconfigure();
+                "reconfigure"
             }
             940..950 => {
                 self.crash();
@@ -332,22 +382,175 @@ impl Sim {
             1 + self.rng.index(due)
         };
         let batch = self.net.take_due(&mut self.rng, self.now_tick, max);
-        for msg in batch.cut {
+        for packet in batch.cut {
             // The sender's transport notices the peer is unreachable.
-            let from = (msg.from - 1) as usize;
+            let from = (packet.msg.from - 1) as usize;
             if let Some(live) = self.members[from].live.as_mut() {
-                live.raw.report_unreachable(msg.to);
+                live.raw.report_unreachable(packet.msg.to);
+                if packet.file.is_some() {
+                    live.raw
+                        .report_snapshot(packet.msg.to, SnapshotStatus::Failure);
+                }
             }
         }
-        for msg in batch.deliver {
-            let to = (msg.to - 1) as usize;
-            let Some(live) = self.members[to].live.as_mut() else {
+        self.deliver_packets(batch.deliver)
+    }
+
+    /// Steps each packet into its target. A snapshot's file is stored first, as the peer
+    /// service does (written, checked, renamed into the snapshot directory), and the sender
+    /// hears how the transfer went.
+    fn deliver_packets(&mut self, packets: Vec<Packet>) -> Result<(), String> {
+        for Packet { msg, file } in packets {
+            let (from, to) = ((msg.from - 1) as usize, (msg.to - 1) as usize);
+            if !self.members[to].is_live() {
+                if file.is_some() {
+                    self.report_snapshot(from, msg.to, SnapshotStatus::Failure);
+                }
                 continue;
-            };
+            }
+            if let Some(bytes) = &file {
+                let meta = msg.get_snapshot().get_metadata();
+                let dir = self.members[to].snap_dir();
+                let path = snapshot_path(&dir, meta.term, meta.index);
+                let part = part_path(&path);
+                std::fs::write(&part, bytes.as_slice())
+                    .map_err(|e| format!("storing a received snapshot: {e}"))?;
+                let pos = oxetcd::snapshot::format::verify_file(&part)
+                    .map_err(|e| format!("member {} received a damaged snapshot: {e}", msg.to))?;
+                if (pos.index, pos.term) != (meta.index, meta.term) {
+                    return Err(format!(
+                        "member {} sent a snapshot file holding index {} term {} for a message \
+                         saying {} {}",
+                        msg.from, pos.index, pos.term, meta.index, meta.term
+                    ));
+                }
+                std::fs::rename(&part, &path)
+                    .map_err(|e| format!("storing a received snapshot: {e}"))?;
+            }
+            let sent_to = msg.to;
+            let live = self.members[to].live.as_mut().expect("checked above");
             // raft rejects some messages (e.g. from a peer it does not know); the network
             // does not care.
             let _ = live.raw.step(msg);
             self.observe(to)?;
+            if file.is_some() {
+                self.report_snapshot(from, sent_to, SnapshotStatus::Finish);
+            }
+        }
+        Ok(())
+    }
+
+    fn report_snapshot(&mut self, from: usize, to: u64, status: SnapshotStatus) {
+        if let Some(live) = self.members[from].live.as_mut() {
+            live.raw.report_snapshot(to, status);
+        }
+    }
+
+    /// One membership change on the leader, the next of the cycle: promote a learner if there
+    /// is one, else remove a voter (never the leader) if there are more than at the start, else
+    /// add a spare ID as a learner. One change at a time, as the Cluster API allows.
+    fn reconfigure(&mut self) {
+        let Some(l) = self.leader() else {
+            return;
+        };
+        let leader = self.members[l].live.as_ref().expect("the leader runs");
+        if leader.raw.raft.has_pending_conf() {
+            return;
+        }
+        let members = leader
+            .membership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .members
+            .clone();
+        let voters: Vec<u64> = members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect();
+        let leader_id = self.members[l].id;
+        let (change, id) = if let Some(learner) = members.iter().find(|m| m.is_learner) {
+            (ConfChangeType::AddNode, learner.id)
+        } else if voters.len() > self.initial_members {
+            let others: Vec<u64> = voters.into_iter().filter(|&v| v != leader_id).collect();
+            (ConfChangeType::RemoveNode, self.rng.pick(&others))
+        } else if let Some(spare) = self
+            .members
+            .iter()
+            .find(|m| !m.started && !m.removed && !members.iter().any(|x| x.id == m.id))
+        {
+            (ConfChangeType::AddLearnerNode, spare.id)
+        } else {
+            return;
+        };
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut member = members
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .unwrap_or_else(|| member::member_record(id));
+        member.is_learner = change == ConfChangeType::AddLearnerNode;
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = id;
+        cc.context = MemberChange {
+            request_id,
+            member: Some(member),
+        }
+        .encode_to_vec();
+        let live = self.members[l].live.as_mut().expect("the leader runs");
+        if live.raw.propose_conf_change(vec![], cc).is_ok() {
+            self.summary.conf_changes_proposed += 1;
+        }
+    }
+
+    /// Acts on membership changes some member applied: a member added to the list starts (with
+    /// the list it was added in, as `--initial-cluster-state existing` fetches it), a promotion
+    /// is counted, and a removed member stops for good (a member that applied its own removal
+    /// stopped already; one that did not is refused by its peers).
+    fn follow_membership(&mut self) -> Result<(), String> {
+        let mut removed = Vec::new();
+        let mut lists = Vec::new();
+        for m in &mut self.members {
+            removed.append(&mut m.removals_applied);
+            if let Some(live) = m.live.as_ref() {
+                lists.push(
+                    live.membership
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                );
+            }
+        }
+        for id in removed {
+            let m = &mut self.members[(id - 1) as usize];
+            if !m.removed {
+                m.remove();
+                self.summary.removals += 1;
+            }
+        }
+        for list in lists {
+            for record in &list.members {
+                let i = (record.id - 1) as usize;
+                if i < self.initial_members || i >= self.members.len() {
+                    continue;
+                }
+                let m = &mut self.members[i];
+                if m.removed {
+                    continue;
+                }
+                if !m.started {
+                    m.join(list.clone(), self.sabotage)?;
+                    self.summary.learners_added += 1;
+                    self.observe(i)?;
+                }
+                let m = &mut self.members[i];
+                if !record.is_learner && !m.promoted {
+                    m.promoted = true;
+                    self.summary.promotions += 1;
+                }
+            }
         }
         Ok(())
     }
@@ -424,8 +627,9 @@ impl Sim {
         let live = self.live();
         // Usually at most a minority is down; now and then a majority (the cluster then waits
         // for restarts), never everyone.
-        let down = self.members.len() - live.len();
-        let minority = (self.members.len() - 1) / 2;
+        let members = self.members.iter().filter(|m| m.in_cluster()).count();
+        let down = members - live.len();
+        let minority = (members - 1) / 2;
         if live.len() <= 1 || (down >= minority && !self.rng.chance(200)) {
             return;
         }
@@ -449,7 +653,7 @@ impl Sim {
 
     fn restart_one(&mut self) -> Result<(), String> {
         let down: Vec<usize> = (0..self.members.len())
-            .filter(|&i| !self.members[i].is_live())
+            .filter(|&i| self.members[i].in_cluster() && !self.members[i].is_live())
             .collect();
         if down.is_empty() {
             return Ok(());
@@ -461,7 +665,7 @@ impl Sim {
     fn restart(&mut self, i: usize) -> Result<(), String> {
         let m = &mut self.members[i];
         m.restarts += 1;
-        m.start(&self.voters, self.sabotage)?;
+        m.start(self.sabotage)?;
         self.observe(i)
     }
 
@@ -493,13 +697,41 @@ impl Sim {
                 continue;
             }
             m.process_ready(self.sabotage, &mut outbox);
-            for msg in &mut outbox {
-                debug_assert_eq!(msg.from, m.id, "raft stamps the sender");
+            if let Some(fault) = m.fault.take() {
+                return Err(fault);
             }
-            self.net.send(&mut self.rng, self.now_tick, outbox);
+            // A snapshot message takes its file along, read when the transport sends it.
+            let snap_dir = m.snap_dir();
+            let mut packets = Vec::with_capacity(outbox.len());
+            for msg in outbox {
+                debug_assert_eq!(msg.from, m.id, "raft stamps the sender");
+                if msg.get_msg_type() != MessageType::MsgSnapshot {
+                    packets.push(Packet { msg, file: None });
+                    continue;
+                }
+                let meta = msg.get_snapshot().get_metadata();
+                match std::fs::read(snapshot_path(&snap_dir, meta.term, meta.index)) {
+                    Ok(bytes) => {
+                        self.summary.snapshots_sent += 1;
+                        packets.push(Packet {
+                            msg,
+                            file: Some(Arc::new(bytes)),
+                        });
+                    }
+                    Err(_) => {
+                        if let Some(live) = m.live.as_mut() {
+                            live.raw.report_snapshot(msg.to, SnapshotStatus::Failure);
+                        }
+                    }
+                }
+            }
+            let failed = self.net.send(&mut self.rng, self.now_tick, packets);
+            for msg in failed {
+                self.report_snapshot(i, msg.to, SnapshotStatus::Failure);
+            }
             self.observe(i)?;
         }
-        Ok(())
+        self.follow_membership()
     }
 
     fn poll_proposals(&mut self) -> Result<(), String> {
@@ -554,19 +786,15 @@ impl Sim {
             if !m.is_live() {
                 continue;
             }
-            let last = m.live.as_ref().expect("live").raw.store().last();
-            if m.write_hint != u64::MAX || last != m.mirror.len() as u64 {
+            let store = m.live.as_ref().expect("live").raw.store();
+            let (first, last) = (store.first(), store.last());
+            if m.write_hint != u64::MAX || last != m.mirror.len() as u64 || first != m.mirror_first
+            {
                 check::sync_log(m, &mut self.history, m.write_hint)?;
             }
             m.write_hint = u64::MAX;
             if full {
                 check::verify_full_log(m, &mut self.history)?;
-            }
-            if m.snapshots_offered > 0 {
-                return Err(format!(
-                    "member {} was offered a raft snapshot, but no log was ever truncated",
-                    m.id
-                ));
             }
         }
         // The committed record grows from every member before any applied entry is checked.
@@ -592,7 +820,7 @@ impl Sim {
         self.net.weather = Weather::CALM;
         for i in 0..self.members.len() {
             self.members[i].crash_in_ready = None;
-            if !self.members[i].is_live() {
+            if self.members[i].in_cluster() && !self.members[i].is_live() {
                 self.restart(i)?;
             }
         }
@@ -622,7 +850,7 @@ impl Sim {
         }
         self.settle_until_converged("after the final put")?;
 
-        for m in &mut self.members {
+        for m in self.members.iter_mut().filter(|m| m.in_cluster()) {
             let live = m.live.as_ref().expect("every member runs after settling");
             for (&rev, acked) in &self.history.acked {
                 let kv = live
@@ -641,6 +869,7 @@ impl Sim {
         let fps: Vec<_> = self
             .members
             .iter()
+            .filter(|m| m.in_cluster())
             .map(|m| check::fingerprint(&m.live.as_ref().expect("live").mvcc))
             .collect::<Result<_, _>>()?;
         if fps.windows(2).any(|w| w[0] != w[1]) {
@@ -662,13 +891,7 @@ impl Sim {
         } else {
             let due = self.net.due_count(self.now_tick);
             let batch = self.net.take_due(&mut self.rng, self.now_tick, due);
-            for msg in batch.deliver {
-                let to = (msg.to - 1) as usize;
-                if let Some(live) = self.members[to].live.as_mut() {
-                    let _ = live.raw.step(msg);
-                    self.observe(to)?;
-                }
-            }
+            self.deliver_packets(batch.deliver)?;
         }
         self.after_action()
     }
@@ -698,7 +921,7 @@ impl Sim {
             leader.raft.raft_log.committed,
         );
         commit == last
-            && self.members.iter().all(|m| {
+            && self.members.iter().filter(|m| m.in_cluster()).all(|m| {
                 m.live.as_ref().is_some_and(|live| {
                     live.raw.raft.term == term
                         && live.raw.raft.leader_id == leader.raft.id
@@ -711,7 +934,9 @@ impl Sim {
     fn describe(&self) -> String {
         self.members
             .iter()
+            .filter(|m| m.started)
             .map(|m| match m.live.as_ref() {
+                None if m.removed => format!("member {} removed", m.id),
                 None => format!("member {} down", m.id),
                 Some(_) if m.crash_in_ready.is_some() => format!("member {} crashing", m.id),
                 Some(live) => {
@@ -747,11 +972,19 @@ impl Sim {
         s.committed = self.history.committed.len() as u64;
         s.committed_digest = check::committed_digest(&self.history);
         s.overwritten = self.history.overwritten;
-        s.revision = self.members[0]
-            .live
-            .as_ref()
+        s.revision = self
+            .members
+            .iter()
+            .find_map(|m| m.live.as_ref())
             .map_or(0, |live| live.mvcc.current_revision());
         s.net = self.net.stats;
+        for m in &self.members {
+            s.snapshots_installed += m.stats.snapshots_installed;
+            s.snapshots_installed_at_start += m.stats.snapshots_installed_at_start;
+            s.log_truncations += m.stats.log_truncations;
+            s.crashes_losing_writes += m.stats.crashes_losing_writes;
+            s.applied_entries_lost += m.stats.applied_entries_lost;
+        }
         s
     }
 }

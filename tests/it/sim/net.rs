@@ -1,6 +1,9 @@
 //! The simulated network between members: every message raft sends is queued with a delivery
 //! tick, and may be dropped, duplicated, reordered (delivery order among due messages is random)
-//! or cut by a partition that is in force when it would arrive.
+//! or cut by a partition that is in force when it would arrive. A snapshot message carries its
+//! file's bytes, as the peer transport streams the file after the message.
+
+use std::sync::Arc;
 
 use raft::eraftpb::Message;
 
@@ -43,9 +46,16 @@ pub struct NetStats {
     pub cut: u64,
 }
 
+/// A raft message on the wire, with the snapshot file it names if it is a `MsgSnapshot`.
+#[derive(Clone)]
+pub struct Packet {
+    pub msg: Message,
+    pub file: Option<Arc<Vec<u8>>>,
+}
+
 struct InFlight {
     deliver_at_tick: u64,
-    msg: Message,
+    packet: Packet,
 }
 
 pub struct Network {
@@ -59,9 +69,9 @@ pub struct Network {
 /// What a delivery round took off the network.
 pub struct Due {
     /// To be stepped into their targets, in this order.
-    pub deliver: Vec<Message>,
+    pub deliver: Vec<Packet>,
     /// Lost to a partition: the sender's transport would notice and report the peer unreachable.
-    pub cut: Vec<Message>,
+    pub cut: Vec<Packet>,
 }
 
 impl Network {
@@ -74,11 +84,17 @@ impl Network {
         }
     }
 
-    pub fn send(&mut self, rng: &mut Rng, now_tick: u64, messages: Vec<Message>) {
-        for msg in messages {
+    /// Queues `packets`; returns the snapshot messages among those dropped (their sender's
+    /// transport sees the stream fail and reports it to raft).
+    pub fn send(&mut self, rng: &mut Rng, now_tick: u64, packets: Vec<Packet>) -> Vec<Message> {
+        let mut failed_snapshots = Vec::new();
+        for packet in packets {
             self.stats.sent += 1;
             if rng.chance(self.weather.drop_per_mille) || self.in_flight.len() >= IN_FLIGHT_MAX {
                 self.stats.dropped += 1;
+                if packet.file.is_some() {
+                    failed_snapshots.push(packet.msg);
+                }
                 continue;
             }
             if rng.chance(self.weather.duplicate_per_mille) {
@@ -86,15 +102,16 @@ impl Network {
                 let deliver_at_tick = now_tick + rng.below(self.weather.delay_ticks_max + 1);
                 self.in_flight.push(InFlight {
                     deliver_at_tick,
-                    msg: msg.clone(),
+                    packet: packet.clone(),
                 });
             }
             let deliver_at_tick = now_tick + rng.below(self.weather.delay_ticks_max + 1);
             self.in_flight.push(InFlight {
                 deliver_at_tick,
-                msg,
+                packet,
             });
         }
+        failed_snapshots
     }
 
     /// Takes up to `max` of the messages due at `now_tick`, in random order.
@@ -107,21 +124,21 @@ impl Network {
         // Remove from the highest position down so earlier positions stay valid.
         let mut order: Vec<(usize, usize)> = due.iter().copied().enumerate().collect();
         order.sort_by_key(|&(_, pos)| std::cmp::Reverse(pos));
-        let mut taken: Vec<Option<Message>> = vec![None; due.len()];
+        let mut taken: Vec<Option<Packet>> = vec![None; due.len()];
         for (rank, pos) in order {
-            taken[rank] = Some(self.in_flight.swap_remove(pos).msg);
+            taken[rank] = Some(self.in_flight.swap_remove(pos).packet);
         }
         let mut out = Due {
             deliver: Vec::new(),
             cut: Vec::new(),
         };
-        for msg in taken.into_iter().flatten() {
-            if self.connected(msg.from, msg.to) {
+        for packet in taken.into_iter().flatten() {
+            if self.connected(packet.msg.from, packet.msg.to) {
                 self.stats.delivered += 1;
-                out.deliver.push(msg);
+                out.deliver.push(packet);
             } else {
                 self.stats.cut += 1;
-                out.cut.push(msg);
+                out.cut.push(packet);
             }
         }
         out
