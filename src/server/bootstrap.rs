@@ -210,3 +210,21 @@ pub(super) fn min_lease_ttl_secs(config: &Config) -> i64 {
     let ms = config.election_timeout().as_millis() as i64 * 3 / 2;
     (ms + 999) / 1000
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member of a new cluster that stopped before anything was durably applied has its log
+    /// starting after the bootstrap position and no applied index: nothing to install there.
+    #[test]
+    fn a_bootstrapped_member_that_applied_nothing_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), false).unwrap();
+        let store = RaftLogStore::open(engine.clone(), &[1, 2, 3]).unwrap();
+        assert_eq!(store.first(), 2);
+        drop(store);
+        install_pending_snapshot(&engine, dir.path()).unwrap();
+        assert_eq!(crate::consistent_index::read_index(&engine).unwrap(), 0);
+    }
+}
