@@ -214,6 +214,8 @@ struct Sim {
     proposals: Vec<Proposal>,
     next_request_id: u64,
     summary: Summary,
+    /// The faults stopped (`settle`): nothing crashes any more.
+    settling: bool,
 }
 
 impl Sim {
@@ -246,6 +248,7 @@ impl Sim {
             proposals: Vec::new(),
             next_request_id: 1,
             summary: Summary::default(),
+            settling: false,
         })
     }
 
@@ -426,6 +429,18 @@ impl Sim {
                 }
                 std::fs::rename(&part, &path)
                     .map_err(|e| format!("storing a received snapshot: {e}"))?;
+            }
+            if file.is_some()
+                && !self.settling
+                && self.members[to].crash_in_ready.is_none()
+                && self.rng.chance(300)
+            {
+                // Dies in the Ready that installs it: after its first sink call (messages) and
+                // the second (the synced write replacing the log), before the install; the
+                // restart must install the received file.
+                self.members[to].crash_in_ready = Some(2);
+                self.summary.crashes_in_ready += 1;
+                self.summary.crashes += 1;
             }
             let sent_to = msg.to;
             let live = self.members[to].live.as_mut().expect("checked above");
@@ -816,6 +831,7 @@ impl Sim {
     /// Stops the faults, restarts everyone, and requires the cluster to converge, take one more
     /// write, and hold every acknowledged put on every member.
     fn settle(&mut self) -> Result<(), String> {
+        self.settling = true;
         self.net.heal();
         self.net.weather = Weather::CALM;
         for i in 0..self.members.len() {
