@@ -229,8 +229,8 @@ async fn quota_holds(members: usize) {
         // Every member checks each write again when it applies it, against the quota stamped
         // by the member that proposed it and the same size everywhere: admitted writes from
         // several members cannot together pass it, so three members hold the bound one does.
-        // etcd 3.4 checks a size that lags further (+109% to +233% on one member here), so it is
-        // not held to it.
+        // etcd 3.4 checks its file size, which lags the writes (measured +0% to +57% on one
+        // member and +35% to +69% on three with this load), so it is not held to it.
         let overshoot_max_bytes = (QUOTA_BYTES as f64 * OVERSHOOT_MAX) as u64;
         assert!(
             common::running_real_etcd() || fill.held_bytes <= QUOTA_BYTES + overshoot_max_bytes,
