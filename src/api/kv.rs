@@ -3,7 +3,6 @@
 //! Writes are proposed through raft and answered once applied on this member; linearizable reads
 //! wait for a ReadIndex barrier, serializable ones read local state at once.
 
-use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::{EtcdError, ServerCtx, blocking};
@@ -85,13 +84,10 @@ impl Kv for KvService {
         let caller = self.ctx.caller(&request).await?;
         let req = request.into_inner();
         txn::check_put(&req).map_err(EtcdError::from)?;
-        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         let resp = self
             .ctx
-            .node
-            .propose(req, Origin::Client(caller))
-            .await
-            .map_err(EtcdError::from)?;
+            .propose_within_quota(req, Origin::Client(caller))
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -129,13 +125,10 @@ impl Kv for KvService {
             resp.header = self.ctx.fill_header(resp.header);
             return Ok(Response::new(resp));
         }
-        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         let resp = self
             .ctx
-            .node
-            .propose(req, Origin::Client(caller))
-            .await
-            .map_err(EtcdError::from)?;
+            .propose_within_quota(req, Origin::Client(caller))
+            .await?;
         Ok(Response::new(resp))
     }
 

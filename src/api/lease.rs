@@ -14,7 +14,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -85,16 +84,13 @@ impl Lease for LeaseService {
         if req.ttl > MAX_LEASE_TTL_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
-        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }
         let resp = self
             .ctx
-            .node
-            .propose(req, Origin::Client(caller))
-            .await
-            .map_err(EtcdError::from)?;
+            .propose_within_quota(req, Origin::Client(caller))
+            .await?;
         Ok(Response::new(resp))
     }
 

@@ -35,7 +35,7 @@ use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
-use crate::node::{NodeHandle, Origin};
+use crate::node::{ApplyError, NodeHandle, Origin, Proposal, ProposeError};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::oxetcdpb::Caller;
 use crate::storage::Engine;
@@ -156,12 +156,14 @@ impl ServerCtx {
         Some(self.header(revision))
     }
 
-    /// Rejects a write while NOSPACE is raised, or when the bytes stored (see
-    /// [`MvccStore::stored_bytes`](crate::mvcc::MvccStore::stored_bytes)) plus the writes this
+    /// Rejects a write while NOSPACE is raised, or when the bytes used (see
+    /// [`MvccStore::used_bytes`](crate::mvcc::MvccStore::used_bytes)) plus the writes this
     /// member admitted that are not applied yet plus this request's `cost_bytes` would outgrow
     /// the quota (etcd's `backend size + cost > quota`); the first such refusal raises NOSPACE
     /// for this member. Hold the returned grant until the write is applied or has failed: until
-    /// then its cost counts against the quota.
+    /// then its cost counts against the quota. This refuses early, without a raft round trip;
+    /// the decision that holds cluster-wide is made at apply (see
+    /// [`ServerCtx::propose_within_quota`]).
     ///
     /// The same refusal comes when the data dir's filesystem is short of space (see
     /// [`Quota::disk_shortage`]), before RocksDB would fail a write (which stops the member).
@@ -169,10 +171,10 @@ impl ServerCtx {
         if self.alarms.nospace_active() {
             return Err(EtcdError::NoSpace);
         }
-        let stored_bytes = self.mvcc.stored_bytes();
+        let used_bytes = self.mvcc.used_bytes();
         let shortage = self.quota.disk_shortage(cost_bytes);
         if shortage.is_none()
-            && let Some(grant) = self.quota.admit(stored_bytes, cost_bytes)
+            && let Some(grant) = self.quota.admit(used_bytes, cost_bytes)
         {
             return Ok(grant);
         }
@@ -190,7 +192,7 @@ impl ServerCtx {
             ),
             None => tracing::warn!(
                 quota_bytes = self.quota.quota_bytes,
-                stored_bytes,
+                used_bytes,
                 in_flight_bytes = self.quota.in_flight_bytes(),
                 cost_bytes,
                 "database space exceeded; raising NOSPACE"
@@ -198,6 +200,40 @@ impl ServerCtx {
         }
         self.propose_nospace(raising).await;
         Err(EtcdError::NoSpace)
+    }
+
+    /// Admits (see [`ServerCtx::check_quota`]) and proposes a write the backend quota limits: a
+    /// Put, a Txn with writes, a LeaseGrant. The entry carries this member's quota, against which
+    /// every member checks the write when it applies it, all on the same size, so writes admitted
+    /// on different members at once cannot together outgrow it, and all members refuse alike. A
+    /// write refused at apply raises NOSPACE for this member, as a refusal at admission does.
+    pub async fn propose_within_quota<P>(
+        &self,
+        request: P,
+        origin: Origin,
+    ) -> Result<P::Response, EtcdError>
+    where
+        P: Proposal + prost::Message,
+    {
+        let cost_bytes = request.encoded_len() as u64;
+        let _grant = self.check_quota(cost_bytes).await?;
+        let proposed = self
+            .node
+            .propose_within_quota(request, origin, self.quota.quota_bytes)
+            .await;
+        if let Err(ProposeError::Refused(ApplyError::NoSpace)) = &proposed
+            && !self.alarms.nospace_active()
+            && let Some(raising) = self.quota.start_raising()
+        {
+            tracing::warn!(
+                quota_bytes = self.quota.quota_bytes,
+                used_bytes = self.mvcc.used_bytes(),
+                cost_bytes,
+                "database space exceeded at apply; raising NOSPACE"
+            );
+            self.propose_nospace(raising).await;
+        }
+        Ok(proposed?)
     }
 
     /// Proposes NOSPACE for this member, holding the right to (see [`Quota::start_raising`]);

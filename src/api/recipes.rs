@@ -10,7 +10,6 @@
 //! away) withdraws the candidate key through a [`Withdrawal`], as etcd does when a waiting
 //! call's context ends.
 
-use prost::Message as _;
 use tokio::sync::mpsc;
 
 use super::{EtcdError, ServerCtx, blocking};
@@ -205,14 +204,12 @@ impl Session {
             ttl: SESSION_TTL_SECS,
             id: 0,
         };
-        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
         while req.id == 0 {
             req.id = (self.ctx.node.next_id() & i64::MAX as u64) as i64;
         }
         let resp = self
             .ctx
-            .node
-            .propose(req, Origin::Client(self.caller.clone()))
+            .propose_within_quota(req, Origin::Client(self.caller.clone()))
             .await?;
         Ok(resp.id)
     }
@@ -220,12 +217,9 @@ impl Session {
     /// A txn as the KV service runs one: checked, quota-checked, proposed through raft.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, EtcdError> {
         txn::check_txn(&req, self.ctx.config.txn_ops_max as usize)?;
-        let _grant = self.ctx.check_quota(req.encoded_len() as u64).await?;
-        Ok(self
-            .ctx
-            .node
-            .propose(req, Origin::Client(self.caller.clone()))
-            .await?)
+        self.ctx
+            .propose_within_quota(req, Origin::Client(self.caller.clone()))
+            .await
     }
 
     /// A linearizable Range, checked against the caller's permissions.

@@ -415,7 +415,12 @@ impl Applier {
                             let refused = self.refuse_unpermitted(req.request.as_ref(), caller);
                             let pending = match refused {
                                 Err(e) => Pending::Done(Err(e.into())),
-                                Ok(()) => self.apply_request(req.request, entry.index, &mut batch),
+                                Ok(()) => self.apply_request(
+                                    req.request,
+                                    req.quota_bytes,
+                                    entry.index,
+                                    &mut batch,
+                                ),
                             };
                             Some((req.id, pending))
                         }
@@ -520,9 +525,18 @@ impl Applier {
             .check(&caller.user, caller.auth_revision, &needs, admin)
     }
 
+    /// Whether a write costing `cost_bytes` (its request's encoded length) would take the
+    /// store past `quota_bytes`, the quota its proposer stamped in the entry (0: not checked).
+    /// The store's [`MvccStore::used_bytes`] is the same on every member at this entry, so
+    /// every member makes the same decision.
+    fn over_quota(&self, quota_bytes: u64, cost_bytes: usize) -> bool {
+        quota_bytes != 0 && self.mvcc.used_bytes().saturating_add(cost_bytes as u64) > quota_bytes
+    }
+
     fn apply_request(
         &mut self,
         request: Option<Request>,
+        quota_bytes: u64,
         index: u64,
         batch: &mut Batch,
     ) -> Pending {
@@ -535,7 +549,7 @@ impl Applier {
         let nospace = self.alarms.nospace_active();
         match request {
             Request::Put(req) => {
-                if nospace {
+                if nospace || self.over_quota(quota_bytes, req.encoded_len()) {
                     return Pending::Done(Err(ApplyError::NoSpace));
                 }
                 self.write_txn(batch, |txn, lease_exists| {
@@ -551,7 +565,9 @@ impl Applier {
                 ))
             }),
             Request::Txn(req) => {
-                if nospace && txn::has_writes(&req) {
+                if txn::has_writes(&req)
+                    && (nospace || self.over_quota(quota_bytes, req.encoded_len()))
+                {
                     return Pending::Done(Err(ApplyError::NoSpace));
                 }
                 self.write_txn(batch, |txn, lease_exists| {
@@ -567,7 +583,7 @@ impl Applier {
                 Err(e) => Pending::Done(Err(e.into())),
             },
             Request::LeaseGrant(req) => {
-                if nospace {
+                if nospace || self.over_quota(quota_bytes, req.encoded_len()) {
                     return Pending::Done(Err(ApplyError::NoSpace));
                 }
                 let now = std::time::Instant::now();

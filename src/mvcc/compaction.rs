@@ -82,19 +82,25 @@ impl MvccStore {
     /// published.
     pub fn publish_compaction(&self, job: &CompactJob) -> i64 {
         let rev = job.rev;
-        let keep = {
+        let (keep, dropped_bytes) = {
             let mut index = self.write_index();
             assert!(
                 rev <= self.current_revision(),
                 "compaction at {rev} published before the txns it covers"
             );
-            let keep = index.compact(rev);
+            let (keep, dropped_bytes) = index.compact(rev);
+            self.used_bytes.store(index.bytes(), Ordering::Release);
             if rev > self.compact_revision() {
                 self.compact_rev.store(rev, Ordering::Release);
             }
-            keep
+            (keep, dropped_bytes)
         };
-        tracing::debug!(compact_revision = rev, kept = keep.len(), "index compacted");
+        tracing::debug!(
+            compact_revision = rev,
+            kept = keep.len(),
+            dropped_bytes,
+            "index compacted"
+        );
         // A second publish of the same job computes the same set; keep the first.
         let _ = job.keep.set(keep);
         let _ = job.stored_bytes.set(self.stored_bytes.clone());

@@ -75,6 +75,14 @@ impl<'a> KeyRange<'a> {
     }
 }
 
+/// A revision of a key and the bytes of its record in the `kv` column family (revision key plus
+/// value), so that a compaction knows what it frees without reading the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SizedRev {
+    rev: Revision,
+    bytes: u32,
+}
+
 /// One life of a key: the revisions from its creation up to and including its tombstone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Generation {
@@ -82,7 +90,7 @@ struct Generation {
     ver: i64,
     /// The revision that created the key (its first put).
     created: Revision,
-    revs: Vec<Revision>,
+    revs: Vec<SizedRev>,
 }
 
 impl Generation {
@@ -92,7 +100,13 @@ impl Generation {
 
     /// Index of the last revision with `main <= at`.
     fn last_at_or_before(&self, at: i64) -> Option<usize> {
-        self.revs.partition_point(|r| r.main <= at).checked_sub(1)
+        self.revs
+            .partition_point(|r| r.rev.main <= at)
+            .checked_sub(1)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.revs.iter().map(|r| u64::from(r.bytes)).sum()
     }
 }
 
@@ -124,26 +138,29 @@ impl KeyIndex {
 
     /// The index entry rebuilt from the first surviving revision of a key whose earlier history
     /// was compacted away: the stored value tells its creation revision and version.
-    fn restored(created: Revision, modified: Revision, version: i64) -> KeyIndex {
+    fn restored(created: Revision, modified: Revision, version: i64, bytes: u32) -> KeyIndex {
         KeyIndex {
             modified,
             generations: vec![Generation {
                 ver: version,
                 created,
-                revs: vec![modified],
+                revs: vec![SizedRev {
+                    rev: modified,
+                    bytes,
+                }],
             }],
         }
     }
 
     /// The index entry rebuilt from a tombstone that is the only surviving revision of a key
     /// (a compaction at exactly the deletion revision keeps the tombstone).
-    fn restored_tombstone(rev: Revision) -> KeyIndex {
-        let mut ki = KeyIndex::restored(Revision::default(), rev, 1);
+    fn restored_tombstone(rev: Revision, bytes: u32) -> KeyIndex {
+        let mut ki = KeyIndex::restored(Revision::default(), rev, 1, bytes);
         ki.generations.push(Generation::default());
         ki
     }
 
-    fn put(&mut self, rev: Revision) {
+    fn put(&mut self, rev: Revision, bytes: u32) {
         assert!(
             rev > self.modified,
             "index put at {rev} after {} breaks revision order",
@@ -156,18 +173,18 @@ impl KeyIndex {
         if g.revs.is_empty() {
             g.created = rev;
         }
-        g.revs.push(rev);
+        g.revs.push(SizedRev { rev, bytes });
         g.ver += 1;
         self.modified = rev;
     }
 
     /// Appends a tombstone and opens a new generation. Returns false (and changes nothing) when
     /// the key does not currently exist.
-    fn tombstone(&mut self, rev: Revision) -> bool {
+    fn tombstone(&mut self, rev: Revision, bytes: u32) -> bool {
         if self.generations.last().is_none_or(Generation::is_empty) {
             return false;
         }
-        self.put(rev);
+        self.put(rev, bytes);
         self.generations.push(Generation::default());
         true
     }
@@ -188,11 +205,11 @@ impl KeyIndex {
             let (Some(first), Some(tomb)) = (g.revs.first(), g.revs.last()) else {
                 continue;
             };
-            if i != last && tomb.main <= at {
+            if i != last && tomb.rev.main <= at {
                 // `at` is at or after this closed generation's tombstone: deleted at `at`.
                 return None;
             }
-            if first.main <= at {
+            if first.rev.main <= at {
                 return Some(g);
             }
         }
@@ -203,7 +220,7 @@ impl KeyIndex {
         let g = self.find_generation(at)?;
         let n = g.last_at_or_before(at)?;
         Some(KeyAt {
-            modified: g.revs[n],
+            modified: g.revs[n].rev,
             created: g.created,
             version: g.ver - (g.revs.len() - n - 1) as i64,
         })
@@ -220,7 +237,7 @@ impl KeyIndex {
                 .revs
                 .last()
                 .expect("only the current generation can be empty");
-            if tomb.main >= at {
+            if tomb.rev.main >= at {
                 break;
             }
             gen_idx += 1;
@@ -228,20 +245,31 @@ impl KeyIndex {
         let g = &self.generations[gen_idx];
         let rev_idx = g.last_at_or_before(at);
         if let Some(n) = rev_idx {
-            keep.insert(g.revs[n]);
+            keep.insert(g.revs[n].rev);
         }
         (gen_idx, rev_idx)
     }
 
     /// Drops every revision ≤ `at` except the greatest one of the generation `at` falls in
     /// (which is added to `keep`). A tombstone at exactly `at` is kept, so that a watch starting
-    /// at the compaction revision still sees that deletion (etcd #19179).
-    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+    /// at the compaction revision still sees that deletion (etcd #19179). Returns the bytes of
+    /// the records dropped.
+    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) -> u64 {
         let (gen_idx, rev_idx) = self.compaction_point(at, keep);
+        let mut dropped_bytes = 0;
         if let Some(n) = rev_idx {
-            self.generations[gen_idx].revs.drain(..n);
+            dropped_bytes += self.generations[gen_idx]
+                .revs
+                .drain(..n)
+                .map(|r| u64::from(r.bytes))
+                .sum::<u64>();
         }
-        self.generations.drain(..gen_idx);
+        dropped_bytes += self
+            .generations
+            .drain(..gen_idx)
+            .map(|g| g.bytes())
+            .sum::<u64>();
+        dropped_bytes
     }
 
     /// Adds to `keep` what a compaction at `at` would keep, except a tombstone at `at`: the set
@@ -256,7 +284,7 @@ impl KeyIndex {
             && n == g.revs.len() - 1
             && gen_idx != self.generations.len() - 1
         {
-            keep.remove(&g.revs[n]);
+            keep.remove(&g.revs[n].rev);
         }
     }
 }
@@ -268,6 +296,15 @@ pub struct Index {
     /// Keys that exist at the head revision (etcd's `keys_total`), kept as keys are created and
     /// deleted so it is never counted by a scan.
     live: usize,
+    /// Bytes of the records of every revision indexed: what the `kv` column family holds once
+    /// the compactions of the index have finished deleting.
+    bytes: u64,
+}
+
+/// The size of a revision record as the index keeps it; no record comes near 4 GiB (requests
+/// are limited far below), and one that did would count as 4 GiB on every member alike.
+pub fn record_bytes(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 impl Index {
@@ -281,39 +318,53 @@ impl Index {
         self.live
     }
 
+    /// Bytes of the records of every revision indexed (revision key plus value): the `kv`
+    /// column family's size in records once every compaction of the index has finished. The
+    /// same on every member at the same revision, whenever its compactor runs.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
         self.keys.get(key)?.get(at)
     }
 
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    /// Records a put of `key` at `rev`, whose record takes `bytes`.
+    pub fn put(&mut self, key: &[u8], rev: Revision, bytes: u32) {
         match self.keys.get_mut(key) {
             Some(ki) => {
                 if !ki.exists() {
                     self.live += 1;
                 }
-                ki.put(rev);
+                ki.put(rev, bytes);
             }
             None => {
                 let mut ki = KeyIndex::new();
-                ki.put(rev);
+                ki.put(rev, bytes);
                 self.keys.insert(key.to_vec(), ki);
                 self.live += 1;
             }
         }
+        self.bytes += u64::from(bytes);
     }
 
-    /// Records the deletion of `key` at `rev`; false if the key does not currently exist.
-    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        let deleted = self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev));
+    /// Records the deletion of `key` at `rev`, whose tombstone record takes `bytes`; false (and
+    /// nothing recorded) if the key does not currently exist.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision, bytes: u32) -> bool {
+        let deleted = self
+            .keys
+            .get_mut(key)
+            .is_some_and(|ki| ki.tombstone(rev, bytes));
         if deleted {
             self.live -= 1;
+            self.bytes += u64::from(bytes);
         }
         deleted
     }
 
     /// Replays one stored revision while rebuilding the index at startup (revisions arrive in
     /// order). `created`/`version` come from the stored value and matter only for the first
-    /// surviving revision of a key.
+    /// surviving revision of a key. `bytes` is the size of its record.
     pub fn restore(
         &mut self,
         key: &[u8],
@@ -321,29 +372,34 @@ impl Index {
         tombstone: bool,
         created_main: i64,
         version: i64,
+        bytes: u32,
     ) {
         match self.keys.get_mut(key) {
             Some(ki) if tombstone => {
                 // A tombstone for a key that is already deleted can only be left over from an
-                // interrupted compaction; etcd ignores it the same way.
-                if ki.tombstone(rev) {
+                // interrupted compaction; etcd ignores it the same way (and it is not counted:
+                // the compaction that resumes at open deletes it).
+                if ki.tombstone(rev, bytes) {
                     self.live -= 1;
+                    self.bytes += u64::from(bytes);
                 }
             }
             Some(ki) => {
                 if !ki.exists() {
                     self.live += 1;
                 }
-                ki.put(rev);
+                ki.put(rev, bytes);
+                self.bytes += u64::from(bytes);
             }
             None => {
                 let ki = if tombstone {
-                    KeyIndex::restored_tombstone(rev)
+                    KeyIndex::restored_tombstone(rev, bytes)
                 } else {
                     self.live += 1;
-                    KeyIndex::restored(Revision::new(created_main, 0), rev, version)
+                    KeyIndex::restored(Revision::new(created_main, 0), rev, version, bytes)
                 };
                 self.keys.insert(key.to_vec(), ki);
+                self.bytes += u64::from(bytes);
             }
         }
     }
@@ -388,14 +444,17 @@ impl Index {
     }
 
     /// Compacts every key at `at`, dropping keys with no history left, and returns the
-    /// revisions ≤ `at` that must stay on disk.
-    pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
+    /// revisions ≤ `at` that must stay on disk and the bytes of the records dropped (which
+    /// [`Index::bytes`] no longer counts).
+    pub fn compact(&mut self, at: i64) -> (HashSet<Revision>, u64) {
         let mut keep = HashSet::new();
+        let mut dropped_bytes = 0;
         self.keys.retain(|_, ki| {
-            ki.compact(at, &mut keep);
+            dropped_bytes += ki.compact(at, &mut keep);
             !ki.is_empty()
         });
-        keep
+        self.bytes -= dropped_bytes;
+        (keep, dropped_bytes)
     }
 
     /// The revisions ≤ `at` a compaction at `at` would keep, tombstones excluded.
@@ -420,11 +479,12 @@ mod tests {
     /// put@1 put@2 delete@3 put@4 delete@5, the example from the module docs.
     fn example() -> KeyIndex {
         let mut ki = KeyIndex::new();
-        ki.put(rev(1));
-        ki.put(rev(2));
-        assert!(ki.tombstone(rev(3)));
-        ki.put(rev(4));
-        assert!(ki.tombstone(rev(5)));
+        // Each record's size is ten times its revision, to tell them apart.
+        ki.put(rev(1), 10);
+        ki.put(rev(2), 20);
+        assert!(ki.tombstone(rev(3), 30));
+        ki.put(rev(4), 40);
+        assert!(ki.tombstone(rev(5), 50));
         ki
     }
 
@@ -449,7 +509,7 @@ mod tests {
         }
         let mut ki = ki;
         assert!(
-            !ki.tombstone(rev(6)),
+            !ki.tombstone(rev(6), 60),
             "tombstone of a deleted key is refused"
         );
     }
@@ -468,17 +528,23 @@ mod tests {
         for &(at, kept, gens, indexed) in table {
             let mut ki = example();
             let mut keep = HashSet::new();
-            ki.compact(at, &mut keep);
+            let dropped_bytes = ki.compact(at, &mut keep);
             let mut kept_got: Vec<i64> = keep.iter().map(|r| r.main).collect();
             kept_got.sort();
             assert_eq!(kept_got, kept, "kept at {at}");
             let gens_got: Vec<Vec<i64>> = ki
                 .generations
                 .iter()
-                .map(|g| g.revs.iter().map(|r| r.main).collect())
+                .map(|g| g.revs.iter().map(|r| r.rev.main).collect())
                 .collect();
             let gens_want: Vec<Vec<i64>> = gens.iter().map(|g| g.to_vec()).collect();
             assert_eq!(gens_got, gens_want, "generations after compact at {at}");
+            let remaining: i64 = gens_want.iter().flatten().sum();
+            assert_eq!(
+                dropped_bytes,
+                (150 - remaining * 10) as u64,
+                "bytes dropped by compact at {at}"
+            );
             assert_eq!(!ki.is_empty(), indexed, "indexed after compact at {at}");
             // Reads at or above the compaction revision are unchanged.
             let full = example();
@@ -511,31 +577,32 @@ mod tests {
 
     #[test]
     fn restored_tombstone_reads_as_absent_and_accepts_new_puts() {
-        let mut ki = KeyIndex::restored_tombstone(rev(16));
+        let mut ki = KeyIndex::restored_tombstone(rev(16), 160);
         for at in 16..20 {
             assert_eq!(ki.get(at), None);
         }
         let mut keep = HashSet::new();
         ki.compaction_point(16, &mut keep);
         assert!(keep.contains(&rev(16)));
-        ki.put(rev(17));
-        ki.put(rev(18));
+        ki.put(rev(17), 170);
+        ki.put(rev(18), 180);
         let got = ki.get(18).expect("key exists at 18");
         assert_eq!(
             (got.modified, got.created, got.version),
             (rev(18), rev(17), 2)
         );
         let mut keep = HashSet::new();
-        ki.compact(17, &mut keep);
+        assert_eq!(ki.compact(17, &mut keep), 160);
         assert_eq!(ki.generations.len(), 1);
-        assert_eq!(ki.generations[0].revs, vec![rev(17), rev(18)]);
+        let revs: Vec<Revision> = ki.generations[0].revs.iter().map(|r| r.rev).collect();
+        assert_eq!(revs, vec![rev(17), rev(18)]);
     }
 
     #[test]
     fn key_ranges() {
         let mut index = Index::default();
         for (i, k) in [&b"a"[..], b"ab", b"b", b"c", b"\xff"].iter().enumerate() {
-            index.put(k, rev(i as i64 + 2));
+            index.put(k, rev(i as i64 + 2), 1);
         }
         let keys = |r: KeyRange<'_>| {
             let mut out = Vec::new();
@@ -572,28 +639,34 @@ mod tests {
     #[test]
     fn live_keys_follow_creation_and_deletion() {
         let mut index = Index::default();
-        index.put(b"a", rev(1));
-        index.put(b"a", rev(2));
-        index.put(b"b", rev(3));
+        index.put(b"a", rev(1), 10);
+        index.put(b"a", rev(2), 20);
+        index.put(b"b", rev(3), 30);
         assert_eq!(index.live_len(), 2);
-        assert!(index.tombstone(b"a", rev(4)));
-        assert!(!index.tombstone(b"a", rev(5)));
+        assert!(index.tombstone(b"a", rev(4), 40));
+        assert!(!index.tombstone(b"a", rev(5), 50));
         assert_eq!(index.live_len(), 1);
-        index.put(b"a", rev(6));
+        index.put(b"a", rev(6), 60);
         assert_eq!(index.live_len(), 2);
-        index.compact(6);
+        assert_eq!(index.bytes(), 160, "a refused tombstone is not counted");
+        let (_, dropped_bytes) = index.compact(6);
         assert_eq!(
             index.live_len(),
             2,
             "compaction drops history, not live keys"
         );
+        assert_eq!(dropped_bytes, 70, "a's first generation (1, 2, 4) goes");
+        assert_eq!(index.bytes(), 90);
 
-        // Rebuilt at start: a surviving tombstone is not a live key.
+        // Rebuilt at start: a surviving tombstone is not a live key; a second tombstone (left
+        // by an interrupted compaction) is not indexed, nor counted.
         let mut restored = Index::default();
-        restored.restore(b"a", rev(1), false, 1, 1);
-        restored.restore(b"b", rev(2), true, 0, 0);
-        restored.restore(b"a", rev(3), true, 0, 0);
-        restored.restore(b"c", rev(4), false, 4, 1);
+        restored.restore(b"a", rev(1), false, 1, 1, 10);
+        restored.restore(b"b", rev(2), true, 0, 0, 20);
+        restored.restore(b"b", rev(3), true, 0, 0, 30);
+        restored.restore(b"a", rev(4), true, 0, 0, 40);
+        restored.restore(b"c", rev(5), false, 5, 1, 50);
         assert_eq!(restored.live_len(), 1);
+        assert_eq!(restored.bytes(), 120);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 
 use super::compaction::CompactJob;
-use super::key_index::{Index, KeyRange};
+use super::key_index::{Index, KeyRange, record_bytes};
 use super::revision::{Revision, decode_rev_key};
 use super::write::WriterState;
 use super::{FINISHED_COMPACT_KEY, MvccError, RangeResult, SCHEDULED_COMPACT_KEY};
@@ -31,6 +31,10 @@ pub struct MvccStore {
     /// only, so every member counts the same bytes at the same revision once its compactions
     /// have finished; the backend quota is checked against it.
     pub(super) stored_bytes: Arc<AtomicU64>,
+    /// [`Index::bytes`] as of the last publish: the bytes of the revision records as if every
+    /// published compaction had finished, the same on every member at the same applied index.
+    /// Changes only under the index write lock.
+    pub(super) used_bytes: AtomicU64,
     pub(super) writer: Mutex<WriterState>,
 }
 
@@ -61,7 +65,15 @@ impl MvccStore {
                 MvccError::Corrupt(format!("kv column family holds a non-revision key {k:?}"))
             })?;
             let kv = decode_kv(rev, &v)?;
-            index.restore(&kv.key, rev, tombstone, kv.create_revision, kv.version);
+            let bytes = record_bytes(k.len() + v.len());
+            index.restore(
+                &kv.key,
+                rev,
+                tombstone,
+                kv.create_revision,
+                kv.version,
+                bytes,
+            );
             last_main = last_main.max(rev.main);
             revisions += 1;
         }
@@ -71,12 +83,14 @@ impl MvccStore {
         // A compaction at a revision whose changes were all superseded can leave no revision
         // key at or above it; the store revision never goes below a compaction revision.
         let current = last_main.max(compact).max(resume.unwrap_or(-1));
+        let used_bytes = index.bytes();
         let store = MvccStore {
             engine,
             index: RwLock::new(index),
             current_rev: AtomicI64::new(current),
             compact_rev: AtomicI64::new(compact),
             stored_bytes: Arc::new(AtomicU64::new(stored_bytes)),
+            used_bytes: AtomicU64::new(used_bytes),
             writer: Mutex::new(WriterState::new(current, resume.unwrap_or(compact))),
         };
         tracing::info!(
@@ -84,6 +98,7 @@ impl MvccStore {
             compact_revision = compact,
             revisions,
             stored_bytes,
+            used_bytes,
             keys = store.read_index().len(),
             "mvcc store restored"
         );
@@ -116,6 +131,7 @@ impl MvccStore {
         self.compact_rev
             .store(fresh.compact_rev.load(Ordering::Acquire), Ordering::Release);
         self.stored_bytes.store(stored_bytes, Ordering::Release);
+        self.used_bytes.store(index.bytes(), Ordering::Release);
         Ok(())
     }
 
@@ -135,10 +151,19 @@ impl MvccStore {
     }
 
     /// Bytes of the revisions stored (keys plus values of the `kv` column family), as of the
-    /// last published txn and the compactions finished so far: the size the backend quota
-    /// counts. Unlike the on-disk size it does not depend on when RocksDB flushes or compacts.
+    /// last published txn and the compactions finished so far. Unlike the on-disk size it does
+    /// not depend on when RocksDB flushes or compacts, but it does on when this member's
+    /// compactor gets to a compaction; see [`MvccStore::used_bytes`] for the size the quota counts.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the revision records (keys plus values of the `kv` column family) as of the last
+    /// published txn, counting every published compaction as finished: the size the backend
+    /// quota counts. It depends only on what was applied, so every member has the same at the
+    /// same applied index; it equals [`MvccStore::stored_bytes`] once the compactions finish.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
     }
 
     /// Keys that exist at the current revision (etcd's `etcd_debugging_mvcc_keys_total`).

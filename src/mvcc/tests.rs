@@ -762,3 +762,70 @@ fn stored_bytes_follow_writes_and_compaction() {
     drop(store);
     assert_eq!(open(dir.path()).stored_bytes(), after);
 }
+
+/// The bytes the quota counts count a compaction as done once it is published: they equal the
+/// bytes stored once its job has run, over a mix of puts, overwrites, single and range deletes and
+/// compactions (some at a deletion's revision), and a reopen (which finishes an interrupted
+/// compaction) counts the same.
+#[test]
+fn used_bytes_equal_stored_bytes_once_compactions_finish() {
+    const LONG: &str = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz";
+    const KEYS: [&str; 5] = ["a", "b", "c", "d", "e"];
+    const VALUES: [&str; 4] = ["", "x", "0123456789", LONG];
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.used_bytes(), 0);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut compactions = 0;
+    for step in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let key = KEYS[(seed % 5) as usize];
+        let value = VALUES[((seed >> 4) % 4) as usize];
+        let before = (store.current_revision(), store.used_bytes());
+        let outcome = match (seed >> 8) % 6 {
+            0 => apply(&store, &[Op::Del(key)]),
+            1 => apply(&store, &[Op::DelRange("b", "e")]),
+            2 => apply(&store, &[Op::Put(key, value), Op::Put("e", LONG)]),
+            _ => apply(&store, &[Op::Put(key, value)]),
+        };
+        if outcome.rev == before.0 {
+            assert_eq!(store.used_bytes(), before.1, "a txn that changed nothing");
+        } else {
+            assert!(store.used_bytes() > before.1, "every change adds a record");
+        }
+        let compacted = store.compact_revision().max(0);
+        let current = store.current_revision();
+        if step % 7 == 6 && current > compacted {
+            let rev = compacted + 1 + (seed >> 16) as i64 % (current - compacted);
+            let job = compact_now(&store, rev).unwrap();
+            assert!(store.used_bytes() <= store.stored_bytes());
+            job.run_with(store.engine(), 3, Duration::ZERO).unwrap();
+            assert_eq!(
+                store.used_bytes(),
+                store.stored_bytes(),
+                "step {step}: after the compaction at {rev} finished"
+            );
+            compactions += 1;
+        }
+    }
+    assert!(compactions > 20, "{compactions} compactions");
+    assert!(store.used_bytes() > 0);
+
+    // A compaction published but not run (the member stopped): a reopen finishes it and counts
+    // what the live store counted.
+    apply(&store, &[Op::Put("a", LONG)]);
+    apply(&store, &[Op::Put("a", "overwritten")]);
+    let used = store.used_bytes();
+    let _unfinished = compact_now(&store, store.current_revision()).unwrap();
+    assert!(store.used_bytes() < used, "the compaction drops history");
+    let used = store.used_bytes();
+    assert!(store.stored_bytes() > used, "nothing deleted yet");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.used_bytes(), used);
+    assert_eq!(store.stored_bytes(), used);
+    drop(store);
+    assert_eq!(open(dir.path()).used_bytes(), used);
+}

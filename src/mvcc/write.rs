@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use prost::Message;
 
-use super::key_index::{KeyAt, KeyRange};
+use super::key_index::{KeyAt, KeyRange, record_bytes};
 use super::revision::Revision;
 use super::store::{MvccStore, decode_kv, fetch_values, resolve_read_rev};
 use super::{MvccError, RangeResult};
@@ -56,6 +56,8 @@ struct Change {
     kv: KeyValue,
     /// The key's value before this change.
     prev: Option<KeyValue>,
+    /// Bytes of the change's record (revision key plus value); set by `finish`.
+    bytes: u32,
 }
 
 /// A write txn in progress. All its changes share one main revision ([`WriteTxn::rev`]) with
@@ -153,18 +155,19 @@ impl MvccStore {
             );
             for c in &pending.changes {
                 if c.tombstone {
-                    let deleted = index.tombstone(&c.kv.key, c.rev);
+                    let deleted = index.tombstone(&c.kv.key, c.rev, c.bytes);
                     assert!(
                         deleted,
                         "txn at {} deleted a key that does not exist",
                         c.rev
                     );
                 } else {
-                    index.put(&c.kv.key, c.rev);
+                    index.put(&c.kv.key, c.rev, c.bytes);
                 }
             }
             self.stored_bytes
                 .fetch_add(pending.stored_bytes, Ordering::AcqRel);
+            self.used_bytes.store(index.bytes(), Ordering::Release);
             self.current_rev.store(pending.rev, Ordering::Release);
         }
         let events = pending
@@ -446,6 +449,7 @@ impl<'a> WriteTxn<'a> {
             tombstone,
             kv,
             prev,
+            bytes: 0,
         });
     }
 
@@ -461,7 +465,7 @@ impl<'a> WriteTxn<'a> {
         }
         let engine = &self.store.engine;
         let mut stored_bytes = 0u64;
-        for c in &self.changes {
+        for c in &mut self.changes {
             let value = if c.tombstone {
                 // etcd stores a tombstone's value as the bare key.
                 KeyValue {
@@ -474,6 +478,7 @@ impl<'a> WriteTxn<'a> {
             };
             let key = c.rev.to_key_vec(c.tombstone);
             stored_bytes += (key.len() + value.len()) as u64;
+            c.bytes = record_bytes(key.len() + value.len());
             batch.put(engine, Cf::Kv, &key, &value);
         }
         for (key, &i) in &self.latest {

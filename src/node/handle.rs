@@ -158,11 +158,24 @@ impl NodeHandle {
         request: P,
         origin: Origin,
     ) -> Result<P::Response, ProposeError> {
+        self.propose_within_quota(request, origin, 0).await
+    }
+
+    /// [`NodeHandle::propose`] for a write the backend quota limits (Put, Txn, LeaseGrant):
+    /// `quota_bytes` (0: none) travels in the entry, and every member refuses the write at apply
+    /// with `ApplyError::NoSpace` if it would outgrow it.
+    pub async fn propose_within_quota<P: Proposal>(
+        &self,
+        request: P,
+        origin: Origin,
+        quota_bytes: u64,
+    ) -> Result<P::Response, ProposeError> {
         let id = self.next_id();
         let data = InternalRequest {
             id,
             caller: origin.into_caller(),
             request: Some(request.into_request()),
+            quota_bytes,
         }
         .encode_to_vec();
         if data.len() > self.inner.cfg.max_request_bytes {

@@ -250,6 +250,7 @@ fn put_entry(index: u64, key: &str, value: &str) -> Entry {
     let data = InternalRequest {
         id: index,
         caller: None,
+        quota_bytes: 0,
         request: Some(Request::Put(PutRequest {
             key: key.into(),
             value: value.into(),

@@ -18,8 +18,7 @@ use tonic::Code;
 
 /// `--quota-backend-bytes` of the members.
 const QUOTA_BYTES: u64 = 8 * 1024 * 1024;
-/// How far past the quota the stored data may get on one member, which counts every write it
-/// admitted until applied.
+/// How far past the quota the stored data may get, on one member or three.
 const OVERSHOOT_MAX: f64 = 0.10;
 /// Largest value a writer puts.
 const VALUE_BYTES_MAX: usize = 1_000_000;
@@ -227,17 +226,12 @@ async fn quota_holds(members: usize) {
             fill.db_size_peak_bytes,
             fill.db_size_peak_bytes as f64 * 100.0 / QUOTA_BYTES as f64,
         );
-        // One member counts every write it admitted until applied: within 10% of the quota.
-        // Members do not see the writes other members admitted until those are applied, so
-        // members admitting at once can each fill what is left (measured +16% to +47% on three
-        // members); cluster-wide accounting of admitted writes is not done yet, and the bound
-        // held here is only that each member stops at its own quota. etcd 3.4 checks a size
-        // that lags further (+109% to +233% on one member here), so it is not held to either.
-        let overshoot_max_bytes = if members == 1 {
-            (QUOTA_BYTES as f64 * OVERSHOOT_MAX) as u64
-        } else {
-            (members as u64 - 1) * QUOTA_BYTES
-        };
+        // Every member checks each write again when it applies it, against the quota stamped
+        // by the member that proposed it and the same size everywhere: admitted writes from
+        // several members cannot together pass it, so three members hold the bound one does.
+        // etcd 3.4 checks its file size, which lags the writes (measured +0% to +57% on one
+        // member and +35% to +69% on three with this load), so it is not held to it.
+        let overshoot_max_bytes = (QUOTA_BYTES as f64 * OVERSHOOT_MAX) as u64;
         assert!(
             common::running_real_etcd() || fill.held_bytes <= QUOTA_BYTES + overshoot_max_bytes,
             "{round} fill: {} bytes held, {:+.1}% over the quota",

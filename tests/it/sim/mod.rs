@@ -610,6 +610,7 @@ impl Sim {
             id,
             caller: None,
             request: Some(request),
+            quota_bytes: 0,
         }
         .encode_to_vec();
         let m = &mut self.members[i];
