@@ -1123,6 +1123,11 @@ impl WriteLoad {
         }
     }
 
+    /// The count of puts acknowledged so far, for a thread that watches the load's progress.
+    pub fn acked_counter(&self) -> Arc<AtomicU64> {
+        self.acked.clone()
+    }
+
     /// Puts acknowledged so far.
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
