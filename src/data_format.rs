@@ -248,7 +248,10 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, FormatError::TooNew { found, .. } if found == newer));
         assert!(text.contains(&format!("format version {newer}")), "{text}");
-        assert!(text.contains(&format!("version {FORMAT_VERSION}")), "{text}");
+        assert!(
+            text.contains(&format!("version {FORMAT_VERSION}")),
+            "{text}"
+        );
         assert_eq!(listing(dir.path()), before);
     }
 

@@ -63,7 +63,10 @@ fn config_check_validates_file_environment_and_flags_together() {
     let (code, stdout, stderr) = config_check(&["--config-file", &file_arg], &[]);
     assert_eq!(code, Some(0), "a good file passes: {stderr}");
     assert!(stdout.contains("configuration OK"), "{stdout}");
-    assert!(!data.exists(), "config check starts nothing and creates no data dir");
+    assert!(
+        !data.exists(),
+        "config check starts nothing and creates no data dir"
+    );
 
     // A bad value in each source is named, with its key and where it came from.
     std::fs::write(&file, "heartbeat-interval = \"soon\"\n").unwrap();
@@ -71,12 +74,16 @@ fn config_check_validates_file_environment_and_flags_together() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("heartbeat-interval"), "{stderr}");
     std::fs::write(&file, "snapshot-count = 5000\n").unwrap();
-    let (code, _, stderr) =
-        config_check(&["--config-file", &file_arg], &[("ETCD_MAX_TXN_OPS", "many")]);
+    let (code, _, stderr) = config_check(
+        &["--config-file", &file_arg],
+        &[("ETCD_MAX_TXN_OPS", "many")],
+    );
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("max-txn-ops") && stderr.contains("ETCD_MAX_TXN_OPS"), "{stderr}");
-    let (code, _, stderr) =
-        config_check(&["--config-file", &file_arg, "--log-level", "loud"], &[]);
+    assert!(
+        stderr.contains("max-txn-ops") && stderr.contains("ETCD_MAX_TXN_OPS"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = config_check(&["--config-file", &file_arg, "--log-level", "loud"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("log-level"), "{stderr}");
     // An unknown key in the file, and keys that only disagree together.
@@ -142,9 +149,14 @@ async fn sighup_reloads_log_level_and_file_refuses_bad_files_and_names_restart_o
     let file_arg = file.display().to_string();
     let server = Server::start_with(&["--config-file", &file_arg]);
     let mut client = server.client().await;
-    assert!(eventually(|| read(&log_a).contains("ready to serve client requests")));
+    assert!(eventually(
+        || read(&log_a).contains("ready to serve client requests")
+    ));
     client.put("before", "v", None).await.unwrap();
-    assert!(!read(&log_a).contains(" DEBUG "), "info level logs no debug lines");
+    assert!(
+        !read(&log_a).contains(" DEBUG "),
+        "info level logs no debug lines"
+    );
 
     // 1. log level → debug: debug lines appear for the next requests.
     write_config("debug", &log_a, "");
@@ -164,7 +176,11 @@ async fn sighup_reloads_log_level_and_file_refuses_bad_files_and_names_restart_o
     );
 
     // 2. a bad file is refused whole: the member keeps serving at the same level.
-    std::fs::write(&file, "snapshot-count = \"lots\"\n[log]\nformat = \"console\"\nlevel = \"info\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "snapshot-count = \"lots\"\n[log]\nformat = \"console\"\nlevel = \"info\"\n",
+    )
+    .unwrap();
     server.signal(Signal::HUP);
     assert!(
         eventually(|| read(&log_a).contains("configuration reload refused; nothing changed")),
@@ -172,12 +188,16 @@ async fn sighup_reloads_log_level_and_file_refuses_bad_files_and_names_restart_o
         read(&log_a)
     );
     let refusal = after_nth(&read(&log_a), "configuration reload refused", 1);
-    assert!(refusal.contains("snapshot-count"), "the refusal names the key:\n{refusal}");
+    assert!(
+        refusal.contains("snapshot-count"),
+        "the refusal names the key:\n{refusal}"
+    );
     client.put("after-bad-file", "v", None).await.unwrap();
     assert!(server.is_healthy());
     assert!(
-        eventually(|| after_nth(&read(&log_a), "configuration reload refused", 1)
-            .contains(" DEBUG ")),
+        eventually(
+            || after_nth(&read(&log_a), "configuration reload refused", 1).contains(" DEBUG ")
+        ),
         "the level stayed debug"
     );
 
@@ -198,7 +218,10 @@ async fn sighup_reloads_log_level_and_file_refuses_bad_files_and_names_restart_o
         "{reload}"
     );
     assert!(reload.contains("applied log-outputs"), "{reload}");
-    assert!(!reload.contains("configuration key snapshot-count"), "{reload}");
+    assert!(
+        !reload.contains("configuration key snapshot-count"),
+        "{reload}"
+    );
     for i in 0..5 {
         client.put(format!("info/{i}"), "v", None).await.unwrap();
     }

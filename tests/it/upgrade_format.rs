@@ -115,14 +115,23 @@ async fn the_format_1_fixture_opens_with_its_history_lease_and_users() {
             .await
             .expect_err("revision 5 is compacted");
         assert!(
-            compacted.to_string().contains("required revision has been compacted"),
+            compacted
+                .to_string()
+                .contains("required revision has been compacted"),
             "{round}: {compacted}"
         );
         let at_six = client
-            .get("fixture/", Some(GetOptions::new().with_prefix().with_revision(6)))
+            .get(
+                "fixture/",
+                Some(GetOptions::new().with_prefix().with_revision(6)),
+            )
             .await
             .unwrap();
-        let keys: Vec<&str> = at_six.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+        let keys: Vec<&str> = at_six
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap())
+            .collect();
         assert_eq!(keys, ["fixture/a", "fixture/b"], "{round}");
         // The lease and the key it holds.
         let lease = got.kvs()[3].lease();
@@ -137,9 +146,15 @@ async fn the_format_1_fixture_opens_with_its_history_lease_and_users() {
         let user = server.etcdctl_ok(&["user", "get", "alice"]);
         assert!(user.contains("Roles: reader"), "{round}: {user}");
         let role = server.etcdctl_ok(&["role", "get", "reader"]);
-        assert!(role.contains("[fixture/, fixture0) (prefix fixture/)"), "{round}: {role}");
+        assert!(
+            role.contains("[fixture/, fixture0) (prefix fixture/)"),
+            "{round}: {role}"
+        );
         if round == "after the upgrade" {
-            client.put("later", "written by this build", None).await.unwrap();
+            client
+                .put("later", "written by this build", None)
+                .await
+                .unwrap();
             server.restart();
         } else {
             let later = client.get("later", None).await.unwrap();
@@ -194,7 +209,11 @@ fn a_newer_format_is_refused_with_exit_2_and_left_unchanged() {
                 && stderr.contains(&format!("version {FORMAT_VERSION} that this oxetcd")),
             "{command:?}: the message names both versions: {stderr}"
         );
-        assert_eq!(contents(&data), before, "{command:?}: the directory was changed");
+        assert_eq!(
+            contents(&data),
+            before,
+            "{command:?}: the directory was changed"
+        );
     }
 }
 
@@ -212,7 +231,12 @@ fn run(args: &[String]) -> (Option<i32>, String) {
         if let Some(status) = child.try_wait().unwrap() {
             let mut stderr = String::new();
             use std::io::Read as _;
-            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
             return (status.code(), stderr);
         }
         if Instant::now() > deadline {
