@@ -18,6 +18,7 @@ pub mod auth;
 pub mod authority_fix;
 pub mod config;
 pub mod consistent_index;
+pub mod data_format;
 pub mod http;
 pub mod lease;
 pub mod membership;

@@ -1,5 +1,5 @@
 //! The `oxetcd` binary: parse flags → load config → run the server (or restore or export a
-//! snapshot).
+//! snapshot, or check a configuration).
 
 use std::process::ExitCode;
 
@@ -22,23 +22,69 @@ fn main() -> ExitCode {
             skip_hash_check,
         } => restore(&file, &data_dir, &config, skip_hash_check),
         Command::SnapshotExport { input, output } => export(&input, &output),
+        Command::ConfigCheck(config) => config_check(&config, warnings),
     }
 }
 
-fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
-    // The TLS files are checked before anything else, the data directory included.
+/// What must hold before the server starts, checked without changing anything: the data
+/// directory's format, the TLS files and the JWT keys. Returns the data directory's format
+/// (`None`: no data yet). `oxetcd` and `oxetcd config check` both exit 2 when one fails.
+fn preflight(config: &config::Config) -> Result<Option<u32>, String> {
+    // A data directory of a newer format is refused before anything is opened or written.
+    let format = oxetcd::data_format::check(&config.data_dir).map_err(|e| e.to_string())?;
     let client_https =
         oxetcd::tls::any_https(&[&config.listen_client_urls, &config.listen_metrics_urls]);
     for (used, tls) in [
         (client_https, &config.client_tls),
         (config.peer_https(), &config.peer_tls),
     ] {
-        if used && let Err(e) = oxetcd::tls::check(tls) {
-            eprintln!("oxetcd: {e}");
-            return ExitCode::from(2);
+        if used {
+            oxetcd::tls::check(tls).map_err(|e| e.to_string())?;
         }
     }
-    // So are the JWT keys (never printed: errors name the file only).
+    // The JWT keys are never printed: errors name the file only.
+    oxetcd::server::jwt_tokens(config)?;
+    Ok(format)
+}
+
+/// `oxetcd config check`: the start's checks, then a summary on stdout.
+fn config_check(config: &config::Config, warnings: Vec<String>) -> ExitCode {
+    for w in &warnings {
+        eprintln!("oxetcd: warning: {w}");
+    }
+    // A member with no data yet bootstraps from its flags: check them as the start would.
+    let checked = preflight(config).and_then(|format| match format {
+        None => config.verify_bootstrap().map_err(|e| e.to_string()),
+        Some(_) => Ok(()),
+    });
+    match checked {
+        Ok(()) => {
+            let source = config
+                .config_file
+                .as_ref()
+                .map_or("flags and environment".to_owned(), |f| {
+                    format!("{}, flags and environment", f.display())
+                });
+            println!(
+                "configuration OK ({source}): member {:?}, data dir {}",
+                config.name,
+                config.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oxetcd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config: config::Config, warnings: Vec<String>) -> ExitCode {
+    if let Err(e) = preflight(&config) {
+        eprintln!("oxetcd: {e}");
+        return ExitCode::from(2);
+    }
+    // Read again for the server (preflight checked them a moment ago).
     let jwt = match oxetcd::server::jwt_tokens(&config) {
         Ok(jwt) => jwt,
         Err(e) => {

@@ -2,6 +2,8 @@
 //! (TOML `log.file`), as text or JSON lines, at `--log-level`. A log file is reopened by path
 //! after [`request_log_reopen`] (the server calls it on SIGHUP), so logrotate's `create` mode
 //! works: the old file is renamed, the next line goes to a new file at the configured path.
+//! A reload changes the level ([`set_level`]) and moves a log file to another path
+//! ([`set_log_file`]); switching between stderr and a file, or the format, needs a restart.
 //!
 //! Panics: [`init`] installs a panic hook that writes every panic (thread, place, message) to
 //! the log at error. A panic in a thread that owns state (`tasks::thread_owns_state`) then
@@ -17,8 +19,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -27,9 +29,9 @@ use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, LogLevel};
 
 /// The target of the spans exported as traces (never written to the log).
 pub const TRACE_TARGET: &str = "oxetcd::trace";
@@ -127,18 +129,57 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, String> {
         .build())
 }
 
-/// Installs the global subscriber. Returns an error text if a log file cannot be opened.
-pub fn init(config: &Config) -> Result<LogGuard, String> {
-    let filter = EnvFilter::new(format!(
-        "{},{QUIET_DEPENDENCIES}",
-        config.log_level.filter_directive()
-    ));
-    let output = config
+/// Changes the log filter of the installed subscriber at run time.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Whether [`init`] logs to a file (only then can a reload move it).
+static LOGS_TO_FILE: AtomicBool = AtomicBool::new(false);
+
+/// The path a reload moved the log file to, taken by the file writer with the reopen request.
+static NEW_LOG_PATH: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn filter_for(level: LogLevel) -> EnvFilter {
+    EnvFilter::new(format!("{},{QUIET_DEPENDENCIES}", level.filter_directive()))
+}
+
+/// Where the configuration sends the log: `stderr`, `stdout` or a file path.
+pub fn log_output(config: &Config) -> &str {
+    config
         .log_outputs
         .iter()
         .find(|o| !o.is_empty() && o.as_str() != "default")
         .map(String::as_str)
-        .unwrap_or("stderr");
+        .unwrap_or("stderr")
+}
+
+/// Logs at `level` from now on.
+pub fn set_level(level: LogLevel) -> Result<(), String> {
+    let handle = FILTER
+        .get()
+        .ok_or_else(|| "the log subscriber is not installed".to_owned())?;
+    handle
+        .reload(filter_for(level))
+        .map_err(|e| format!("cannot change the log level: {e}"))
+}
+
+/// Moves the log file to `output` (a path, opened before the next line is written). Only a log
+/// file can move, and only to another file: stderr and stdout are chosen at start.
+pub fn set_log_file(output: &str) -> Result<(), String> {
+    if !LOGS_TO_FILE.load(Ordering::Acquire) || matches!(output, "stderr" | "stdout") {
+        return Err("switching between a log file and stderr or stdout needs a restart".to_owned());
+    }
+    // Fail here, not in the writer: the old file keeps the log if the new one cannot be opened.
+    ReopeningFile::open_path(std::path::Path::new(output))
+        .map_err(|e| format!("cannot open log file {output}: {e}"))?;
+    *NEW_LOG_PATH.lock().unwrap_or_else(|p| p.into_inner()) = Some(PathBuf::from(output));
+    request_log_reopen();
+    Ok(())
+}
+
+/// Installs the global subscriber. Returns an error text if a log file cannot be opened.
+pub fn init(config: &Config) -> Result<LogGuard, String> {
+    let (filter, filter_handle) = reload::Layer::new(filter_for(config.log_level));
+    let output = log_output(config);
     let (writer, guard) = match output {
         "stderr" => (BoxMakeWriter::new(std::io::stderr), None),
         "stdout" => (BoxMakeWriter::new(std::io::stdout), None),
@@ -148,6 +189,7 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
             let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(false)
                 .finish(file);
+            LOGS_TO_FILE.store(true, Ordering::Release);
             (BoxMakeWriter::new(nb), Some(guard))
         }
     };
@@ -178,6 +220,7 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     *LOG_WRITER.lock().unwrap_or_else(|p| p.into_inner()) = guard;
+    let _ = FILTER.set(filter_handle);
     install_panic_hook();
     Ok(LogGuard { tracer })
 }
@@ -217,6 +260,13 @@ impl ReopeningFile {
             return;
         }
         let _ = self.file.flush();
+        if let Some(path) = NEW_LOG_PATH
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            self.path = path;
+        }
         match Self::open_path(&self.path) {
             Ok(file) => self.file = file,
             // Keep writing to the old file rather than losing lines.

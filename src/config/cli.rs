@@ -35,6 +35,9 @@ pub enum Command {
     /// `oxetcd snapshot export --format etcd <IN> <OUT>`: write the etcd snapshot file (a bbolt
     /// database and its SHA-256) holding what the oxetcd snapshot `input` holds.
     SnapshotExport { input: PathBuf, output: PathBuf },
+    /// `oxetcd config check [--config-file F] [flags]`: validate the configuration the server
+    /// would start with (file, `ETCD_*` environment and flags together) without starting it.
+    ConfigCheck(Config),
 }
 
 /// Parses the full command line (server or `snapshot restore`) with the given environment.
@@ -95,6 +98,15 @@ where
             }
             _ => Err(ConfigError::Usage(
                 "snapshot needs a subcommand: restore or export".to_owned(),
+            )),
+        },
+        Some(("config", config)) => match config.subcommand() {
+            Some(("check", check)) => {
+                let (config, warnings) = resolve(check, &args, env)?;
+                Ok((Command::ConfigCheck(config), warnings))
+            }
+            _ => Err(ConfigError::Usage(
+                "config needs a subcommand: check".to_owned(),
             )),
         },
         Some((other, _)) => Err(ConfigError::Usage(format!("unknown subcommand {other:?}"))),
@@ -230,9 +242,22 @@ pub(super) fn cli_command() -> clap::Command {
         .subcommand_required(true)
         .subcommand(restore)
         .subcommand(export);
+    let check = clap::Command::new("check")
+        .about(
+            "Check the configuration the server would start with (the --config-file, ETCD_* \
+             variables and flags together) without starting it; exits 2 naming a bad key",
+        )
+        .args_override_self(true)
+        .arg(config_file_arg())
+        .args(KEYS.iter().map(key_arg));
+    let config = clap::Command::new("config")
+        .about("Configuration tools")
+        .subcommand_required(true)
+        .subcommand(check);
     server_command()
         .args_conflicts_with_subcommands(true)
         .subcommand(snapshot)
+        .subcommand(config)
 }
 
 pub(super) fn get_matches(

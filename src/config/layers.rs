@@ -199,6 +199,15 @@ pub(super) fn resolve(
     args: &[OsString],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(Config, Vec<String>), ConfigError> {
+    resolve_with_settings(matches, args, env).map(|(config, _, warnings)| (config, warnings))
+}
+
+/// [`resolve`], also returning the merged value of every key (see [`Settings`]).
+pub(super) fn resolve_with_settings(
+    matches: &ArgMatches,
+    args: &[OsString],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Config, Settings, Vec<String>), ConfigError> {
     let mut warnings = Vec::new();
     let flags = flag_layer(matches, args, &mut warnings)?;
     let (env, env_config_file) = env_layer(env, &mut warnings)?;
@@ -249,5 +258,38 @@ pub(super) fn resolve(
     let config = merged.to_config(config_file)?;
     config.validate().map_err(|err| merged.with_origin(err))?;
     warnings.extend(config.advisories());
-    Ok((config, warnings))
+    let settings = Settings {
+        values: merged
+            .values
+            .iter()
+            .map(|(key, value)| (key.clone(), format!("{:?}", value.kind)))
+            .collect(),
+    };
+    Ok((config, settings, warnings))
+}
+
+/// The merged value of every key, as written in whichever source won, so two loads can be
+/// compared key by key (what a reload changed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    values: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// The keys whose value differs between `self` and `newer`, in key order.
+    pub fn changed_keys(&self, newer: &Settings) -> Vec<String> {
+        let keys: BTreeSet<&String> = self.values.keys().chain(newer.values.keys()).collect();
+        keys.into_iter()
+            .filter(|key| self.values.get(*key) != newer.values.get(*key))
+            .cloned()
+            .collect()
+    }
+
+    /// Takes `newer`'s value of `key` (a change that was applied).
+    pub fn adopt(&mut self, newer: &Settings, key: &str) {
+        match newer.values.get(key) {
+            Some(value) => self.values.insert(key.to_owned(), value.clone()),
+            None => self.values.remove(key),
+        };
+    }
 }

@@ -35,9 +35,10 @@ use url::Url;
 
 pub use cli::{Command, parse_command, parse_command_from_env_and_args};
 pub use error::ConfigError;
+pub use layers::Settings;
 
 use cli::{get_matches, process_env, server_command};
-use layers::resolve;
+use layers::{resolve, resolve_with_settings};
 use parse::parse_duration;
 
 /// Backend quota used when `--quota-backend-bytes` is 0 (etcd's 2 GiB).
@@ -51,6 +52,11 @@ pub const LEASE_CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
 /// Upper bound of `--distributed-tracing-sampling-rate` (it is per million).
 pub const TRACING_SAMPLING_PER_MILLION_MAX: u32 = 1_000_000;
+
+/// The keys a running member applies on reload (SIGHUP, `systemctl reload`); a change to any
+/// other key takes effect at the next start. Certificate and key files need no reload: they are
+/// re-read on the next TLS handshake after they change.
+pub const RELOADABLE_KEYS: [&str; 2] = ["log-level", "log-outputs"];
 
 /// `--initial-cluster-state`: bootstrap a new cluster or join an existing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -614,6 +620,27 @@ impl Config {
     /// [`Config::load`] on this process's arguments and environment.
     pub fn from_env_and_args() -> Result<(Config, Vec<String>), ConfigError> {
         Config::load(std::env::args_os(), process_env())
+    }
+
+    /// [`Config::load`], also returning every key's merged value to compare with a later load.
+    pub fn load_with_settings<I, T>(
+        args: I,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Settings, Vec<String>), ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = get_matches(server_command(), &args)?;
+        resolve_with_settings(&matches, &args, env)
+    }
+
+    /// Reads the server's configuration again from the sources it started with (this process's
+    /// flags and environment, and the file they name as it is now): what a reload (SIGHUP)
+    /// applies. Only for a process started as `oxetcd [flags]`.
+    pub fn reload_from_env_and_args() -> Result<(Config, Settings, Vec<String>), ConfigError> {
+        Config::load_with_settings(std::env::args_os(), process_env())
     }
 
     /// `--initial-cluster` written back as `name=url,name=url`.

@@ -1,4 +1,4 @@
-//! Background jobs: attribute publishing, SIGHUP log reopening, the data dir's free-space
+//! Background jobs: attribute publishing, the data dir's free-space
 //! guard and the auto-compactor. Each runs
 //! until its task set (`jobs`) stops.
 
@@ -112,23 +112,6 @@ pub(super) async fn guard_disk_space(ctx: ServerCtx, mut shutdown: watch::Receiv
     }
 }
 
-/// SIGHUP (systemd's reload, logrotate's postrotate) reopens the log file.
-pub(super) async fn reopen_log_on_hangup(mut shutdown: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; the log file will not be reopened");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                crate::telemetry::request_log_reopen();
-                tracing::info!("received SIGHUP; reopened the log file");
-            }
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
-}
 /// etcd's compactor: periodic mode keeps `retention` of history (checking every retention period,
 /// at most hourly); revision mode keeps the last `retention` revisions (checking every
 /// `--auto-compaction-check-interval`, etcd's fixed 5 minutes by default).

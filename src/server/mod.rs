@@ -6,6 +6,7 @@ mod bootstrap;
 mod corrupt;
 mod jobs;
 mod listeners;
+mod reload;
 mod tls_listener;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,7 +36,7 @@ use bootstrap::{create_private_dir, load_or_bootstrap_membership, min_lease_ttl_
 /// The restart steps that make raft's log and the applied state agree after a crash (the
 /// deterministic cluster simulation restarts its members with them too).
 pub use bootstrap::{install_pending_snapshot, reconcile_raft_with_state};
-use jobs::{auto_compact, guard_disk_space, publish_attributes, reopen_log_on_hangup};
+use jobs::{auto_compact, guard_disk_space, publish_attributes};
 use listeners::{bind, grpc_router, metrics_text, peer_router, serve, serve_tls};
 
 /// Why the server could not start or stopped abnormally.
@@ -61,6 +62,8 @@ pub enum ServerError {
     Spawn(#[from] SpawnError),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    DataFormat(#[from] crate::data_format::FormatError),
 }
 
 /// How long each step of the shutdown waits before it warns and moves on (aborting the tasks
@@ -125,7 +128,7 @@ fn tls_hosts(config: &Config, side: TlsSide) -> Vec<String> {
 ///    `etcdserver: server stopped`, Maintenance snapshot threads give up; then the client
 ///    connections, their in-flight unary calls answered, close;
 /// 3. **drain background jobs** (`jobs`): attribute publishing, watch catch-up, lease expiry,
-///    SIGHUP log reopening, auto compaction;
+///    SIGHUP reload (log file, log level; `reload.rs`), auto compaction;
 /// 4. **stop peer traffic** (`peers`): the peer listener and the raft streams it serves, the
 ///    per-peer sender tasks and snapshot sends;
 /// 5. **stop the node**: the raft thread stops after what it took in, the apply thread after
@@ -143,6 +146,14 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
         "starting an etcd server"
     );
     create_private_dir(&config.data_dir)?;
+    match crate::data_format::prepare(&config.data_dir)? {
+        crate::data_format::Prepared::Current => {}
+        prepared => tracing::info!(
+            ?prepared,
+            format_version = crate::data_format::FORMAT_VERSION,
+            "recorded the data directory's format version"
+        ),
+    }
     // Peer TLS: served on https:// peer URLs and used to dial the peers' https:// URLs. Built
     // (and any --peer-auto-tls pair made) before the member may need to dial a peer to join.
     let (peer_server_tls, peer_dialer) = if config.peer_https() {
@@ -494,7 +505,10 @@ fn start_jobs(
         "lease-expiry",
         api::lease::run_expiry(ctx.clone(), jobs.stop_signal()),
     )?;
-    jobs.spawn("log-reopen", reopen_log_on_hangup(jobs.stop_signal()))?;
+    jobs.spawn(
+        "reload",
+        reload::reload_on_hangup(jobs.stop_signal(), config.clone()),
+    )?;
     jobs.spawn(
         "disk-space",
         guard_disk_space(ctx.clone(), jobs.stop_signal()),

@@ -45,6 +45,8 @@ pub enum RestoreError {
          snapshot save, or a member's member/snap/db)"
     )]
     UnknownFormat(PathBuf),
+    #[error(transparent)]
+    DataFormat(#[from] crate::data_format::FormatError),
 }
 
 impl From<StorageError> for RestoreError {
@@ -234,6 +236,10 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreSummary, RestoreError>
             import_etcd_into(file, db_len, &staging, &membership)
         }
     };
+    let written = written.and_then(|summary| {
+        crate::data_format::stamp_current(&staging)?;
+        Ok(summary)
+    });
     let written = match written {
         Ok(summary) => summary,
         Err(e) => {

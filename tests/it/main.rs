@@ -22,6 +22,7 @@ mod cluster_membership;
 mod cluster_sim;
 mod compaction_order;
 mod config_cli;
+mod config_reload;
 mod corrupt_check;
 // Needs the failpoints in the binary (`--features failpoints`, as CI builds it).
 #[cfg(feature = "failpoints")]
@@ -51,4 +52,6 @@ mod snapshot_cap;
 mod tls;
 mod tracing;
 mod unix_urls;
+mod upgrade_format;
+mod upgrade_rolling;
 mod watch;

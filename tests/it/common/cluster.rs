@@ -93,6 +93,9 @@ pub struct ClusterOptions {
     /// Each member logs to `oxetcd.log` in its directory (`--log-outputs`), read with
     /// [`Cluster::log_file`], instead of stderr.
     pub log_file: bool,
+    /// The server binary members start with (default [`server_bin`]); see
+    /// [`Cluster::set_binary`].
+    pub binary: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -103,6 +106,7 @@ impl ClusterOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             log_file: false,
+            binary: None,
         }
     }
 
@@ -152,12 +156,13 @@ impl Member {
         (listen_peer_port, advertise_peer_port): (u16, u16),
         initial_cluster: String,
         initial_cluster_state: &'static str,
+        binary: &Path,
     ) -> Member {
         let name = format!("m{}", index + 1);
         let dir = cluster_dir.join(&name);
         let process = Process::new(
             &format!("member {index}"),
-            server_bin(),
+            binary.to_path_buf(),
             dir.join("server.log"),
         );
         Member {
@@ -247,6 +252,7 @@ impl Cluster {
                 (listen_peer_port, advertise_peer_port),
                 String::new(),
                 "new",
+                &cluster.binary(),
             ));
         }
         let initial_cluster = cluster
@@ -288,6 +294,26 @@ impl Cluster {
             }
         }
         unreachable!("the last attempt either returns or fails");
+    }
+
+    /// The binary new members start with.
+    fn binary(&self) -> PathBuf {
+        self.options.binary.clone().unwrap_or_else(server_bin)
+    }
+
+    /// Member `index` (stopped) runs `binary` from its next start on, with the same flags and
+    /// data dir: a binary upgrade. Its log continues in the same file.
+    pub fn set_binary(&mut self, index: usize, binary: &Path) {
+        let member = &mut self.members[index];
+        assert!(
+            !member.process.is_spawned(),
+            "member {index} must be stopped before its binary is replaced"
+        );
+        member.process = Process::new(
+            &format!("member {index}"),
+            binary.to_path_buf(),
+            member.dir.join("server.log"),
+        );
     }
 
     /// Number of member slots, including removed members.
@@ -738,6 +764,7 @@ impl Cluster {
             (listen_peer_port, advertise_peer_port),
             initial_cluster,
             "existing",
+            &self.binary(),
         ));
         (index, id)
     }
@@ -1094,6 +1121,11 @@ impl WriteLoad {
             acked,
             thread: Some(thread),
         }
+    }
+
+    /// The count of puts acknowledged so far, for a thread that watches the load's progress.
+    pub fn acked_counter(&self) -> Arc<AtomicU64> {
+        self.acked.clone()
     }
 
     /// Puts acknowledged so far.
