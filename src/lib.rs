@@ -15,6 +15,7 @@ pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod backup;
 pub mod authority_fix;
 pub mod config;
 pub mod consistent_index;

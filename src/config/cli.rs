@@ -16,6 +16,7 @@ const SKIP_HASH_CHECK: &str = "skip-hash-check";
 const EXPORT_INPUT: &str = "input";
 const EXPORT_OUTPUT: &str = "output";
 const EXPORT_FORMAT: &str = "format";
+const BACKUP_TIMER: &str = "timer-dropin";
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,13 @@ pub enum Command {
     /// `oxetcd snapshot export --format etcd <IN> <OUT>`: write the etcd snapshot file (a bbolt
     /// database and its SHA-256) holding what the oxetcd snapshot `input` holds.
     SnapshotExport { input: PathBuf, output: PathBuf },
+    /// `oxetcd backup [--config-file ..]`: save a snapshot from `config.backup.endpoint` into
+    /// `config.backup.directory`, verify it and prune the oldest (what `oxetcd-backup.service`
+    /// runs).
+    Backup(Config),
+    /// `oxetcd backup --timer-dropin`: print the `oxetcd-backup.timer` drop-in that sets the
+    /// `[backup]` schedule (the systemd generator writes it).
+    BackupTimerDropin(Config),
 }
 
 /// Parses the full command line (server or `snapshot restore`) with the given environment.
@@ -97,6 +105,19 @@ where
                 "snapshot needs a subcommand: restore or export".to_owned(),
             )),
         },
+        Some(("backup", backup)) => {
+            let timer = backup
+                .get_one::<bool>(BACKUP_TIMER)
+                .copied()
+                .unwrap_or(false);
+            let (config, warnings) = resolve(backup, &args, env)?;
+            let command = if timer {
+                Command::BackupTimerDropin(config)
+            } else {
+                Command::Backup(config)
+            };
+            Ok((command, warnings))
+        }
         Some((other, _)) => Err(ConfigError::Usage(format!("unknown subcommand {other:?}"))),
     }
 }
@@ -230,9 +251,25 @@ pub(super) fn cli_command() -> clap::Command {
         .subcommand_required(true)
         .subcommand(restore)
         .subcommand(export);
+    let backup = clap::Command::new("backup")
+        .about(
+            "Save a snapshot into the [backup] directory of the config file, verify it and \
+             keep the newest [backup] retention ones (oxetcd-backup.service runs it)",
+        )
+        .arg(config_file_arg())
+        .arg(
+            Arg::new(BACKUP_TIMER)
+                .long(BACKUP_TIMER)
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Print the oxetcd-backup.timer drop-in that applies [backup] schedule \
+                     instead (the systemd generator runs it)",
+                ),
+        );
     server_command()
         .args_conflicts_with_subcommands(true)
         .subcommand(snapshot)
+        .subcommand(backup)
 }
 
 pub(super) fn get_matches(
