@@ -188,6 +188,9 @@ def render_man(sections, footer, version):
         ".br",
         ".B oxetcd snapshot",
         "\\fICOMMAND\\fR ...",
+        ".br",
+        ".B oxetcd backup",
+        "[\\fB\\-\\-config\\-file\\fR \\fIPATH\\fR] [\\fB\\-\\-timer\\-dropin\\fR]",
         ".SH DESCRIPTION",
         "oxetcd serves the etcd v3 gRPC API from a raft\\-replicated RocksDB store. "
         "It reads its configuration from defaults, the TOML file named by "
@@ -226,6 +229,10 @@ def render_man(sections, footer, version):
         ".TP",
         "\\fI/var/log/etcd.log\\fR",
         "Log file of the packaged service; SIGHUP reopens it.",
+        ".TP",
+        "\\fI/var/backups/oxetcd\\fR",
+        "Backups written by \\fBoxetcd backup\\fR (run by oxetcd\\-backup.timer, off by "
+        "default): the [backup] table of the configuration file says where, when and how many.",
         ".TP",
         "\\fI/usr/share/oxetcd/grafana/\\fR, \\fI/usr/share/oxetcd/prometheus/\\fR",
         "Grafana dashboards and Prometheus alert rules.",
