@@ -320,13 +320,14 @@ pub fn dial_config(
     let mut config = match pair {
         Some((cert, key)) => {
             let chain = read_certs("backup.cert", cert)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&read("backup.key", key)?).map_err(|_| {
-                TlsError::Invalid {
-                    key: "backup.key",
-                    path: key.to_path_buf(),
-                    reason: "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned(),
-                }
-            })?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&read("backup.key", key)?).map_err(|_| {
+                    TlsError::Invalid {
+                        key: "backup.key",
+                        path: key.to_path_buf(),
+                        reason: "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned(),
+                    }
+                })?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| TlsError::Invalid {

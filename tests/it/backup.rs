@@ -66,11 +66,17 @@ fn backups_are_verified_pruned_reported_and_restore_to_the_same_keys() {
     // The server reads the same [backup] table (its endpoint key is the backup job's only).
     let server_config = write_config(
         tmp.path(),
-        &format!("directory = {:?}\nmax-age = \"90m\"\n", backups.display().to_string()),
+        &format!(
+            "directory = {:?}\nmax-age = \"90m\"\n",
+            backups.display().to_string()
+        ),
     );
     let server = Server::start_with(&["--config-file", &server_config.display().to_string()]);
     let metrics = String::from_utf8_lossy(&server.http_get("/metrics").body).into_owned();
-    assert_eq!(sample(&metrics, "oxetcd_backup_last_success_timestamp_seconds"), 0.0);
+    assert_eq!(
+        sample(&metrics, "oxetcd_backup_last_success_timestamp_seconds"),
+        0.0
+    );
     assert_eq!(sample(&metrics, "oxetcd_backup_max_age_seconds"), 5400.0);
 
     let job_dir = tmp.path().join("job");
@@ -123,14 +129,22 @@ fn backups_are_verified_pruned_reported_and_restore_to_the_same_keys() {
     let output = Command::new(common::server_bin())
         .args(["snapshot", "restore", &newest.display().to_string()])
         .args(["--data-dir", &restored.display().to_string()])
-        .args(["--name", common::MEMBER_NAME, "--initial-cluster", &format!("{}={peer}", common::MEMBER_NAME)])
+        .args([
+            "--name",
+            common::MEMBER_NAME,
+            "--initial-cluster",
+            &format!("{}={peer}", common::MEMBER_NAME),
+        ])
         .args(["--initial-advertise-peer-urls", &peer])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", common::stderr_text(&output));
     let copy = Server::start_on(&restored, &[]);
     let got = copy.etcdctl_ok(&["get", "key-", "--prefix", "--print-value-only"]);
-    assert_eq!(got.split_whitespace().collect::<Vec<_>>(), ["value-0", "value-1", "value-2"]);
+    assert_eq!(
+        got.split_whitespace().collect::<Vec<_>>(),
+        ["value-0", "value-1", "value-2"]
+    );
 }
 
 #[test]
@@ -151,7 +165,10 @@ fn a_member_that_cannot_be_reached_leaves_no_file_and_fails() {
     let output = backup(&config);
     assert_eq!(output.status.code(), Some(1));
     let stderr = common::stderr_text(&output);
-    assert!(stderr.contains("backup failed: cannot connect to"), "{stderr}");
+    assert!(
+        stderr.contains("backup failed: cannot connect to"),
+        "{stderr}"
+    );
     assert!(names(&backups).is_empty(), "{:?}", names(&backups));
 
     // A typo in the table is refused like any unknown key (exit 2), by the job and the server.
@@ -193,7 +210,12 @@ fn a_backup_over_https_verifies_the_member_and_presents_a_client_certificate() {
     };
     // Without a client certificate the member refuses the connection.
     let output = backup(&write_config(tmp.path(), &table("")));
-    assert_eq!(output.status.code(), Some(1), "{}", common::stderr_text(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        common::stderr_text(&output)
+    );
     let with_cert = write_config(
         tmp.path(),
         &table(&format!(
