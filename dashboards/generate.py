@@ -463,6 +463,27 @@ def overview():
             thresholds((None, "red"), (2 * 86400, "orange"), (14 * 86400, "green")),
             0, 90 * 86400, kind="bargauge",
         ), 24, 6),
+        row("Backups"),
+        sized(gauge(
+            "Newest backup age",
+            "Time since the newest verified backup in each member's [backup] directory was "
+            "written (oxetcd_backup_last_success_timestamp_seconds; oxetcd-backup.timer writes "
+            "them). Red past 26 hours, the default [backup] max-age, after which "
+            "oxetcdBackupTooOld fires for the cluster. A member that never backed up shows "
+            "decades.",
+            "s",
+            [target(f"time() - oxetcd_backup_last_success_timestamp_seconds{sel()}",
+                    "{{instance}}", instant=True)],
+            thresholds((None, "green"), (26 * 3600, "red")),
+            0, 2 * 86400, kind="bargauge",
+        ), 12, 6),
+        sized(stat(
+            "Newest backup size",
+            "Size of the newest verified backup in each member's [backup] directory "
+            "(oxetcd_backup_last_size_bytes); 0 when there is none.",
+            "bytes",
+            [target(f"oxetcd_backup_last_size_bytes{sel()}", "{{instance}}", instant=True)],
+        ), 12, 6),
     ]
     return dashboard(
         "oxetcd-overview",

@@ -18,6 +18,19 @@ sed "s#^ExecStart=/usr/bin/oxetcd #ExecStart=$bin #" systemd/oxetcd.service > "$
 out=$(systemd-analyze verify --man=no "$scratch/oxetcd.service" 2>&1) || true
 if [ -n "$out" ]; then echo "$out"; exit 1; fi
 
+echo "== the backup service and timer verify cleanly; the generator's drop-in parses"
+sed "s#^ExecStart=/usr/bin/oxetcd #ExecStart=$bin #" systemd/oxetcd-backup.service > "$scratch/oxetcd-backup.service"
+cp systemd/oxetcd-backup.timer "$scratch/oxetcd-backup.timer"
+mkdir -p "$scratch/oxetcd-backup.timer.d"
+printf '[backup]\nschedule = "*-*-* 03:30:00"\n' > "$scratch/backup.toml"
+"$bin" backup --timer-dropin --config-file "$scratch/backup.toml" > "$scratch/oxetcd-backup.timer.d/50-oxetcd-schedule.conf"
+grep -qx 'OnCalendar=\*-\*-\* 03:30:00' "$scratch/oxetcd-backup.timer.d/50-oxetcd-schedule.conf"
+out=$(systemd-analyze verify --man=no "$scratch/oxetcd-backup.service" "$scratch/oxetcd-backup.timer" 2>&1) || true
+if [ -n "$out" ]; then echo "$out"; exit 1; fi
+systemd-analyze calendar "*-*-* 03:30:00" >/dev/null
+systemd-analyze security --offline=true --threshold=20 systemd/oxetcd-backup.service | tail -1
+sh -n packaging/oxetcd-backup-generator
+
 echo "== the unit restarts a member that failed (fatal: 1, panic: 101), not a misconfigured one (2)"
 grep -qx 'Restart=on-failure' systemd/oxetcd.service
 grep -qx 'RestartPreventExitStatus=2' systemd/oxetcd.service

@@ -24,6 +24,39 @@ PACKAGED = {"data-dir": "/var/lib/oxetcd"}
 # Keys spelled in the `[log]` table of the config file, as (table key, flag name).
 LOG_TABLE = [("file", "log-outputs"), ("level", "log-level"), ("format", "log-format")]
 PACKAGED_LOG = {"file": "/var/log/etcd.log"}
+# The [backup] table (src/config/backup.rs): read by `oxetcd backup`, which
+# oxetcd-backup.timer runs, and by the server for its oxetcd_backup_* metrics. Its keys have no
+# flags, so they are not in --help; the defaults here are BackupConfig's.
+BACKUP_TABLE = [
+    "# ---- Backups " + "-" * 77,
+    "# oxetcd-backup.timer (off by default: `systemctl enable --now oxetcd-backup.timer`) runs",
+    "# `oxetcd backup`, which saves a snapshot from `endpoint` into `directory`, reads it back and",
+    "# checks its CRC, and keeps the newest `retention` files. After changing `schedule`, run",
+    "# `systemctl daemon-reload`; the other keys apply at the next run.",
+    "[backup]",
+    "",
+    "# Directory the backups are written to (oxetcd-<UTC time>.snapshot).",
+    '# directory = "/var/backups/oxetcd"',
+    "",
+    "# When the timer runs a backup: a systemd calendar expression (man systemd.time).",
+    '# schedule = "daily"',
+    "",
+    "# How many backups to keep, newest first.",
+    "# retention = 7",
+    "",
+    "# Client URL of the member to back up (http:// or https://).",
+    '# endpoint = "http://127.0.0.1:2379"',
+    "",
+    "# For an https:// endpoint: CA certificates to verify it with, and a client certificate and",
+    "# key when the member asks for one (--client-cert-auth).",
+    '# cacert = ""',
+    '# cert = ""',
+    '# key = ""',
+    "",
+    "# Age of the newest backup past which the OxetcdBackupTooOld alert fires (the server exports",
+    "# it as oxetcd_backup_max_age_seconds).",
+    '# max-age = "26h"',
+]
 # Options of --help that are not configuration keys.
 NOT_KEYS = {"config-file", "help", "version"}
 
@@ -134,6 +167,7 @@ def render_toml(sections):
         out.append(f"# {table_key} = {toml_value(entry, entry['default'])}")
         if table_key in PACKAGED_LOG:
             out.append(f"{table_key} = {toml_value(entry, PACKAGED_LOG[table_key])}")
+    out += [""] + BACKUP_TABLE
     return "\n".join(out) + "\n"
 
 
@@ -154,6 +188,9 @@ def render_man(sections, footer, version):
         ".br",
         ".B oxetcd snapshot",
         "\\fICOMMAND\\fR ...",
+        ".br",
+        ".B oxetcd backup",
+        "[\\fB\\-\\-config\\-file\\fR \\fIPATH\\fR] [\\fB\\-\\-timer\\-dropin\\fR]",
         ".SH DESCRIPTION",
         "oxetcd serves the etcd v3 gRPC API from a raft\\-replicated RocksDB store. "
         "It reads its configuration from defaults, the TOML file named by "
@@ -192,6 +229,10 @@ def render_man(sections, footer, version):
         ".TP",
         "\\fI/var/log/etcd.log\\fR",
         "Log file of the packaged service; SIGHUP reopens it.",
+        ".TP",
+        "\\fI/var/backups/oxetcd\\fR",
+        "Backups written by \\fBoxetcd backup\\fR (run by oxetcd\\-backup.timer, off by "
+        "default): the [backup] table of the configuration file says where, when and how many.",
         ".TP",
         "\\fI/usr/share/oxetcd/grafana/\\fR, \\fI/usr/share/oxetcd/prometheus/\\fR",
         "Grafana dashboards and Prometheus alert rules.",

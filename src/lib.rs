@@ -16,6 +16,7 @@ pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod authority_fix;
+pub mod backup;
 pub mod config;
 pub mod consistent_index;
 pub mod data_format;

@@ -1,5 +1,5 @@
 //! The `oxetcd` binary: parse flags → load config → run the server (or restore or export a
-//! snapshot, or check a configuration).
+//! snapshot, check a configuration, or take a scheduled backup).
 
 use std::process::ExitCode;
 
@@ -23,6 +23,14 @@ fn main() -> ExitCode {
         } => restore(&file, &data_dir, &config, skip_hash_check),
         Command::SnapshotExport { input, output } => export(&input, &output),
         Command::ConfigCheck(config) => config_check(&config, warnings),
+        Command::Backup(config) => backup(&config, warnings),
+        Command::BackupTimerDropin(config) => {
+            print!(
+                "{}",
+                oxetcd::backup::timer_dropin(&config.backup, config.config_file.as_deref())
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -170,6 +178,22 @@ fn export(input: &std::path::Path, output: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("oxetcd: snapshot export failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backup(config: &config::Config, warnings: Vec<String>) -> ExitCode {
+    for w in warnings {
+        eprintln!("oxetcd: warning: {w}");
+    }
+    match oxetcd::backup::run(&config.backup) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oxetcd: backup failed: {e}");
             ExitCode::FAILURE
         }
     }

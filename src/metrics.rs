@@ -148,6 +148,18 @@ pub struct Sample {
     /// Each TLS certificate this member serves: its listener, file and end of validity
     /// (seconds since the Unix epoch).
     pub certificates: Vec<CertificateExpiry>,
+    /// The newest backup in the `[backup]` directory (`None`: none there).
+    pub backup: Option<BackupSample>,
+    /// `[backup] max-age`, in seconds.
+    pub backup_max_age_seconds: u64,
+}
+
+/// The newest finished backup: when it was written and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSample {
+    /// Seconds since the Unix epoch.
+    pub finished_seconds: i64,
+    pub size_bytes: u64,
 }
 
 /// The end of validity of one served TLS certificate.
@@ -226,6 +238,9 @@ pub struct Metrics {
     current_revision: Gauge,
     compact_revision: Gauge,
     raft_log_entries: Gauge,
+    backup_last_success: Gauge,
+    backup_last_size: Gauge,
+    backup_max_age: Gauge,
     /// Snapshots streamed to peers (`To`), and received from them (`From`; whole and verified),
     /// with etcd's names: successes, failures, transfers under way, and how long each took.
     pub snapshot_send_success: Family<PeerLabel, BareCounter>,
@@ -315,6 +330,9 @@ impl Metrics {
             current_revision: Gauge::default(),
             compact_revision: Gauge::default(),
             raft_log_entries: Gauge::default(),
+            backup_last_success: Gauge::default(),
+            backup_last_size: Gauge::default(),
+            backup_max_age: Gauge::default(),
             snapshot_send_success: Family::default(),
             snapshot_send_failures: Family::default(),
             snapshot_send_inflights: Family::default(),
@@ -684,6 +702,22 @@ impl Metrics {
             "Entries in this member's raft log (older ones are compacted after a snapshot)",
             m.raft_log_entries.clone(),
         );
+        r.register(
+            "oxetcd_backup_last_success_timestamp_seconds",
+            "When the newest verified backup in the [backup] directory was written, in seconds \
+             since the Unix epoch (0: there is none)",
+            m.backup_last_success.clone(),
+        );
+        r.register(
+            "oxetcd_backup_last_size_bytes",
+            "Size of the newest verified backup in the [backup] directory (0: there is none)",
+            m.backup_last_size.clone(),
+        );
+        r.register(
+            "oxetcd_backup_max_age_seconds",
+            "[backup] max-age: the age of the newest backup past which OxetcdBackupTooOld fires",
+            m.backup_max_age.clone(),
+        );
         m.process.register(&mut r);
         Metrics { registry: r, ..m }
     }
@@ -710,6 +744,13 @@ impl Metrics {
         // -1 until the first compaction, as etcd reports it.
         self.compact_revision.set(s.compact_revision);
         self.raft_log_entries.set(s.raft_log_entries as i64);
+        let backup = s.backup.unwrap_or(BackupSample {
+            finished_seconds: 0,
+            size_bytes: 0,
+        });
+        self.backup_last_success.set(backup.finished_seconds);
+        self.backup_last_size.set(backup.size_bytes as i64);
+        self.backup_max_age.set(s.backup_max_age_seconds as i64);
         self.data_dir_free.set(s.data_dir_disk.free_bytes as i64);
         self.data_dir_total.set(s.data_dir_disk.total_bytes as i64);
         self.log_dir_free.set(s.log_dir_disk.free_bytes as i64);
@@ -893,6 +934,11 @@ mod tests {
                 path: "/etc/oxetcd/server.crt".to_owned(),
                 not_after: 1_893_456_000,
             }],
+            backup: Some(BackupSample {
+                finished_seconds: 1_796_534_188,
+                size_bytes: 1056,
+            }),
+            backup_max_age_seconds: 93_600,
             ..Sample::default()
         });
         m.wal_fsync_seconds.observe(0.003);
@@ -934,6 +980,9 @@ mod tests {
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.002\"} 0",
             "etcd_network_peer_sent_bytes_total{To=\"2\"} 10",
             "oxetcd_tls_certificate_expiry_timestamp_seconds{listener=\"client\",path=\"/etc/oxetcd/server.crt\"} 1893456000",
+            "oxetcd_backup_last_success_timestamp_seconds 1796534188",
+            "oxetcd_backup_last_size_bytes 1056",
+            "oxetcd_backup_max_age_seconds 93600",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -16,6 +16,7 @@ const SKIP_HASH_CHECK: &str = "skip-hash-check";
 const EXPORT_INPUT: &str = "input";
 const EXPORT_OUTPUT: &str = "output";
 const EXPORT_FORMAT: &str = "format";
+const BACKUP_TIMER: &str = "timer-dropin";
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,13 @@ pub enum Command {
     /// `oxetcd config check [--config-file F] [flags]`: validate the configuration the server
     /// would start with (file, `ETCD_*` environment and flags together) without starting it.
     ConfigCheck(Config),
+    /// `oxetcd backup [--config-file ..]`: save a snapshot from `config.backup.endpoint` into
+    /// `config.backup.directory`, verify it and prune the oldest (what `oxetcd-backup.service`
+    /// runs).
+    Backup(Config),
+    /// `oxetcd backup --timer-dropin`: print the `oxetcd-backup.timer` drop-in that sets the
+    /// `[backup]` schedule (the systemd generator writes it).
+    BackupTimerDropin(Config),
 }
 
 /// Parses the full command line (server or `snapshot restore`) with the given environment.
@@ -109,6 +117,19 @@ where
                 "config needs a subcommand: check".to_owned(),
             )),
         },
+        Some(("backup", backup)) => {
+            let timer = backup
+                .get_one::<bool>(BACKUP_TIMER)
+                .copied()
+                .unwrap_or(false);
+            let (config, warnings) = resolve(backup, &args, env)?;
+            let command = if timer {
+                Command::BackupTimerDropin(config)
+            } else {
+                Command::Backup(config)
+            };
+            Ok((command, warnings))
+        }
         Some((other, _)) => Err(ConfigError::Usage(format!("unknown subcommand {other:?}"))),
     }
 }
@@ -254,10 +275,26 @@ pub(super) fn cli_command() -> clap::Command {
         .about("Configuration tools")
         .subcommand_required(true)
         .subcommand(check);
+    let backup = clap::Command::new("backup")
+        .about(
+            "Save a snapshot into the [backup] directory of the config file, verify it and \
+             keep the newest [backup] retention ones (oxetcd-backup.service runs it)",
+        )
+        .arg(config_file_arg())
+        .arg(
+            Arg::new(BACKUP_TIMER)
+                .long(BACKUP_TIMER)
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Print the oxetcd-backup.timer drop-in that applies [backup] schedule \
+                     instead (the systemd generator runs it)",
+                ),
+        );
     server_command()
         .args_conflicts_with_subcommands(true)
         .subcommand(snapshot)
         .subcommand(config)
+        .subcommand(backup)
 }
 
 pub(super) fn get_matches(

@@ -8,6 +8,7 @@ use ::config::{Source as _, Value, ValueKind};
 use clap::ArgMatches;
 
 use super::Config;
+use super::backup::BackupConfig;
 use super::error::ConfigError;
 use super::keys::{CONFIG_FILE, ENV_PREFIX, KEYS, canonical_key, env_name};
 use super::merged::Merged;
@@ -135,8 +136,13 @@ fn env_layer(
     Ok((layer, config_file))
 }
 
-/// The keys of a TOML config file; an unknown key is an error, `_` may stand for `-`.
-fn file_layer(path: &Path, text: &str, warnings: &mut Vec<String>) -> Result<Layer, ConfigError> {
+/// The keys of a TOML config file; an unknown key is an error, `_` may stand for `-`. The
+/// `[backup]` table is read on its own (it has no flags).
+fn file_layer(
+    path: &Path,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(Layer, BackupConfig), ConfigError> {
     let table = ::config::File::from_str(text, ::config::FileFormat::Toml)
         .collect()
         .map_err(|err| ConfigError::File {
@@ -151,6 +157,7 @@ fn file_layer(path: &Path, text: &str, warnings: &mut Vec<String>) -> Result<Lay
     // The `[log]` table (`file`, `level`, `format`) is the packaged config's spelling of
     // log-outputs, log-level and log-format.
     let mut entries: Vec<(String, Value)> = Vec::new();
+    let mut backup = BackupConfig::default();
     for (written, value) in table {
         match (written.as_str(), value.kind.clone()) {
             ("log", ValueKind::Table(inner)) => {
@@ -166,6 +173,9 @@ fn file_layer(path: &Path, text: &str, warnings: &mut Vec<String>) -> Result<Lay
                     };
                     entries.push((key.to_owned(), v));
                 }
+            }
+            ("backup", ValueKind::Table(inner)) => {
+                backup = BackupConfig::from_table(path, inner.into_iter().collect())?;
             }
             _ => entries.push((written, value)),
         }
@@ -190,7 +200,7 @@ fn file_layer(path: &Path, text: &str, warnings: &mut Vec<String>) -> Result<Lay
             path: path.to_owned(),
         });
     }
-    Ok(layer)
+    Ok((layer, backup))
 }
 
 /// Parses flags, environment and config file into a validated configuration plus warnings.
@@ -229,7 +239,7 @@ pub(super) fn resolve_with_settings(
         );
     }
     let config_file = flag_config_file.or(env_config_file);
-    let file = match &config_file {
+    let (file, backup) = match &config_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
                 path: path.clone(),
@@ -237,7 +247,7 @@ pub(super) fn resolve_with_settings(
             })?;
             file_layer(path, &text, &mut warnings)?
         }
-        None => Layer::default(),
+        None => (Layer::default(), BackupConfig::default()),
     };
 
     let mut builder = ::config::Config::builder();
@@ -255,7 +265,8 @@ pub(super) fn resolve_with_settings(
         .map_err(ConfigError::Layering)?;
     let merged = Merged { values: merged };
 
-    let config = merged.to_config(config_file)?;
+    let mut config = merged.to_config(config_file)?;
+    config.backup = backup;
     config.validate().map_err(|err| merged.with_origin(err))?;
     warnings.extend(config.advisories());
     let settings = Settings {

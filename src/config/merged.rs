@@ -307,6 +307,7 @@ impl Merged {
             pre_vote: self.boolean("pre-vote")?,
             unsafe_no_fsync: self.boolean("unsafe-no-fsync")?,
             name,
+            backup: super::BackupConfig::default(),
         })
     }
 }

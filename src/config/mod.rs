@@ -19,6 +19,7 @@
 //! URLs), `validate.rs` (ranges, relations between keys, bootstrap checks), `error.rs`
 //! ([`ConfigError`]) and `tests.rs`.
 
+mod backup;
 mod cli;
 mod error;
 mod keys;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use backup::BackupConfig;
 pub use cli::{Command, parse_command, parse_command_from_env_and_args};
 pub use error::ConfigError;
 pub use layers::Settings;
@@ -598,6 +600,8 @@ pub struct Config {
     pub strict_reconfig_check: bool,
     pub pre_vote: bool,
     pub unsafe_no_fsync: bool,
+    /// The `[backup]` table of the config file (defaults without one).
+    pub backup: BackupConfig,
 }
 
 impl Config {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ServerCtx};
 use crate::config::{Config, url_host_port};
-use crate::metrics::{CertificateExpiry, DiskSpace, Metrics};
+use crate::metrics::{BackupSample, CertificateExpiry, DiskSpace, Metrics};
 use crate::peer::PeerService;
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -45,6 +45,8 @@ pub(super) fn metrics_text(
         .and_then(|f| std::path::Path::new(f).parent().map(|p| p.to_path_buf()))
         .unwrap_or_else(|| config.data_dir.clone());
     let data_dir = config.data_dir.clone();
+    let backup_dir = config.backup.directory.clone();
+    let backup_max_age_seconds = config.backup.max_age.as_secs();
     Arc::new(move || {
         let status = ctx.node.status();
         let sizes = ctx.engine.sizes();
@@ -81,6 +83,14 @@ pub(super) fn metrics_text(
                     not_after: certificate.not_after(),
                 })
                 .collect(),
+            backup: crate::backup::newest(&backup_dir).map(|newest| BackupSample {
+                finished_seconds: newest
+                    .modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+                size_bytes: newest.size_bytes,
+            }),
+            backup_max_age_seconds,
         });
         metrics.encode()
     })

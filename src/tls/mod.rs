@@ -301,6 +301,47 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The rustls configuration a tool dials a member's https:// client URL with (`oxetcd
+/// backup`): the server verified against the CA certificates in `ca_file` and the URL's host,
+/// the `pair` (certificate, key) presented when given. Errors name the `[backup]` keys. ALPN h2.
+pub fn dial_config(
+    ca_file: &Path,
+    pair: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    #[allow(deprecated)] // ring: see `provider`
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Settings {
+            key: "backup.cacert",
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots("backup.cacert", ca_file)?);
+    let mut config = match pair {
+        Some((cert, key)) => {
+            let chain = read_certs("backup.cert", cert)?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&read("backup.key", key)?).map_err(|_| {
+                    TlsError::Invalid {
+                        key: "backup.key",
+                        path: key.to_path_buf(),
+                        reason: "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned(),
+                    }
+                })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsError::Invalid {
+                    key: "backup.key",
+                    path: key.to_path_buf(),
+                    reason: e.to_string(),
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// `--peer-cert-allowed-cn` or the side's allowed host name, if set.
 fn allowed(tls: &TlsSettings) -> Result<Option<verify::Allowed>, TlsError> {
     if let Some(cn) = &tls.allowed_cn {

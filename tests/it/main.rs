@@ -13,6 +13,7 @@ mod alerts;
 mod auth;
 mod auth_tls;
 mod auth_tokens;
+mod backup;
 mod bad_input;
 mod cluster;
 mod cluster_faults;

@@ -22,6 +22,15 @@ purges it again at the end (also when a check fails).
    without a restart loop; remove stops it; purge cleans up. Then
    the .rpm there (its scriptlets under that systemd): user, directories, enabled, starts,
    a reinstall restarts it, and `rpm -e` stops and disables it and keeps the data.
+6. Backups there: oxetcd-backup.timer is installed off, `systemctl enable --now` turns it on
+   (list-timers shows it), the generator applies [backup] schedule at daemon-reload; the
+   service (started by hand, not waiting for the clock) writes a verified snapshot, retention
+   prunes the oldest, /metrics reports the newest, and restoring it gives the same keys.
+7. The repositories packaging/repo.sh builds, signed with a throwaway gpg key: the apt one
+   served on 127.0.0.1 installs oxetcd in that container with `apt-get install`, and a newer
+   build (the same .deb repackaged with a higher version) arrives with `apt-get upgrade`,
+   keeping the data and an edited config; the rpm one's repodata lists the .rpm with its
+   checksum, and its signature verifies.
 """
 
 import configparser
@@ -49,6 +58,11 @@ DATA = "/var/lib/oxetcd"
 LOG = "/var/log/etcd.log"
 CLIENT = "127.0.0.1:2379"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/oxetcd.service"
+BACKUP_UNIT = "/usr/lib/systemd/system/oxetcd-backup.service"
+BACKUP_TIMER = "/usr/lib/systemd/system/oxetcd-backup.timer"
+GENERATOR = "/usr/lib/systemd/system-generators/oxetcd-backup-generator"
+BACKUPS = "/var/backups/oxetcd"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Every file the packages install, and the ones that are configuration.
 FILES = sorted(
@@ -57,6 +71,9 @@ FILES = sorted(
         CONFIG,
         "/etc/logrotate.d/oxetcd",
         UNIT,
+        BACKUP_UNIT,
+        BACKUP_TIMER,
+        GENERATOR,
         "/usr/lib/sysusers.d/oxetcd.conf",
         "/usr/lib/tmpfiles.d/oxetcd.conf",
         "/usr/share/doc/oxetcd/README.md",
@@ -74,6 +91,8 @@ CONFFILES = sorted([CONFIG, "/etc/logrotate.d/oxetcd"])
 DEB_FILES = sorted(f + ".gz" if f == MAN else f for f in FILES)
 
 figures = []
+# (what, seconds) of the steps that are not service starts.
+timings = []
 
 
 def step(title):
@@ -686,6 +705,13 @@ def check_under_systemd(deb, rpm):
         c.sh(f"cp /root/oxetcd.toml {CONFIG}; systemctl reset-failed oxetcd.service")
         c.sh("systemctl start oxetcd.service")
 
+        started = time.monotonic()
+        check_backups(c)
+        timings.append(("backup checks (timer, 3 runs, restore)", time.monotonic() - started))
+        started = time.monotonic()
+        check_apt_repository(c, deb, rpm)
+        timings.append(("repository checks (build, install, upgrade)", time.monotonic() - started))
+
         step("systemd: remove stops the service, purge deletes config, data and log")
         c.sh("dpkg -r oxetcd")
         expect(c.show("ActiveState")["ActiveState"] == "inactive", "remove left the service running")
@@ -693,6 +719,7 @@ def check_under_systemd(deb, rpm):
         c.sh("dpkg -P oxetcd")
         for gone in ["/etc/oxetcd", DATA, LOG, WANTS_LINK]:
             expect(not os.path.lexists(c.root + gone), f"purge left {gone} in the container")
+        expect(glob.glob(c.root + BACKUPS + "/oxetcd-*.snapshot"), "purge deleted the backups")
         c.sh("getent passwd oxetcd")
 
         step("systemd: the .rpm's scriptlets (rpm -i, start, reinstall restarts, rpm -e)")
@@ -722,6 +749,234 @@ def check_under_systemd(deb, rpm):
         c.close()
 
 
+# ---- 6. backups under systemd -------------------------------------------------------------
+
+
+def backup_files(c):
+    return sorted(glob.glob(c.root + BACKUPS + "/oxetcd-*.snapshot"))
+
+
+def scrape(name):
+    with urllib.request.urlopen(f"http://{CLIENT}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} on /metrics")
+
+
+def check_backups(c):
+    step("backups: the timer is off until one command turns it on")
+    enabled = c.sh("systemctl is-enabled oxetcd-backup.timer", check=False).strip()
+    expect(enabled == "disabled", f"oxetcd-backup.timer after install: {enabled}")
+    expect(owner_in(c, BACKUPS) == "oxetcd oxetcd 700", f"{BACKUPS}: {owner_in(c, BACKUPS)}")
+    # The packaged config's [backup] table is the last one: keys appended land in it.
+    with open(c.root + CONFIG, "a") as f:
+        f.write('retention = 2\nschedule = "*-*-* 04:05:00"\n')
+    c.sh("systemctl daemon-reload")
+    c.sh("systemctl enable --now oxetcd-backup.timer")
+    timers = c.sh("systemctl list-timers --all --no-pager oxetcd-backup.timer")
+    expect("oxetcd-backup.timer" in timers and "oxetcd-backup.service" in timers, f"list-timers:\n{timers}")
+    calendar = c.sh("systemctl show -p TimersCalendar --value oxetcd-backup.timer")
+    expect("*-*-* 04:05:00" in calendar and "daily" not in calendar.lower(), f"the [backup] schedule is not applied: {calendar}")
+    print(f"   {timers.strip().splitlines()[1] if len(timers.strip().splitlines()) > 1 else timers.strip()}")
+
+    step("backups: each run writes a verified snapshot, retention 2 prunes the oldest")
+    took = []
+    for i in range(3):
+        etcdctl("put", f"backup-key-{i}", f"value-{i}")
+        started = time.monotonic()
+        c.sh("systemctl start oxetcd-backup.service")
+        took.append(time.monotonic() - started)
+        result = c.sh("systemctl show -p Result --value oxetcd-backup.service").strip()
+        expect(result == "success", f"backup run {i}: {result}\n{c.sh('journalctl -u oxetcd-backup --no-pager | tail -20')}")
+    journal = c.sh("journalctl -u oxetcd-backup.service --no-pager")
+    expect("read back and verified" in journal, f"the run's report is not in the journal:\n{journal[-2000:]}")
+    files = backup_files(c)
+    expect(len(files) == 2, f"retention 2 after 3 runs: {files}")
+    expect(not glob.glob(c.root + BACKUPS + "/.*"), "a partial file was left behind")
+    newest = files[-1]
+    size = os.path.getsize(newest)
+    expect(owner_in(c, newest[len(c.root):]) == "oxetcd oxetcd 600", f"{newest}: {owner_in(c, newest[len(c.root):])}")
+    expect(scrape("oxetcd_backup_last_size_bytes") == size, "/metrics does not report the newest backup's size")
+    written = int(os.stat(newest).st_mtime)
+    expect(scrape("oxetcd_backup_last_success_timestamp_seconds") == written, "/metrics does not report the newest backup's time")
+    timings.append(("slowest oxetcd-backup.service run (systemctl start)", max(took)))
+    print(f"   runs took {', '.join(f'{t * 1000:.0f} ms' for t in took)}; newest {os.path.basename(newest)}, {size} bytes")
+
+    step("backups: the newest restores to the same keys")
+    tmp = tempfile.mkdtemp(prefix="oxetcd-restore-")
+    server = None
+    try:
+        binary = c.root + "/usr/bin/oxetcd"
+        client_port, peer_port = free_port(), free_port()
+        peer = f"http://127.0.0.1:{peer_port}"
+        client = f"http://127.0.0.1:{client_port}"
+        run(binary, "snapshot", "restore", newest, "--data-dir", tmp + "/data", "--name", "drill",
+            "--initial-cluster", f"drill={peer}", "--initial-advertise-peer-urls", peer)
+        server = subprocess.Popen(
+            [binary, "--data-dir", tmp + "/data", "--name", "drill", "--listen-client-urls", client,
+             "--advertise-client-urls", client, "--listen-peer-urls", peer],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        env = dict(os.environ, ETCDCTL_API="3")
+        get = ["etcdctl", f"--endpoints={client}", "--command-timeout=5s", "get", "backup-key-", "--prefix", "--print-value-only"]
+        wait_for(lambda: subprocess.run(get, capture_output=True, env=env).returncode == 0, "the restored member never answered", timeout=30)
+        got = run(*get, env=env).split()
+        expect(got == ["value-0", "value-1", "value-2"], f"the restored member holds {got}")
+        want = etcdctl("get", "", "--prefix", "--keys-only").split()
+        have = run("etcdctl", f"--endpoints={client}", "get", "", "--prefix", "--keys-only", env=env).split()
+        expect(have == want, f"restored keys {have} differ from the member's {want}")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- 7. the package repositories -------------------------------------------------------------
+
+
+def repackaged_newer(deb, workdir):
+    """The same .deb with a higher version: a newer build without compiling again."""
+    tree = os.path.join(workdir, "tree")
+    run("dpkg-deb", "-R", deb, tree)
+    control = os.path.join(tree, "DEBIAN", "control")
+    text = open(control).read()
+    version = next(l.split(": ", 1)[1] for l in text.splitlines() if l.startswith("Version: "))
+    newer = version + "+rebuild1"
+    with open(control, "w") as f:
+        f.write(text.replace(f"Version: {version}\n", f"Version: {newer}\n"))
+    out = os.path.join(workdir, f"oxetcd_{newer}_amd64.deb")
+    run("dpkg-deb", "--root-owner-group", "-Zxz", "-b", tree, out)
+    shutil.rmtree(tree)
+    return version, newer, out
+
+
+def build_repo(pkgdir, out, gnupg, key):
+    run("bash", os.path.join(HERE, "../../packaging/repo.sh"), pkgdir, out, key,
+        env=dict(os.environ, GNUPGHOME=gnupg))
+
+
+def check_apt_repository(c, deb, rpm):
+    step("repository: signed apt and rpm repositories from packaging/repo.sh")
+    work = tempfile.mkdtemp(prefix="oxetcd-repo-")
+    httpd = None
+    try:
+        gnupg = os.path.join(work, "gnupg")
+        os.mkdir(gnupg, 0o700)
+        genv = dict(os.environ, GNUPGHOME=gnupg)
+        run("gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+            "oxetcd package check <check@example.invalid>", "ed25519", "sign", "1d", env=genv)
+        key = next(l.split(":")[9] for l in run("gpg", "--batch", "--with-colons", "--list-secret-keys", env=genv).splitlines() if l.startswith("fpr:"))
+        pkgs = os.path.join(work, "pkgs")
+        os.mkdir(pkgs)
+        shutil.copy(deb, pkgs)
+        shutil.copy(rpm, pkgs)
+        repo = os.path.join(work, "repo")
+        started = time.monotonic()
+        build_repo(pkgs, repo, gnupg, key)
+        timings.append(("packaging/repo.sh (apt + rpm, signed)", time.monotonic() - started))
+        run("gpgv", "--keyring", os.path.join(repo, "apt/oxetcd-archive-keyring.gpg"),
+            os.path.join(repo, "apt/dists/stable/InRelease"))
+        check_rpm_repodata(repo, rpm, genv)
+
+        port = free_port()
+        httpd = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", repo, str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/apt/dists/stable/InRelease"), "the repository is not served")
+
+        step("repository: apt-get install oxetcd from the repository on 127.0.0.1")
+        c.sh("systemctl stop oxetcd.service; dpkg -P oxetcd")
+        # Only this repository: the container's Debian mirror is not needed (the dependencies
+        # are installed) and not reachable everywhere.
+        for f in glob.glob(c.root + "/etc/apt/sources.list") + glob.glob(c.root + "/etc/apt/sources.list.d/*"):
+            os.remove(f)
+        shutil.copy(os.path.join(repo, "apt/oxetcd-archive-keyring.gpg"), c.root + "/usr/share/keyrings/oxetcd-archive-keyring.gpg")
+        with open(c.root + "/etc/apt/sources.list.d/oxetcd.sources", "w") as f:
+            f.write(f"Types: deb\nURIs: http://127.0.0.1:{port}/apt\nSuites: stable\nComponents: main\n"
+                    "Signed-By: /usr/share/keyrings/oxetcd-archive-keyring.gpg\n")
+        apt = "DEBIAN_FRONTEND=noninteractive apt-get -q -y"
+        c.sh(f"{apt} update 2>&1")
+        c.sh(f"{apt} install oxetcd 2>&1")
+        version, newer, newer_deb = repackaged_newer(deb, work)
+        got = c.sh("dpkg-query -W -f='${Version}' oxetcd")
+        expect(got == version, f"apt-get install gave {got}, want {version}")
+        with open(c.root + CONFIG) as f:
+            edited = f.read().replace("# snapshot-count = 10000", "snapshot-count = 20000", 1)
+        expect("snapshot-count = 20000" in edited, "no snapshot-count key to edit")
+        with open(c.root + CONFIG, "w") as f:
+            f.write(edited)
+        timed_start(c, "systemctl start, installed with apt-get")
+        etcdctl("put", "apt-key", "kept across the upgrade")
+        before = c.show("MainPID")["MainPID"]
+
+        step("repository: a newer build arrives with apt-get upgrade, data and edited config kept")
+        shutil.copy(newer_deb, pkgs)
+        build_repo(pkgs, repo, gnupg, key)
+        c.sh(f"{apt} update 2>&1")
+        upgraded = c.sh(f"{apt} upgrade 2>&1")
+        got = c.sh("dpkg-query -W -f='${Version}' oxetcd")
+        expect(got == newer, f"after apt-get upgrade: {got}, want {newer}\n{upgraded}")
+        expect(open(c.root + CONFIG).read() == edited, "apt-get upgrade replaced the edited config")
+        after = c.show("MainPID", "ActiveState")
+        expect(after["ActiveState"] == "active" and after["MainPID"] != before, f"the upgrade did not restart the service: {after}")
+        wait_for(lambda: health_now()[0] == 200, "no /health after apt-get upgrade", timeout=30)
+        got = etcdctl("get", "apt-key", "--print-value-only").strip()
+        expect(got == "kept across the upgrade", f"after apt-get upgrade the key reads {got!r}")
+        print(f"   {version} -> {newer} with apt-get upgrade; key and edited config kept")
+    finally:
+        if httpd is not None:
+            httpd.kill()
+            httpd.wait()
+        subprocess.run(["gpgconf", "--kill", "all"], env=dict(os.environ, GNUPGHOME=os.path.join(work, "gnupg")), capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def check_rpm_repodata(repo, rpm, genv):
+    """dnf is not on Debian: repomd.xml must list primary.xml, whose entry for the .rpm carries
+    the .rpm's SHA-256; the detached signature verifies with the exported key."""
+    import gzip
+    import hashlib
+    import xml.etree.ElementTree as ET
+
+    rpmdir = os.path.join(repo, "rpm")
+    ns = {"repo": "http://linux.duke.edu/metadata/repo", "common": "http://linux.duke.edu/metadata/common"}
+    repomd = ET.parse(os.path.join(rpmdir, "repodata/repomd.xml"))
+    primary = repomd.find("repo:data[@type='primary']/repo:location", ns)
+    expect(primary is not None, "repomd.xml lists no primary metadata")
+    with gzip.open(os.path.join(rpmdir, primary.get("href"))) as f:
+        packages = ET.parse(f).findall("common:package", ns)
+    names = [(p.find("common:name", ns).text, p.find("common:location", ns).get("href")) for p in packages]
+    expect(names == [("oxetcd", os.path.basename(rpm))], f"primary.xml lists {names}")
+    checksum = packages[0].find("common:checksum", ns)
+    want = hashlib.sha256(open(rpm, "rb").read()).hexdigest()
+    expect(checksum.get("type") == "sha256" and checksum.text == want, f"primary.xml checksum {checksum.text}, the .rpm's {want}")
+    verify_home = os.path.join(os.path.dirname(repo), "verify")
+    os.mkdir(verify_home, 0o700)
+    venv = dict(os.environ, GNUPGHOME=verify_home)
+    run("gpg", "--batch", "--import", os.path.join(rpmdir, "RPM-GPG-KEY-oxetcd"), env=venv)
+    run("gpg", "--batch", "--verify", os.path.join(rpmdir, "repodata/repomd.xml.asc"),
+        os.path.join(rpmdir, "repodata/repomd.xml"), env=venv)
+    subprocess.run(["gpgconf", "--kill", "all"], env=venv, capture_output=True)
+
+
 def owner_in(c, path):
     return c.sh(f"stat -c '%U %G %a' {path}").strip()
 
@@ -748,6 +1003,8 @@ def main():
         print(f"   {os.path.basename(p)}: {os.path.getsize(p) / 1e6:.1f} MB")
     for label, ready, health in figures:
         print(f"   {label}: start -> ready {ready * 1000:.0f} ms, -> /health OK {health * 1000:.0f} ms")
+    for label, took in timings:
+        print(f"   {label}: {took:.1f} s")
     print("all package checks passed")
 
 

@@ -76,6 +76,9 @@ pub const EXPORTED_METRICS: &[&str] = &[
     // oxetcd's own.
     "oxetcd_server_leaderless_duration_seconds",
     "oxetcd_server_election_duration_seconds",
+    "oxetcd_backup_last_success_timestamp_seconds",
+    "oxetcd_backup_last_size_bytes",
+    "oxetcd_backup_max_age_seconds",
     "oxetcd_disk_data_dir_free_bytes",
     "oxetcd_disk_data_dir_total_bytes",
     "oxetcd_disk_log_dir_free_bytes",
