@@ -14,6 +14,7 @@ mod auth;
 mod auth_tls;
 mod auth_tokens;
 mod bad_input;
+mod bench_tool;
 mod cluster;
 mod cluster_faults;
 mod cluster_leadership;

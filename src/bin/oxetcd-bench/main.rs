@@ -163,11 +163,9 @@ fn command() -> Command {
                 .default_value("bench/")
                 .help("the prefix every key starts with"),
         ))
-        .arg(global(
-            Arg::new("server-pids")
-                .long("server-pids")
-                .help("comma-separated server PIDs on this machine: report their CPU per request"),
-        ))
+        .arg(global(Arg::new("server-pids").long("server-pids").help(
+            "comma-separated server PIDs on this machine: report their CPU per request",
+        )))
         .arg(global(
             Arg::new("json")
                 .long("json")
@@ -278,7 +276,9 @@ fn common_flags(m: &ArgMatches) -> Result<Common, String> {
         Some(_) => return Err("--duration must be a positive number of seconds".into()),
         None => None,
     };
-    let total = if duration.is_some() && m.value_source("total") != Some(clap::parser::ValueSource::CommandLine) {
+    let total = if duration.is_some()
+        && m.value_source("total") != Some(clap::parser::ValueSource::CommandLine)
+    {
         u64::MAX
     } else {
         *m.get_one::<u64>("total").expect("defaulted")
@@ -290,7 +290,10 @@ fn common_flags(m: &ArgMatches) -> Result<Common, String> {
     if key_space_size == 0 {
         return Err("--key-space-size must be positive".into());
     }
-    let prefix = m.get_one::<String>("prefix-key").expect("defaulted").clone();
+    let prefix = m
+        .get_one::<String>("prefix-key")
+        .expect("defaulted")
+        .clone();
     let key_size = *m.get_one::<usize>("key-size").expect("defaulted");
     let digits = (key_space_size - 1).to_string().len();
     if key_size < prefix.len() + digits || key_size > KEY_SIZE_MAX {
@@ -413,7 +416,11 @@ pub fn spawn_progress(
             .clamp(0.0, 1.0);
             let filled = (fraction * WIDTH as f64) as usize;
             let count = match duration {
-                Some(d) => format!("{done} in {:.1}/{:.0} s", elapsed.as_secs_f64(), d.as_secs_f64()),
+                Some(d) => format!(
+                    "{done} in {:.1}/{:.0} s",
+                    elapsed.as_secs_f64(),
+                    d.as_secs_f64()
+                ),
                 None => format!("{done}/{total}"),
             };
             {
@@ -461,7 +468,8 @@ impl CpuClock {
         if let Some(before) = self.server_before {
             report.server_cpu = Some(report::cpu_used(&self.server_pids)?.saturating_sub(before));
         }
-        report.bench_cpu = report::cpu_used(&["self".to_owned()])?.saturating_sub(self.bench_before);
+        report.bench_cpu =
+            report::cpu_used(&["self".to_owned()])?.saturating_sub(self.bench_before);
         Ok(())
     }
 }
@@ -501,7 +509,10 @@ async fn run(matches: ArgMatches) -> Result<Report, String> {
         }
         "watch" => {
             let watchers = *sub.get_one::<usize>("watchers").expect("defaulted");
-            let streams = sub.get_one::<usize>("streams").copied().unwrap_or(common.conns);
+            let streams = sub
+                .get_one::<usize>("streams")
+                .copied()
+                .unwrap_or(common.conns);
             if !(1..=CONCURRENCY_MAX).contains(&watchers) || !(1..=watchers).contains(&streams) {
                 return Err("--watchers must be positive and --streams 1..=watchers".into());
             }
@@ -518,7 +529,10 @@ async fn run(matches: ArgMatches) -> Result<Report, String> {
 fn main() -> ExitCode {
     let matches = command().get_matches();
     let json = matches.get_flag("json");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("oxetcd-bench: starting the runtime: {e}");
@@ -567,7 +581,10 @@ mod tests {
     #[test]
     fn duration_replaces_the_default_total() {
         let c = common("--duration 2 range").unwrap();
-        assert_eq!((c.total, c.duration), (u64::MAX, Some(Duration::from_secs(2))));
+        assert_eq!(
+            (c.total, c.duration),
+            (u64::MAX, Some(Duration::from_secs(2)))
+        );
         let c = common("put --duration 2 --total 5").unwrap();
         assert_eq!(c.total, 5);
     }

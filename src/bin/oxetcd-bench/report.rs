@@ -266,7 +266,10 @@ mod tests {
         assert_eq!(buckets.len(), HISTOGRAM_BUCKETS + 1);
         assert_eq!(buckets.iter().map(|&(_, n)| n).sum::<u64>(), 1000);
         assert_eq!(buckets[0].1, 1);
-        assert_eq!(histogram(&[7, 7, 7]).iter().map(|&(_, n)| n).sum::<u64>(), 3);
+        assert_eq!(
+            histogram(&[7, 7, 7]).iter().map(|&(_, n)| n).sum::<u64>(),
+            3
+        );
     }
 
     #[test]

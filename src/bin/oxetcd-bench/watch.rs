@@ -105,10 +105,13 @@ pub async fn run(common: &Common, watchers: usize, streams: usize) -> Result<Rep
                     break;
                 }
                 let now = Instant::now();
-                let now_ns = u64::try_from(now.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+                let now_ns =
+                    u64::try_from(now.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
                 for event in &response.events {
                     let Some(kv) = &event.kv else { continue };
-                    let Some(stamp) = kv.value.get(..STAMP_BYTES) else { continue };
+                    let Some(stamp) = kv.value.get(..STAMP_BYTES) else {
+                        continue;
+                    };
                     let sent_ns = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
                     result.latencies_ns.push(now_ns.saturating_sub(sent_ns));
                     received.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +164,9 @@ pub async fn run(common: &Common, watchers: usize, streams: usize) -> Result<Rep
     }
     let mut puts = 0;
     for putter in putters {
-        puts += putter.await.map_err(|e| format!("a put task failed: {e}"))?;
+        puts += putter
+            .await
+            .map_err(|e| format!("a put task failed: {e}"))?;
     }
     let expected = puts * watchers as u64;
     let give_up = Instant::now() + STRAGGLER_WAIT;
@@ -205,6 +210,8 @@ pub async fn run(common: &Common, watchers: usize, streams: usize) -> Result<Rep
     report.extra.insert("put_errors".into(), put_errors.into());
     report.extra.insert("watchers".into(), watchers.into());
     report.extra.insert("streams".into(), streams.into());
-    report.extra.insert("events_expected".into(), expected.into());
+    report
+        .extra
+        .insert("events_expected".into(), expected.into());
     Ok(report)
 }

@@ -259,9 +259,9 @@ pub async fn run(common: &Common, kind: Kind, name: &str) -> Result<Report, Stri
                     Ok(()) => result.latencies_ns.push(latency_ns),
                     Err(status) => {
                         result.errors += 1;
-                        result
-                            .first_error
-                            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                        result.first_error.get_or_insert_with(|| {
+                            format!("{:?}: {}", status.code(), status.message())
+                        });
                     }
                 }
                 issuer.done.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +275,9 @@ pub async fn run(common: &Common, kind: Kind, name: &str) -> Result<Report, Stri
     };
     let mut leases = Vec::new();
     for task in tasks {
-        let (result, lease) = task.await.map_err(|e| format!("a client task failed: {e}"))?;
+        let (result, lease) = task
+            .await
+            .map_err(|e| format!("a client task failed: {e}"))?;
         report.latencies_ns.extend(result.latencies_ns);
         report.errors += result.errors;
         if report.first_error.is_none() {
