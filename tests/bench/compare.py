@@ -281,6 +281,8 @@ def workloads():
 
 
 def main():
+    # SIGTERM unwinds like Ctrl-C, so the servers are stopped and their data removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name, path in list(SERVERS.items()) + [("oxetcd-bench", BENCH)]:
         if not os.access(path, os.X_OK):
             raise SystemExit(f"{name}: {path} not found (cargo build --release, or set the env)")
