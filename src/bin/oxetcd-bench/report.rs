@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
-        let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 11 300 45 0 0";
+        let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 300 45 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(345));
         assert_eq!(stat_cpu_ticks("42 (x) S 1"), None);
     }
