@@ -174,6 +174,12 @@ impl Worker {
     }
 }
 
+/// `len` random letters: values that compress no better than real ones do, so a store that
+/// compresses its files is not flattered (etcd's benchmark sends random bytes too).
+fn random_value(len: usize) -> Vec<u8> {
+    (0..len).map(|_| rand::random_range(b'a'..=b'z')).collect()
+}
+
 /// Grants a lease on `channel` and opens the stream that keeps it alive.
 async fn keepalive(channel: Channel) -> Result<Keepalive, String> {
     let mut lease = LeaseClient::new(channel);
@@ -236,7 +242,7 @@ pub async fn run(common: &Common, kind: Kind, name: &str) -> Result<Report, Stri
             common: Arc::clone(&common),
             kind,
             kv: KvClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX),
-            value: vec![b'v'; common.val_size],
+            value: random_value(common.val_size),
             keepalive,
             page: None,
         });
