@@ -53,7 +53,6 @@ struct Worker {
     common: Arc<Common>,
     kind: Kind,
     kv: KvClient<Channel>,
-    value: Vec<u8>,
     keepalive: Option<Keepalive>,
     /// The next page of a paginated walk: its first key and the walk's revision.
     page: Option<(Vec<u8>, i64)>,
@@ -117,7 +116,7 @@ impl Worker {
                     .map(|i| RequestOp {
                         request: Some(request_op::Request::RequestPut(PutRequest {
                             key: self.common.key(base.wrapping_add(i) % space),
-                            value: self.value.clone(),
+                            value: random_value(self.common.val_size),
                             ..PutRequest::default()
                         })),
                     })
@@ -166,7 +165,7 @@ impl Worker {
         self.kv
             .put(PutRequest {
                 key: self.common.key_for(seq),
-                value: self.value.clone(),
+                value: random_value(self.common.val_size),
                 ..PutRequest::default()
             })
             .await?;
@@ -174,7 +173,7 @@ impl Worker {
     }
 }
 
-/// `len` random letters: values that compress no better than real ones do, so a store that
+/// `len` random letters, new for every put: values that compress no better than real ones do, so a store that
 /// compresses its files is not flattered (etcd's benchmark sends random bytes too).
 fn random_value(len: usize) -> Vec<u8> {
     (0..len).map(|_| rand::random_range(b'a'..=b'z')).collect()
@@ -242,7 +241,6 @@ pub async fn run(common: &Common, kind: Kind, name: &str) -> Result<Report, Stri
             common: Arc::clone(&common),
             kind,
             kv: KvClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX),
-            value: random_value(common.val_size),
             keepalive,
             page: None,
         });
