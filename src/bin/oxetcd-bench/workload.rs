@@ -173,8 +173,9 @@ impl Worker {
     }
 }
 
-/// `len` random letters, new for every put: values that compress no better than real ones do, so a store that
-/// compresses its files is not flattered (etcd's benchmark sends random bytes too).
+/// `len` random letters, new for every put: values that compress no better than real ones
+/// do, so a store that compresses its files is not flattered (etcd's benchmark sends random
+/// bytes too).
 fn random_value(len: usize) -> Vec<u8> {
     (0..len).map(|_| rand::random_range(b'a'..=b'z')).collect()
 }
