@@ -1,5 +1,5 @@
 //! Put-throughput load generator for etcd-compatible servers (oxetcd or etcd), used by
-//! tests/bench/put-throughput.sh.
+//! tests/bench/snapshot-install-stall.sh (tests/bench/compare.py uses oxetcd-bench).
 //!
 //! Usage: put_bench ENDPOINT CLIENTS TOTAL_REQUESTS [KEY_BYTES] [VALUE_BYTES]
 //!                  [--conns N] [--max-seconds S]

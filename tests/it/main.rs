@@ -15,6 +15,7 @@ mod auth_tls;
 mod auth_tokens;
 mod backup;
 mod bad_input;
+mod bench_tool;
 mod cluster;
 mod cluster_faults;
 mod cluster_leadership;
