@@ -138,7 +138,9 @@ impl NodeHandle {
             self.inner.waiters.cancel(request_id);
             return Err(e.into());
         }
-        let reply = self.outcome(request_id, rx).await?;
+        let reply = self
+            .outcome(request_id, rx, self.inner.cfg.request_timeout)
+            .await?;
         proposal::members(reply?).ok_or(ProposeError::UnexpectedResponse {
             request: "membership change",
         })
@@ -158,7 +160,8 @@ impl NodeHandle {
         request: P,
         origin: Origin,
     ) -> Result<P::Response, ProposeError> {
-        self.propose_within_quota(request, origin, 0).await
+        self.propose_entry(request, origin, 0, self.inner.cfg.request_timeout)
+            .await
     }
 
     /// [`NodeHandle::propose`] for a write the backend quota limits (Put, Txn, LeaseGrant):
@@ -169,6 +172,29 @@ impl NodeHandle {
         request: P,
         origin: Origin,
         quota_bytes: u64,
+    ) -> Result<P::Response, ProposeError> {
+        self.propose_entry(request, origin, quota_bytes, self.inner.cfg.request_timeout)
+            .await
+    }
+
+    /// [`propose`](Self::propose), giving up after `timeout` instead of the request timeout: for
+    /// a member's own idempotent requests that are better retried soon than waited for (a
+    /// proposal forwarded to the leader is lost, not refused, when the link drops it).
+    pub async fn propose_within<P: Proposal>(
+        &self,
+        request: P,
+        origin: Origin,
+        timeout: Duration,
+    ) -> Result<P::Response, ProposeError> {
+        self.propose_entry(request, origin, 0, timeout).await
+    }
+
+    async fn propose_entry<P: Proposal>(
+        &self,
+        request: P,
+        origin: Origin,
+        quota_bytes: u64,
+        timeout: Duration,
     ) -> Result<P::Response, ProposeError> {
         let id = self.next_id();
         let data = InternalRequest {
@@ -202,7 +228,7 @@ impl NodeHandle {
             self.inner.metrics.proposals_failed.inc();
             return Err(e.into());
         }
-        let reply = match self.outcome(id, rx).await {
+        let reply = match self.outcome(id, rx, timeout).await {
             Ok(reply) => reply,
             Err(e) => {
                 self.inner.metrics.proposals_failed.inc();
@@ -217,10 +243,15 @@ impl NodeHandle {
         Ok(response)
     }
 
-    /// Waits for the apply thread's reply to request `id`, at most the request timeout. A
+    /// Waits for the apply thread's reply to request `id`, at most `timeout`. A
     /// proposal raft dropped (no leader to take it) reads as `NoLeader`.
-    async fn outcome(&self, id: u64, rx: oneshot::Receiver<Reply>) -> Result<Reply, NodeError> {
-        match tokio::time::timeout(self.inner.cfg.request_timeout, rx).await {
+    async fn outcome(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Reply>,
+        timeout: Duration,
+    ) -> Result<Reply, NodeError> {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Err(ApplyError::Dropped))) => Err(NodeError::NoLeader),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(NodeError::Stopped),

@@ -170,6 +170,18 @@ impl PeerService {
         self.check_sender(batch.from)
     }
 
+    /// Whether `message`, whose sender is not the batch's, is one raft-rs passes on unchanged:
+    /// a follower forwards a proposal, a ReadIndex request or a leadership transfer to its
+    /// leader keeping the original `from` (another member whose request reached it, or the
+    /// transferee), so after a leadership change such a message arrives in another member's
+    /// batch. Its `from` must still be a member.
+    fn forwarded_by_raft(&self, message: &Message) -> bool {
+        matches!(
+            message.get_msg_type(),
+            MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader
+        ) && !self.handlers.peer_urls(message.from).is_empty()
+    }
+
     /// Steps every message of an accepted batch. A full raft inbox drops the rest of the batch
     /// (raft retransmits); a stopped node ends the stream.
     fn step_all(&self, batch: RaftBatch) -> Result<(), PeerError> {
@@ -179,11 +191,14 @@ impl PeerService {
                 from: batch.from,
                 reason: e.to_string(),
             })?;
-            if message.from != batch.from || message.to != batch.to {
+            if message.to != batch.to
+                || (message.from != batch.from && !self.forwarded_by_raft(&message))
+            {
                 return Err(PeerError::BadMessage {
                     from: batch.from,
                     reason: format!(
-                        "message from {} to {} in a batch from {} to {}",
+                        "{:?} from {} to {} in a batch from {} to {}",
+                        message.get_msg_type(),
                         hex(message.from),
                         hex(message.to),
                         hex(batch.from),

@@ -11,6 +11,9 @@ use crate::api::ServerCtx;
 use crate::config::{AutoCompaction, Config, etcd_url_string};
 use crate::proto::oxetcdpb::MemberAttributes;
 
+/// The shortest a publish attempt waits for its proposal to apply.
+const PUBLISH_ATTEMPT_MIN: Duration = Duration::from_millis(500);
+
 /// Publishes this member's name and client URLs through raft (etcd's attribute publishing),
 /// retrying until it is applied, so every member lists them; then sets `published` (once a
 /// read barrier passes when the member list already has them, as after a restart with
@@ -54,9 +57,14 @@ pub(super) async fn publish_attributes(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         } else if ctx.node.status().leader_id != 0 {
+            // The attributes apply the same however often they are proposed, so an attempt
+            // whose proposal was lost on its way to the leader (a link to it not up yet) is
+            // retried after an election timeout rather than the whole request timeout: the
+            // member serves clients only once this is applied.
+            let attempt = config.election_timeout().max(PUBLISH_ATTEMPT_MIN);
             match ctx
                 .node
-                .propose(attrs.clone(), crate::node::Origin::Member)
+                .propose_within(attrs.clone(), crate::node::Origin::Member, attempt)
                 .await
             {
                 Ok(_) => {
@@ -64,7 +72,9 @@ pub(super) async fn publish_attributes(
                     published.send_replace(true);
                     return;
                 }
-                Err(e) => tracing::debug!(error = %e, "publishing member attributes failed"),
+                Err(e) => {
+                    tracing::info!(error = %e, "publishing member attributes failed; retrying")
+                }
             }
         }
         tokio::select! {
