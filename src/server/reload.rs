@@ -65,7 +65,9 @@ fn reload(running: &mut Settings) {
         tracing::error!(error = %e, "configuration reload refused; nothing changed");
         return;
     }
-    let changed = running.changed_keys(&settings);
+    let mut changed = running.changed_keys(&settings);
+    // The log file moves first, so everything this reload reports lands in the new file.
+    changed.sort_by_key(|key| key != "log-outputs");
     if changed.is_empty() {
         tracing::info!("configuration reloaded; nothing changed");
         return;
