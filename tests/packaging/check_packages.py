@@ -24,8 +24,9 @@ purges it again at the end (also when a check fails).
    a reinstall restarts it, and `rpm -e` stops and disables it and keeps the data.
 6. Backups there: oxetcd-backup.timer is installed off, `systemctl enable --now` turns it on
    (list-timers shows it), the generator applies [backup] schedule at daemon-reload; the
-   service (started by hand, not waiting for the clock) writes a verified snapshot, retention
-   prunes the oldest, /metrics reports the newest, and restoring it gives the same keys.
+   service (started by hand) writes a verified snapshot, retention prunes the oldest,
+   /metrics reports the newest, and restoring it gives the same keys; then, with a schedule
+   every 5 s and the random delay taken out, the timer itself starts a run that is kept.
 7. The repositories packaging/repo.sh builds, signed with a throwaway gpg key: the apt one
    served on 127.0.0.1 installs oxetcd in that container with `apt-get install`, and a newer
    build (the same .deb repackaged with a higher version) arrives with `apt-get upgrade`,
@@ -832,6 +833,47 @@ def check_backups(c):
             server.kill()
             server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+    step("backups: the timer fires on the [backup] schedule and the run it starts is kept")
+    # The schedule comes from [backup] through the generator, as in production. The shipped
+    # timer spreads runs over RandomizedDelaySec=5min (and systemd's AccuracySec=1min); a
+    # runtime drop-in takes those out so the clock is waited on for seconds, not minutes.
+    with open(c.root + CONFIG) as f:
+        config = f.read()
+    with open(c.root + CONFIG, "w") as f:
+        f.write(config.replace('schedule = "*-*-* 04:05:00"', 'schedule = "*:*:0/5"'))
+    dropin_dir = c.root + "/etc/systemd/system/oxetcd-backup.timer.d"
+    os.makedirs(dropin_dir, exist_ok=True)
+    with open(dropin_dir + "/99-check-now.conf", "w") as f:
+        f.write("[Timer]\nRandomizedDelaySec=0\nAccuracySec=1s\n")
+    last_manual = backup_files(c)[-1]
+    started = time.monotonic()
+    c.sh("systemctl daemon-reload")
+    c.sh("systemctl restart oxetcd-backup.timer")
+    calendar = c.sh("systemctl show -p TimersCalendar --value oxetcd-backup.timer")
+    expect("*-*-* *:*:00/5" in calendar, f"the new schedule is not applied: {calendar}")
+
+    def fired():
+        trigger = c.sh("systemctl show -p LastTriggerUSec --value oxetcd-backup.timer").strip()
+        files = backup_files(c)
+        return trigger not in ("", "n/a", "0") and files and files[-1] > last_manual
+
+    wait_for(fired, "the timer did not start a backup within 60 s", timeout=60)
+    fired_after = time.monotonic() - started
+    # Back to a daily schedule before looking, so no run starts while the files are counted.
+    with open(c.root + CONFIG, "w") as f:
+        f.write(config)
+    os.remove(dropin_dir + "/99-check-now.conf")
+    c.sh("systemctl daemon-reload")
+    c.sh("systemctl restart oxetcd-backup.timer")
+    wait_for(lambda: c.sh("systemctl is-active oxetcd-backup.service", check=False).strip() != "activating",
+             "a timer-started backup run did not finish", timeout=60)
+    result = c.sh("systemctl show -p Result --value oxetcd-backup.service").strip()
+    expect(result == "success", f"the timer's run: {result}")
+    files = backup_files(c)
+    expect(len(files) == 2, f"retention 2 after the timer's runs: {files}")
+    timings.append(("backup timer: restart to a timer-started snapshot", fired_after))
+    print(f"   the timer's run wrote {os.path.basename(files[-1])} {fired_after:.1f} s after the timer restarted")
 
 
 def free_port():
