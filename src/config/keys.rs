@@ -135,6 +135,20 @@ pub(super) const KEYS: &[Key] = &[
         "Backend size that raises the NOSPACE alarm; 0 means 2 GiB",
     ),
     key(
+        "backend-cache-bytes",
+        "33554432",
+        Kind::Integer,
+        MEMBER,
+        "Memory for RocksDB's block cache (recently read data blocks), in bytes",
+    ),
+    key(
+        "backend-write-buffer-bytes",
+        "67108864",
+        Kind::Integer,
+        MEMBER,
+        "Memory for RocksDB's write buffers (memtables) of all column families together, in bytes",
+    ),
+    key(
         "max-request-bytes",
         "1572864",
         Kind::Integer,

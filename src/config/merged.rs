@@ -265,6 +265,9 @@ impl Merged {
                 .integer("election-timeout", "a whole number of milliseconds")?,
             quota_backend_bytes: self.integer("quota-backend-bytes", "a whole number of bytes")?,
             request_bytes_max: self.integer("max-request-bytes", "a whole number of bytes")?,
+            backend_cache_bytes: self.integer("backend-cache-bytes", "a whole number of bytes")?,
+            backend_write_buffer_bytes: self
+                .integer("backend-write-buffer-bytes", "a whole number of bytes")?,
             txn_ops_max: self.integer("max-txn-ops", WHOLE)?,
             auto_compaction,
             listen_metrics_urls: self.urls("listen-metrics-urls")?,

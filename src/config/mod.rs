@@ -50,6 +50,8 @@ pub const QUOTA_BACKEND_BYTES_RECOMMENDED_MAX: u64 = 8 * 1024 * 1024 * 1024;
 /// Lease checkpoint interval used when `--experimental-lease-checkpoint-interval` is 0 (etcd's
 /// 5 minutes).
 pub const LEASE_CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 60);
+/// Smallest `--backend-write-buffer-bytes`: below it RocksDB flushes tiny memtables constantly.
+pub const BACKEND_WRITE_BUFFER_BYTES_MIN: u64 = 4 << 20;
 /// Longest election timeout etcd accepts.
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
 /// Upper bound of `--distributed-tracing-sampling-rate` (it is per million).
@@ -561,6 +563,10 @@ pub struct Config {
     pub quota_backend_bytes: i64,
     /// `--max-request-bytes`.
     pub request_bytes_max: u64,
+    /// `--backend-cache-bytes`: RocksDB's block cache.
+    pub backend_cache_bytes: u64,
+    /// `--backend-write-buffer-bytes`: every column family's memtables together.
+    pub backend_write_buffer_bytes: u64,
     /// `--max-txn-ops`.
     pub txn_ops_max: u64,
     pub auto_compaction: AutoCompaction,

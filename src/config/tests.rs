@@ -89,6 +89,8 @@ fn defaults() {
     assert_eq!(config.heartbeat_interval_ms, 100);
     assert_eq!(config.election_timeout_ms, 1000);
     assert_eq!(config.quota_backend_bytes, 0);
+    assert_eq!(config.backend_cache_bytes, 32 << 20);
+    assert_eq!(config.backend_write_buffer_bytes, 64 << 20);
     assert_eq!(config.request_bytes_max, 1_572_864);
     assert_eq!(config.txn_ops_max, 128);
     assert_eq!(config.auto_compaction, AutoCompaction::Disabled);
@@ -199,6 +201,7 @@ fn config_file_from_env_and_toml_value_types() {
             pre-vote = false
             enable-distributed-tracing = "true"
             quota-backend-bytes = 4294967296
+            backend-cache-bytes = 134217728
             log-outputs = ["stdout", "/var/log/oxetcd.log"]
             watch-progress-notify-interval = "5s"
             "#,
@@ -218,6 +221,7 @@ fn config_file_from_env_and_toml_value_types() {
     assert!(!config.pre_vote);
     assert!(config.enable_distributed_tracing);
     assert_eq!(config.quota_backend_bytes_effective(), 4_294_967_296);
+    assert_eq!(config.backend_cache_bytes, 128 << 20);
     assert_eq!(
         config.log_outputs,
         vec!["stdout".to_owned(), "/var/log/oxetcd.log".to_owned()]
@@ -398,6 +402,14 @@ fn bad_numeric_values_name_the_key() {
     assert_eq!(
         load_err(&["--quota-backend-bytes=-1"], &[]).key(),
         Some("quota-backend-bytes")
+    );
+    assert_eq!(
+        load_err(&["--backend-write-buffer-bytes=1048576"], &[]).key(),
+        Some("backend-write-buffer-bytes")
+    );
+    assert_eq!(
+        load_err(&["--backend-cache-bytes=lots"], &[]).key(),
+        Some("backend-cache-bytes")
     );
     assert_eq!(
         load_err(&["--snapshot-count=0"], &[]).key(),

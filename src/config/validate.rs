@@ -4,8 +4,9 @@ use std::collections::BTreeSet;
 
 use super::error::ConfigError;
 use super::{
-    ClusterState, Config, ELECTION_TIMEOUT_MS_MAX, QUOTA_BACKEND_BYTES_RECOMMENDED_MAX,
-    TRACING_SAMPLING_PER_MILLION_MAX, TlsSettings, TlsVersion, etcd_url_string, join_urls,
+    BACKEND_WRITE_BUFFER_BYTES_MIN, ClusterState, Config, ELECTION_TIMEOUT_MS_MAX,
+    QUOTA_BACKEND_BYTES_RECOMMENDED_MAX, TRACING_SAMPLING_PER_MILLION_MAX, TlsSettings, TlsVersion,
+    etcd_url_string, join_urls,
 };
 
 impl Config {
@@ -59,6 +60,13 @@ impl Config {
                 "quota-backend-bytes",
                 self.quota_backend_bytes,
                 "must not be negative (0 means the 2 GiB default)",
+            ));
+        }
+        if self.backend_write_buffer_bytes < BACKEND_WRITE_BUFFER_BYTES_MIN {
+            return Err(ConfigError::invalid_value(
+                "backend-write-buffer-bytes",
+                self.backend_write_buffer_bytes,
+                "must be at least 4194304 (4 MiB)",
             ));
         }
         if self.request_bytes_max == 0 {

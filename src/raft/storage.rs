@@ -22,8 +22,16 @@ const KEY_HARD_STATE: &[u8] = b"hs";
 const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_TRUNCATED: &[u8] = b"trunc";
 
-/// Entries kept in memory after they were appended.
+/// Entries kept in memory after they were appended: at most this many, and at most
+/// [`TAIL_CACHE_BYTES_MAX`] of entry data (a load of large txns would otherwise hold hundreds of
+/// megabytes here; what falls out is read back from RocksDB's memtable when needed).
 const TAIL_CACHE_ENTRIES_MAX: usize = 4096;
+const TAIL_CACHE_BYTES_MAX: usize = 8 << 20;
+
+/// What an entry costs the tail cache.
+fn cached_bytes(entry: &Entry) -> usize {
+    entry.data.len() + entry.context.len() + std::mem::size_of::<Entry>()
+}
 
 /// The raft log and state of this member.
 pub struct RaftLogStore {
@@ -34,6 +42,8 @@ pub struct RaftLogStore {
     truncated: (u64, u64),
     last_index: u64,
     tail: VecDeque<Entry>,
+    /// [`cached_bytes`] summed over `tail`.
+    tail_bytes: usize,
     /// Where snapshots for lagging peers come from (absent in tests that never send any).
     snapshots: Option<super::snapshots::SnapshotFiles>,
 }
@@ -96,6 +106,7 @@ impl RaftLogStore {
             truncated,
             last_index,
             tail: VecDeque::new(),
+            tail_bytes: 0,
             snapshots: None,
         })
     }
@@ -123,7 +134,7 @@ impl RaftLogStore {
                 &(self.last_index + 1).to_be_bytes(),
             );
         }
-        self.tail.clear();
+        self.clear_tail();
         let mut marker = index.to_be_bytes().to_vec();
         marker.extend_from_slice(&term.to_be_bytes());
         batch.put(&self.engine, Cf::RaftState, KEY_TRUNCATED, &marker);
@@ -189,7 +200,7 @@ impl RaftLogStore {
                     &(self.last_index + 1).to_be_bytes(),
                 );
                 while self.tail.back().is_some_and(|e| e.index >= first_index) {
-                    self.tail.pop_back();
+                    self.pop_tail_back();
                 }
             }
             for entry in entries {
@@ -201,11 +212,16 @@ impl RaftLogStore {
                 );
             }
             if self.tail.back().is_some_and(|e| e.index + 1 != first_index) {
-                self.tail.clear();
+                self.clear_tail();
             }
-            self.tail.extend(entries.iter().cloned());
-            while self.tail.len() > TAIL_CACHE_ENTRIES_MAX {
-                self.tail.pop_front();
+            for entry in entries {
+                self.tail_bytes += cached_bytes(entry);
+                self.tail.push_back(entry.clone());
+            }
+            while self.tail.len() > TAIL_CACHE_ENTRIES_MAX
+                || (self.tail_bytes > TAIL_CACHE_BYTES_MAX && self.tail.len() > 1)
+            {
+                self.pop_tail_front();
             }
             self.last_index = entries.last().expect("entries is not empty").index;
         }
@@ -249,9 +265,26 @@ impl RaftLogStore {
         batch.put(&self.engine, Cf::RaftState, KEY_TRUNCATED, &marker);
         self.truncated = (index, term);
         while self.tail.front().is_some_and(|e| e.index <= index) {
-            self.tail.pop_front();
+            self.pop_tail_front();
         }
         Ok(())
+    }
+
+    fn pop_tail_front(&mut self) {
+        if let Some(e) = self.tail.pop_front() {
+            self.tail_bytes -= cached_bytes(&e);
+        }
+    }
+
+    fn pop_tail_back(&mut self) {
+        if let Some(e) = self.tail.pop_back() {
+            self.tail_bytes -= cached_bytes(&e);
+        }
+    }
+
+    fn clear_tail(&mut self) {
+        self.tail.clear();
+        self.tail_bytes = 0;
     }
 
     fn entry_term(&self, index: u64) -> Result<u64, StorageError> {
@@ -458,5 +491,51 @@ mod tests {
                 .is_err()
         );
         assert_eq!(store.conf_state().voters, vec![1]);
+    }
+
+    /// Large entries fall out of the in-memory tail at the byte budget and are read back from
+    /// the engine; the tail never holds more than the budget (beyond its newest entry).
+    #[test]
+    fn the_tail_cache_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), true).unwrap();
+        let mut store = RaftLogStore::open(engine.clone(), &[1]).unwrap();
+        let big = |index: u64| Entry {
+            index,
+            term: 1,
+            data: vec![index as u8; 1 << 20],
+            ..Entry::default()
+        };
+        for index in 1..=20 {
+            let mut b = Batch::new();
+            store.append(&mut b, &[big(index)], None);
+            engine.write(b, true).unwrap();
+            assert!(
+                store.tail_bytes <= TAIL_CACHE_BYTES_MAX,
+                "{}",
+                store.tail_bytes
+            );
+            let summed: usize = store.tail.iter().map(cached_bytes).sum();
+            assert_eq!(store.tail_bytes, summed);
+        }
+        assert!(store.tail.len() < 8, "{} entries cached", store.tail.len());
+        assert_eq!(store.tail.back().unwrap().index, 20);
+        let first = store.first_index().unwrap();
+        let got = store
+            .entries(first, 21, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.len() as u64, 21 - first);
+        assert!(
+            got.iter()
+                .zip(first..)
+                .all(|(e, i)| e.index == i && e.data == big(i).data)
+        );
+        // Overwritten and truncated entries leave the count in step.
+        let mut b = Batch::new();
+        store.append(&mut b, &[entry(19, 2)], None);
+        store.truncate_to(&mut b, 18).unwrap();
+        engine.write(b, true).unwrap();
+        let summed: usize = store.tail.iter().map(cached_bytes).sum();
+        assert_eq!(store.tail_bytes, summed);
     }
 }

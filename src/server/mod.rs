@@ -173,7 +173,12 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     } else {
         (None, PeerDialer::default())
     };
-    let engine = Engine::open(&config.data_dir, !config.unsafe_no_fsync)?;
+    let budget = crate::storage::MemoryBudget {
+        cache_bytes: usize::try_from(config.backend_cache_bytes).unwrap_or(usize::MAX),
+        write_buffer_bytes: usize::try_from(config.backend_write_buffer_bytes)
+            .unwrap_or(usize::MAX),
+    };
+    let engine = Engine::open_with(&config.data_dir, !config.unsafe_no_fsync, budget, None)?;
     tracing::info!(path = %config.data_dir.display(), "opened backend db");
     crate::apply::install::finish_interrupted_install(&engine)
         .map_err(|e| ServerError::Bootstrap(format!("finishing a snapshot install: {e}")))?;
@@ -207,7 +212,7 @@ pub async fn run(config: Config, jwt: Option<JwtTokens>) -> Result<(), ServerErr
     let lessor = Arc::new(Mutex::new(Lessor::open(
         engine.clone(),
         min_lease_ttl_secs(&config),
-        mvcc.live_leases()?,
+        mvcc.take_restored_leases(),
         Instant::now(),
     )?));
     let watch = WatchHub::new(mvcc.clone());

@@ -10,8 +10,29 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    ReadOptions, WriteOptions,
+    ReadOptions, WriteBufferManager, WriteOptions,
 };
+
+/// The memory RocksDB may hold: its block cache and the write buffers (memtables) of every
+/// column family together. Both are hard budgets: the cache evicts, and the write buffers are
+/// flushed to table files when their sum reaches `write_buffer_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Block cache: recently read data blocks, plus the table files' index and filter blocks.
+    pub cache_bytes: usize,
+    /// Memtables of all column families together.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for MemoryBudget {
+    /// Sizes that fit a small VM (`--backend-cache-bytes`, `--backend-write-buffer-bytes`).
+    fn default() -> MemoryBudget {
+        MemoryBudget {
+            cache_bytes: 32 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
+}
 
 /// A column family of the single RocksDB instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,19 +138,37 @@ impl Engine {
         sync_enabled: bool,
         observer: Option<WriteObserver>,
     ) -> Result<Arc<Engine>> {
+        Engine::open_with(path, sync_enabled, MemoryBudget::default(), observer)
+    }
+
+    /// [`Engine::open_observed`] within `budget`.
+    pub fn open_with(
+        path: &Path,
+        sync_enabled: bool,
+        budget: MemoryBudget,
+        observer: Option<WriteObserver>,
+    ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let cache = Cache::new_lru_cache(64 << 20);
+        let cache = Cache::new_lru_cache(budget.cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
+        // Index and filter blocks live in the cache too, so the cache bounds them.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let buffers = BufferSizes::for_filesystem(filesystem_bytes(path));
+        opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(
+            budget.write_buffer_bytes,
+            false,
+        ));
+        let buffers =
+            BufferSizes::for_filesystem(filesystem_bytes(path)).within(budget.write_buffer_bytes);
         opts.set_max_total_wal_size(buffers.wal_bytes_max);
         opts.set_wal_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(4);
@@ -392,6 +431,17 @@ impl BufferSizes {
             memtable_bytes: Self::MEMTABLE_BYTES_DEFAULT.min(memtable_max),
             raft_log_memtable_bytes: Self::RAFT_LOG_MEMTABLE_BYTES_DEFAULT.min(memtable_max),
             wal_bytes_max: Self::WAL_BYTES_MAX_DEFAULT.min((total_bytes / 64).max(2 << 20)),
+        }
+    }
+
+    /// No single memtable larger than half of the write buffer budget, so a full one can be
+    /// flushed while the next fills without the sum passing the budget.
+    fn within(self, write_buffer_bytes: usize) -> BufferSizes {
+        let half = (write_buffer_bytes / 2).max(1 << 20);
+        BufferSizes {
+            memtable_bytes: self.memtable_bytes.min(half),
+            raft_log_memtable_bytes: self.raft_log_memtable_bytes.min(half),
+            wal_bytes_max: self.wal_bytes_max,
         }
     }
 }
