@@ -240,10 +240,7 @@ impl Applier {
         if let Err(e) = self.auth.reload(&self.engine) {
             crate::fatal("loading the installed snapshot's users and roles", &e);
         }
-        let leases = match self.mvcc.live_leases() {
-            Ok(leases) => leases,
-            Err(e) => crate::fatal("loading the installed snapshot's leases", &e),
-        };
+        let leases = self.mvcc.take_restored_leases();
         {
             let mut lessor = self.lessor();
             let min_ttl = lessor.min_ttl_secs();

@@ -7,6 +7,8 @@
 //! lies between two generations, the key does not exist at R. This is etcd's `keyIndex`.
 
 use std::collections::{BTreeMap, HashSet};
+
+use smallvec::{SmallVec, smallvec};
 use std::ops::Bound;
 
 use super::revision::Revision;
@@ -90,7 +92,8 @@ struct Generation {
     ver: i64,
     /// The revision that created the key (its first put).
     created: Revision,
-    revs: Vec<SizedRev>,
+    /// Inline when it holds one revision (most keys), so such a key costs no allocation here.
+    revs: SmallVec<[SizedRev; 1]>,
 }
 
 impl Generation {
@@ -125,14 +128,15 @@ pub struct KeyAt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KeyIndex {
     modified: Revision,
-    generations: Vec<Generation>,
+    /// Inline when it holds one generation (a key never deleted).
+    generations: SmallVec<[Generation; 1]>,
 }
 
 impl KeyIndex {
     fn new() -> KeyIndex {
         KeyIndex {
             modified: Revision::default(),
-            generations: vec![Generation::default()],
+            generations: smallvec![Generation::default()],
         }
     }
 
@@ -141,10 +145,10 @@ impl KeyIndex {
     fn restored(created: Revision, modified: Revision, version: i64, bytes: u32) -> KeyIndex {
         KeyIndex {
             modified,
-            generations: vec![Generation {
+            generations: smallvec![Generation {
                 ver: version,
                 created,
-                revs: vec![SizedRev {
+                revs: smallvec![SizedRev {
                     rev: modified,
                     bytes,
                 }],
@@ -269,6 +273,14 @@ impl KeyIndex {
             .drain(..gen_idx)
             .map(|g| g.bytes())
             .sum::<u64>();
+        if rev_idx.unwrap_or(0) > 0 || gen_idx > 0 {
+            // What the key held before the compaction is given back: the index stays
+            // proportional to the revisions kept, not to the most a key ever had.
+            self.generations.shrink_to_fit();
+            for g in &mut self.generations {
+                g.revs.shrink_to_fit();
+            }
+        }
         dropped_bytes
     }
 
@@ -367,15 +379,17 @@ impl Index {
     /// surviving revision of a key. `bytes` is the size of its record.
     pub fn restore(
         &mut self,
-        key: &[u8],
+        key: Vec<u8>,
         rev: Revision,
         tombstone: bool,
         created_main: i64,
         version: i64,
         bytes: u32,
     ) {
-        match self.keys.get_mut(key) {
-            Some(ki) if tombstone => {
+        use std::collections::btree_map::Entry;
+        match self.keys.entry(key) {
+            Entry::Occupied(mut ki) if tombstone => {
+                let ki = ki.get_mut();
                 // A tombstone for a key that is already deleted can only be left over from an
                 // interrupted compaction; etcd ignores it the same way (and it is not counted:
                 // the compaction that resumes at open deletes it).
@@ -384,21 +398,22 @@ impl Index {
                     self.bytes += u64::from(bytes);
                 }
             }
-            Some(ki) => {
+            Entry::Occupied(mut ki) => {
+                let ki = ki.get_mut();
                 if !ki.exists() {
                     self.live += 1;
                 }
                 ki.put(rev, bytes);
                 self.bytes += u64::from(bytes);
             }
-            None => {
+            Entry::Vacant(slot) => {
                 let ki = if tombstone {
                     KeyIndex::restored_tombstone(rev, bytes)
                 } else {
                     self.live += 1;
                     KeyIndex::restored(Revision::new(created_main, 0), rev, version, bytes)
                 };
-                self.keys.insert(key.to_vec(), ki);
+                slot.insert(ki);
                 self.bytes += u64::from(bytes);
             }
         }
@@ -661,11 +676,11 @@ mod tests {
         // Rebuilt at start: a surviving tombstone is not a live key; a second tombstone (left
         // by an interrupted compaction) is not indexed, nor counted.
         let mut restored = Index::default();
-        restored.restore(b"a", rev(1), false, 1, 1, 10);
-        restored.restore(b"b", rev(2), true, 0, 0, 20);
-        restored.restore(b"b", rev(3), true, 0, 0, 30);
-        restored.restore(b"a", rev(4), true, 0, 0, 40);
-        restored.restore(b"c", rev(5), false, 5, 1, 50);
+        restored.restore(b"a".to_vec(), rev(1), false, 1, 1, 10);
+        restored.restore(b"b".to_vec(), rev(2), true, 0, 0, 20);
+        restored.restore(b"b".to_vec(), rev(3), true, 0, 0, 30);
+        restored.restore(b"a".to_vec(), rev(4), true, 0, 0, 40);
+        restored.restore(b"c".to_vec(), rev(5), false, 5, 1, 50);
         assert_eq!(restored.live_len(), 1);
         assert_eq!(restored.bytes(), 120);
     }

@@ -1,5 +1,6 @@
 //! [`MvccStore`]: opening (index rebuild), the read paths, watch history and lease discovery.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -36,6 +37,9 @@ pub struct MvccStore {
     /// Changes only under the index write lock.
     pub(super) used_bytes: AtomicU64,
     pub(super) writer: Mutex<WriterState>,
+    /// Every live key attached to a lease as of the last open or reload, collected by the scan
+    /// that rebuilds the index; see [`MvccStore::take_restored_leases`].
+    restored_leases: Mutex<Vec<(i64, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -58,16 +62,27 @@ impl MvccStore {
         let mut last_main = 1;
         let mut revisions = 0u64;
         let mut stored_bytes = 0u64;
+        let mut leased: HashMap<Vec<u8>, i64> = HashMap::new();
         for item in engine.scan(Cf::Kv, &[], None) {
             let (k, v) = item?;
             stored_bytes += (k.len() + v.len()) as u64;
             let (rev, tombstone) = decode_rev_key(&k).ok_or_else(|| {
                 MvccError::Corrupt(format!("kv column family holds a non-revision key {k:?}"))
             })?;
-            let kv = decode_kv(rev, &v)?;
+            let kv = StoredHeader::decode(&*v).map_err(|e| {
+                MvccError::Corrupt(format!("value of revision {rev} does not decode: {e}"))
+            })?;
             let bytes = record_bytes(k.len() + v.len());
+            // Revisions arrive in order, so the last word on a key's lease is its latest one.
+            if tombstone || kv.lease == 0 {
+                if !leased.is_empty() {
+                    leased.remove(&kv.key);
+                }
+            } else {
+                leased.insert(kv.key.clone(), kv.lease);
+            }
             index.restore(
-                &kv.key,
+                kv.key,
                 rev,
                 tombstone,
                 kv.create_revision,
@@ -84,6 +99,11 @@ impl MvccStore {
         // key at or above it; the store revision never goes below a compaction revision.
         let current = last_main.max(compact).max(resume.unwrap_or(-1));
         let used_bytes = index.bytes();
+        let mut restored_leases: Vec<(i64, Vec<u8>)> = leased
+            .into_iter()
+            .map(|(key, lease)| (lease, key))
+            .collect();
+        restored_leases.sort_by(|a, b| a.1.cmp(&b.1));
         let store = MvccStore {
             engine,
             index: RwLock::new(index),
@@ -92,6 +112,7 @@ impl MvccStore {
             stored_bytes: Arc::new(AtomicU64::new(stored_bytes)),
             used_bytes: AtomicU64::new(used_bytes),
             writer: Mutex::new(WriterState::new(current, resume.unwrap_or(compact))),
+            restored_leases: Mutex::new(restored_leases),
         };
         tracing::info!(
             revision = current,
@@ -132,7 +153,26 @@ impl MvccStore {
             .store(fresh.compact_rev.load(Ordering::Acquire), Ordering::Release);
         self.stored_bytes.store(stored_bytes, Ordering::Release);
         self.used_bytes.store(index.bytes(), Ordering::Release);
+        *self
+            .restored_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = fresh
+            .restored_leases
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         Ok(())
+    }
+
+    /// [`MvccStore::live_leases`] as of the last open or reload, without reading every value
+    /// again (the scan that rebuilt the index saw them); empty after the first call. The
+    /// lessor is built from it at startup and after a snapshot install, before any write.
+    pub fn take_restored_leases(&self) -> Vec<(i64, Vec<u8>)> {
+        std::mem::take(
+            &mut *self
+                .restored_leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// The engine this store writes to.
@@ -364,6 +404,21 @@ pub(super) fn fetch_values(view: &View<'_>, revs: &[Revision]) -> Result<Vec<Key
             ))),
         })
         .collect()
+}
+
+/// The fields of a stored `mvccpb.KeyValue` the startup scan needs: the same field numbers,
+/// without the value (prost skips it), so rebuilding the index neither copies nor allocates
+/// the values.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredHeader {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
 pub(super) fn decode_kv(rev: Revision, bytes: &[u8]) -> Result<KeyValue, MvccError> {
