@@ -156,7 +156,7 @@ impl ServerCtx {
         Some(self.header(revision))
     }
 
-    /// Rejects a write while NOSPACE is raised, or when the bytes used (see
+    /// Rejects a write when the bytes used (see
     /// [`MvccStore::used_bytes`](crate::mvcc::MvccStore::used_bytes)) plus the writes this
     /// member admitted that are not applied yet plus this request's `cost_bytes` would outgrow
     /// the quota (etcd's `backend size + cost > quota`); the first such refusal raises NOSPACE
@@ -168,15 +168,18 @@ impl ServerCtx {
     /// The same refusal comes when the data dir's filesystem is short of space (see
     /// [`Quota::disk_shortage`]), before RocksDB would fail a write (which stops the member).
     pub async fn check_quota(&self, cost_bytes: u64) -> Result<QuotaGrant, EtcdError> {
-        if self.alarms.nospace_active() {
-            return Err(EtcdError::NoSpace);
-        }
         let used_bytes = self.mvcc.used_bytes();
         let shortage = self.quota.disk_shortage(cost_bytes);
         if shortage.is_none()
             && let Some(grant) = self.quota.admit(used_bytes, cost_bytes)
         {
+            // Not refused on this member's view of the alarms: a follower may not have applied
+            // a disarm the client already saw acknowledged. The write is checked against the
+            // alarms at its place in the log when it applies, as etcd's capped applier does.
             return Ok(grant);
+        }
+        if self.alarms.nospace_active() {
+            return Err(EtcdError::NoSpace);
         }
         // One NOSPACE proposal per member at a time: concurrent refusals wait for none.
         let Some(raising) = self.quota.start_raising() else {
