@@ -99,7 +99,7 @@ impl Drop for LogGuard {
 }
 
 /// Noisy dependencies are held at warn whatever the level; trace spans stay out of the log.
-const QUIET_DEPENDENCIES: &str = "h2=warn,hyper=warn,tower=warn,tonic=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,oxetcd::trace=off";
+const QUIET_DEPENDENCIES: &str = "h2=warn,hyper=warn,fluke_hpack=warn,tower=warn,tonic=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,oxetcd::trace=off";
 
 /// Builds the OTLP exporter pipeline; must run inside the tokio runtime (the gRPC channel
 /// lives there).

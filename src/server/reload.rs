@@ -65,35 +65,38 @@ fn reload(running: &mut Settings) {
         tracing::error!(error = %e, "configuration reload refused; nothing changed");
         return;
     }
-    let mut changed = running.changed_keys(&settings);
-    // The log file moves first, so everything this reload reports lands in the new file.
-    changed.sort_by_key(|key| key != "log-outputs");
+    let changed = running.changed_keys(&settings);
     if changed.is_empty() {
         tracing::info!("configuration reloaded; nothing changed");
         return;
     }
+    // Everything is applied before anything is reported, so the whole report lands in the new
+    // log file at the new level: no line of the old level follows it in the new file.
+    let mut outcomes = Vec::with_capacity(changed.len());
     for key in changed {
-        if !RELOADABLE_KEYS.contains(&key.as_str()) {
-            tracing::warn!(
+        let applied = match key.as_str() {
+            _ if !RELOADABLE_KEYS.contains(&key.as_str()) => Err(None),
+            "log-level" => crate::telemetry::set_level(config.log_level).map_err(Some),
+            _ => {
+                crate::telemetry::set_log_file(crate::telemetry::log_output(&config)).map_err(Some)
+            }
+        };
+        if applied.is_ok() {
+            running.adopt(&settings, &key);
+        }
+        outcomes.push((key, applied));
+    }
+    for (key, applied) in outcomes {
+        match applied {
+            Ok(()) if key == "log-level" => {
+                tracing::info!(key = %key, value = config.log_level.as_str(), "applied {key}")
+            }
+            Ok(()) => tracing::info!(key = %key, "applied {key}"),
+            Err(None) => tracing::warn!(
                 key = %key,
                 "configuration key {key} changed; it takes effect after a restart"
-            );
-            continue;
-        }
-        let applied = match key.as_str() {
-            "log-level" => crate::telemetry::set_level(config.log_level),
-            _ => crate::telemetry::set_log_file(crate::telemetry::log_output(&config)),
-        };
-        match applied {
-            Ok(()) => {
-                running.adopt(&settings, &key);
-                if key == "log-level" {
-                    tracing::info!(key = %key, value = config.log_level.as_str(), "applied {key}");
-                } else {
-                    tracing::info!(key = %key, "applied {key}");
-                }
-            }
-            Err(reason) => tracing::warn!(
+            ),
+            Err(Some(reason)) => tracing::warn!(
                 key = %key,
                 reason = %reason,
                 "configuration key {key} changed; it takes effect after a restart"
