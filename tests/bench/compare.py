@@ -102,8 +102,9 @@ def du_bytes(path):
 class Cluster:
     """MEMBERS members of one server binary on fresh loopback ports under `work`."""
 
-    def __init__(self, name, binary, work, members):
+    def __init__(self, name, binary, work, members, extra_args=()):
         self.name, self.binary, self.work = name, binary, work
+        self.extra_args = list(extra_args)
         taken = set()
         self.members = []
         for i in range(members):
@@ -123,6 +124,7 @@ class Cluster:
             f"--listen-peer-urls={m['peer']}", f"--initial-advertise-peer-urls={m['peer']}",
             f"--initial-cluster={self.initial}", "--initial-cluster-state=new",
             f"--initial-cluster-token=compare-{self.name}",
+            *self.extra_args,
         ]
         log_file = open(os.path.join(self.work, f"{self.name}.{m['name']}.log"), "ab")
         m["proc"] = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
