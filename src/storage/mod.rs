@@ -172,6 +172,9 @@ impl Engine {
         opts.set_max_total_wal_size(buffers.wal_bytes_max);
         opts.set_wal_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(4);
+        // A writer joining a group whose leader is syncing (the apply thread behind the raft
+        // thread's fsync) sleeps on a condition variable instead of spinning on sched_yield.
+        opts.set_enable_write_thread_adaptive_yield(false);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&table);
