@@ -65,7 +65,10 @@ fn reload(running: &mut Settings) {
         tracing::error!(error = %e, "configuration reload refused; nothing changed");
         return;
     }
-    let changed = running.changed_keys(&settings);
+    let mut changed = running.changed_keys(&settings);
+    // The level changes before the log file moves, so no line at the old level is written
+    // after the move into the new file.
+    changed.sort_by_key(|key| key != "log-level");
     if changed.is_empty() {
         tracing::info!("configuration reloaded; nothing changed");
         return;

@@ -92,6 +92,9 @@ def main():
             rss = cluster.memory("VmRSS")
             samples.append((t, rss))
             log(f"{t / 60:5.1f} min: VmRSS {rss / 1e6:.0f} MB")
+        if not samples:
+            raise SystemExit("soak: the load ended before the first sample; run the bench "
+                             "commands by hand to see why")
         failed = [p.args[-1] for p in procs if p.returncode != 0]
         if failed:
             log(f"warning: bench runs exited non-zero: {failed}")
