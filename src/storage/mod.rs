@@ -34,6 +34,9 @@ impl Default for MemoryBudget {
     }
 }
 
+/// Retired WAL files kept for reuse.
+const WAL_FILES_RECYCLED: usize = 2;
+
 /// A column family of the single RocksDB instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cf {
@@ -175,6 +178,14 @@ impl Engine {
         // A writer joining a group whose leader is syncing (the apply thread behind the raft
         // thread's fsync) sleeps on a condition variable instead of spinning on sched_yield.
         opts.set_enable_write_thread_adaptive_yield(false);
+        // Unsynced writes (the apply thread's, one per entry) stay in RocksDB's WAL buffer
+        // instead of costing a write(2) each; the next synced write (the raft thread's, one per
+        // Ready), `sync_wal` or a WAL switch writes them in order, so what reaches the disk is
+        // still a prefix of the writes. Without fsync there is no synced write to carry them.
+        opts.set_manual_wal_flush(sync_enabled);
+        // Retired WAL files are reused: overwriting allocated blocks lets fdatasync skip the
+        // inode update that every append to a growing file costs.
+        opts.set_recycle_log_file_num(WAL_FILES_RECYCLED);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&table);
