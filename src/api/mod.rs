@@ -611,7 +611,11 @@ mod tests {
             total_bytes: 1 << 30,
         };
         seed(Duration::ZERO, tight);
-        assert_ne!(disk.space(0), tight, "a reading near the reserve is read again");
+        assert_ne!(
+            disk.space(0),
+            tight,
+            "a reading near the reserve is read again"
+        );
     }
 
     #[test]
