@@ -8,6 +8,8 @@
 //!   other call gets `etcdserver: rpc not supported for learner`. Range itself refuses a
 //!   linearizable read on a learner (the body is not decoded here).
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::Response;
@@ -33,7 +35,7 @@ fn requires_leader(request: &Request) -> bool {
 
 /// The middleware: answers a leaderless require-leader call, or a call a learner does not serve,
 /// with etcd's error.
-pub async fn check(ctx: ServerCtx, request: Request, next: Next) -> Response<Body> {
+pub async fn check(ctx: Arc<ServerCtx>, request: Request, next: Next) -> Response<Body> {
     if let Some(refusal) = refusal(&ctx, request.uri().path(), requires_leader(&request)) {
         return tonic::Status::from(refusal).into_http();
     }

@@ -101,7 +101,6 @@ pub(super) fn grpc_router(
     metrics: &Arc<Metrics>,
 ) -> axum::Router {
     let decode_max = config.request_bytes_max as usize + GRPC_OVERHEAD_BYTES;
-    api::grpc_metrics::initialize(metrics);
     macro_rules! limits {
         ($server:expr) => {
             $server
@@ -136,16 +135,17 @@ pub(super) fn grpc_router(
         .into_axum_router()
         .layer(axum::middleware::map_response(api::oversize::rewrite))
         .layer(axum::middleware::from_fn({
-            let ctx = ctx.clone();
+            // Shared, not cloned per call: a `ServerCtx` clone is a dozen reference counts.
+            let ctx = Arc::new(ctx.clone());
             move |request, next| api::interceptor::check(ctx.clone(), request, next)
         }))
         .layer(axum::middleware::from_fn({
-            let metrics = metrics.clone();
+            let recorder = Arc::new(api::grpc_metrics::Recorder::new(metrics.clone()));
             let trace_member = config
                 .enable_distributed_tracing
                 .then(|| ctx.node.config().member_id);
             move |request, next| {
-                api::grpc_metrics::record(metrics.clone(), trace_member, request, next)
+                api::grpc_metrics::record(recorder.clone(), trace_member, request, next)
             }
         }))
 }
