@@ -124,14 +124,15 @@ const OTHER_METHODS: &[(&str, &[&str])] = &[
 
 /// The series one call of a method touches, resolved once: a call then costs no label strings
 /// and no family lookups (those were 3% of the server's CPU with 64 clients putting).
-pub struct MethodSeries {
+struct MethodSeries {
     labels: GrpcLabels,
     started: Counter,
     received: Counter,
     sent: Counter,
     /// Created when the first call ends, as go-grpc-prometheus does.
     handling: OnceLock<Histogram>,
-    /// `grpc_server_handled_total` by code number, created on first use (or by [`initialize`]).
+    /// `grpc_server_handled_total` by code number, created on first use (every code up front
+    /// for etcd's initialized methods, see [`Recorder::new`]).
     handled: [OnceLock<Counter>; CODE_NAMES.len()],
 }
 
@@ -174,8 +175,8 @@ impl MethodSeries {
 }
 
 /// What the middleware records into: the metrics, and the series of every method oxetcd
-/// serves by its path (`/etcdserverpb.KV/Put`), resolved at the method's first call (so a
-/// method etcd does not initialize has no series until called). Other paths are looked up per
+/// serves by its path (`/etcdserverpb.KV/Put`): etcd's initialized methods resolved at start,
+/// the others at their first call (so they have no series until called, as in etcd). Other paths are looked up per
 /// call and not kept here, so unknown paths cannot grow it.
 pub struct Recorder {
     metrics: Arc<Metrics>,
@@ -183,16 +184,27 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// The recorder of every served method; etcd's initial series are created at zero
-    /// ([`initialize`]).
+    /// The recorder of every served method. The series etcd has on a fresh member are created
+    /// at zero here: `grpc_server_started_total`, `grpc_server_msg_{received,sent}_total` for
+    /// every method of [`INITIALIZED_METHODS`], and `grpc_server_handled_total` for each of those
+    /// with every code, so a rate over them starts from zero instead of missing the first calls.
     pub fn new(metrics: Arc<Metrics>) -> Recorder {
-        initialize(&metrics);
-        let by_path = INITIALIZED_METHODS
-            .iter()
-            .chain(OTHER_METHODS)
-            .flat_map(|(service, methods)| methods.iter().map(move |m| (*service, *m)))
-            .map(|(service, method)| (format!("/{service}/{method}"), OnceLock::new()))
-            .collect();
+        let mut by_path = HashMap::new();
+        for (initialized, services) in [(true, INITIALIZED_METHODS), (false, OTHER_METHODS)] {
+            for (service, methods) in services {
+                for method in *methods {
+                    let slot = OnceLock::new();
+                    if initialized {
+                        let series = MethodSeries::new(&metrics, service, method);
+                        for code in 0..CODE_NAMES.len() {
+                            series.handled(&metrics, code);
+                        }
+                        let _ = slot.set(Arc::new(series));
+                    }
+                    by_path.insert(format!("/{service}/{method}"), slot);
+                }
+            }
+        }
         Recorder { metrics, by_path }
     }
 
@@ -201,34 +213,6 @@ impl Recorder {
         match self.by_path.get(path) {
             Some(series) => series.get_or_init(new).clone(),
             None => new(),
-        }
-    }
-}
-
-/// Creates, at zero, the series etcd has on a fresh member: `grpc_server_started_total`,
-/// `grpc_server_msg_{received,sent}_total` for every method of [`INITIALIZED_METHODS`], and
-/// `grpc_server_handled_total` for each of those with every code. A rate over them then
-/// starts from zero instead of missing the first calls.
-fn initialize(metrics: &Metrics) {
-    for (service, methods) in INITIALIZED_METHODS {
-        for method in *methods {
-            let labels: GrpcLabels = [
-                ("grpc_type", grpc_type(service, method).to_owned()),
-                ("grpc_service", (*service).to_owned()),
-                ("grpc_method", (*method).to_owned()),
-            ];
-            metrics.grpc_started.get_or_create_owned(&labels);
-            metrics.grpc_msg_received.get_or_create_owned(&labels);
-            metrics.grpc_msg_sent.get_or_create_owned(&labels);
-            for code in CODE_NAMES {
-                let [t, s, m] = labels.clone();
-                metrics.grpc_handled.get_or_create_owned(&[
-                    t,
-                    s,
-                    m,
-                    ("grpc_code", code.to_owned()),
-                ]);
-            }
         }
     }
 }
